@@ -1,0 +1,71 @@
+"""autogrow: grow trained PyTorch networks without losing what they learned (Net2Net).
+
+>>> import torch, autogrow
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> wide = autogrow.widen(net, 1.5, seed=0)
+>>> sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in net.parameters())
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import (
+    AutogrowError,
+    ConstraintError,
+    ExampleInputsError,
+    FrozenGroupError,
+    GroupNotFoundError,
+    HardcodedSizeError,
+    InvalidArgumentError,
+    TracingError,
+    UnsupportedOpError,
+    VerificationError,
+)
+from .graph import WidthGraph, WidthGroup, analyze
+from .rules import Call, RuleRegistry, TensorValue, default_registry
+from .transforms.widen import widen
+
+__version__ = "0.1.0"
+
+
+def register_rule(target: Any, rule: Callable, *, signature: str = "*args, **kwargs") -> None:
+    """Register ``rule`` for a function, method name or ATen op in the default registry.
+
+    ``rule(call, ctx)`` receives the call with its arguments bound by ``signature`` and returns
+    the output's :class:`TensorValue` (one axis term per dimension). For a registry that is not
+    shared, use ``autogrow.default_registry.copy()`` and pass ``registry=`` to analyze/widen.
+    """
+    name = f"user:{getattr(target, '__qualname__', target)}"
+    default_registry.rule(name, signature=signature, names=(target,))(rule)
+
+
+def register_module_rule(module_type: type, rule: Callable) -> None:
+    """Register ``rule`` for a module type; its modules become leaves of the fx trace."""
+    default_registry.register_module_rule(module_type, rule)
+
+
+__all__ = [
+    "AutogrowError",
+    "Call",
+    "ConstraintError",
+    "ExampleInputsError",
+    "FrozenGroupError",
+    "GroupNotFoundError",
+    "HardcodedSizeError",
+    "InvalidArgumentError",
+    "RuleRegistry",
+    "TensorValue",
+    "TracingError",
+    "UnsupportedOpError",
+    "VerificationError",
+    "WidthGraph",
+    "WidthGroup",
+    "analyze",
+    "default_registry",
+    "register_module_rule",
+    "register_rule",
+    "widen",
+]

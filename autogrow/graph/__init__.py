@@ -1,0 +1,42 @@
+"""The width graph: which tensor axes carry the same units (see :func:`analyze`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..rules import RuleRegistry, default_registry
+from ..tracing import prepare_inputs, trace
+from .build import Analysis, build
+from .width_graph import Member, WidthGraph, WidthGroup
+
+__all__ = ["Analysis", "Member", "WidthGraph", "WidthGroup", "analyze", "analyze_traced"]
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...] | None = None,
+    *,
+    registry: RuleRegistry | None = None,
+) -> WidthGraph:
+    """Infer the width groups of ``model``: which axes must carry the same units.
+
+    The model is traced (torch.fx, or torch.export where fx cannot follow the code) and run
+    once in eval mode on ``example_inputs`` for shapes; its parameters and training flags are
+    left as they were.
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+    ...                           torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    >>> graph = autogrow.analyze(net, (torch.randn(1, 3, 16, 16),))
+    >>> graph.group("1").name, graph.group("1").width   # the BatchNorm names its conv's group
+    ('0', 8)
+    """
+    inputs = prepare_inputs(model, example_inputs)
+    return analyze_traced(model, inputs, registry or default_registry)
+
+
+def analyze_traced(model: nn.Module, inputs: tuple, registry: RuleRegistry) -> WidthGraph:
+    traced = trace(model, inputs, registry.leaf_types())
+    return WidthGraph(build(traced, registry))

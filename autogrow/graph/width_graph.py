@@ -1,0 +1,214 @@
+"""The width graph: the inferred width groups of a model, as data you can print and export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .build import COPY, REDUCE, Analysis
+from .terms import Atom, AxisStore, Term
+
+
+@dataclass
+class Member:
+    """One parameter axis in a group: ``layout`` is its axis term, e.g. ``(32 a7)``."""
+
+    param: str
+    dim: int
+    role: str
+    layout: str
+
+
+@dataclass
+class WidthGroup:
+    """A set of axes that carry the same units and therefore share one mapping."""
+
+    name: str
+    id: int
+    width: int
+    frozen: str | None
+    uniform: str | None
+    members: list[Member] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
+
+    @property
+    def widenable(self) -> bool:
+        return self.frozen is None
+
+    def constraints(self) -> list[str]:
+        out = []
+        if self.uniform:
+            out.append("uniform")
+        blocks = {m.layout for m in self.members if m.layout != f"a{self.id}"}
+        if blocks:
+            out.append("layout " + ", ".join(sorted(blocks))[:60])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "width": self.width,
+            "frozen": self.frozen,
+            "uniform": self.uniform,
+            "modules": self.modules,
+            "members": [vars(m) for m in self.members],
+        }
+
+
+class WidthGraph:
+    """The result of :func:`autogrow.analyze`: width groups, blocked ops, and the axis graph.
+
+    >>> import torch, autogrow
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> graph = autogrow.analyze(model)
+    >>> [(g.name, g.width, g.widenable) for g in graph.groups if g.widenable]
+    [('0', 8, True)]
+    """
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+        self.groups: list[WidthGroup] = _collect_groups(analysis)
+        self._by_name = {g.name: g for g in self.groups}
+        self._by_id = {g.id: g for g in self.groups}
+        self.blocked: list[str] = [
+            f"{b.call.where()}: {b.reason}" for b in analysis.blocked
+        ]
+
+    # -- lookups ---------------------------------------------------------------------------
+    @property
+    def store(self) -> AxisStore:
+        return self.analysis.store
+
+    def group(self, key: str) -> WidthGroup | None:
+        """The group named ``key``, or the group of the output units of module ``key``."""
+        if key in self._by_name:
+            return self._by_name[key]
+        candidates = self.module_groups(key)
+        return candidates[0] if candidates else None
+
+    def module_groups(self, module: str) -> list[WidthGroup]:
+        """Groups of a module's output units (its parameters' copy axes), widenable first."""
+        found: dict[int, WidthGroup] = {}
+        for info in self.analysis.params.values():
+            if info.name.rsplit(".", 1)[0] != module and not (module == "" and "." not in info.name):
+                continue
+            for d, t in enumerate(info.terms):
+                if COPY in info.roles[d] or not info.roles[d]:
+                    for a in self.store.leaf_atoms(t):
+                        if a.id in self._by_id:
+                            found.setdefault(a.id, self._by_id[a.id])
+        return sorted(found.values(), key=lambda g: (not g.widenable, g.id))
+
+    def by_id(self, atom_id: int) -> WidthGroup | None:
+        return self._by_id.get(atom_id)
+
+    @property
+    def nx(self) -> nx.Graph:
+        """Atoms (width spaces) and parameter axes as a networkx graph."""
+        g = nx.Graph()
+        for grp in self.groups:
+            g.add_node(grp.name, kind="group", width=grp.width, frozen=grp.frozen is not None)
+            for m in grp.members:
+                node = f"{m.param}:{m.dim}"
+                g.add_node(node, kind="param_axis", role=m.role)
+                g.add_edge(grp.name, node, layout=m.layout)
+        return g
+
+    # -- output ----------------------------------------------------------------------------
+    def table(self, *, all_groups: bool = False) -> str:
+        """A readable table of the groups (frozen ones summarised unless ``all_groups``)."""
+        rows = [("group", "width", "status", "constraints", "modules")]
+        shown = [g for g in self.groups if all_groups or g.widenable]
+        for g in shown:
+            status = "widenable" if g.widenable else f"frozen: {g.frozen}"[:50]
+            mods = ", ".join(g.modules[:4]) + (f" (+{len(g.modules) - 4})" if len(g.modules) > 4 else "")
+            rows.append((g.name, str(g.width), status, "; ".join(g.constraints())[:50], mods))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        frozen = sum(1 for g in self.groups if not g.widenable)
+        lines.append(
+            f"{sum(1 for g in self.groups if g.widenable)} widenable groups, {frozen} frozen, "
+            f"{len(self.blocked)} ops without a rule"
+        )
+        for b in self.blocked[:10]:
+            lines.append(f"  blocked: {b}")
+        if len(self.blocked) > 10:
+            lines.append(f"  ... and {len(self.blocked) - 10} more blocked ops")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return f"WidthGraph({len(self.groups)} groups, {len(self.blocked)} blocked ops)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": [g.to_dict() for g in self.groups], "blocked": self.blocked}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def to_dot(self) -> str:
+        """Graphviz DOT: one box per group, one ellipse per parameter axis."""
+        lines = ["graph width_groups {", "  rankdir=LR;", "  node [fontsize=10];"]
+        for g in self.groups:
+            color = "lightblue" if g.widenable else "lightgrey"
+            label = f"{g.name}\\nwidth {g.width}"
+            lines.append(f'  "{g.name}" [shape=box, style=filled, fillcolor={color}, label="{label}"];')
+            for m in g.members:
+                node = f"{m.param}:{m.dim}"
+                lines.append(f'  "{node}" [shape=ellipse, label="{m.param}[{m.dim}]\\n{m.role}"];')
+                lines.append(f'  "{g.name}" -- "{node}" [label="{m.layout}"];')
+        lines.append("}")
+        return "\n".join(lines)
+
+
+def _collect_groups(analysis: Analysis) -> list[WidthGroup]:
+    store = analysis.store
+    groups: dict[int, WidthGroup] = {}
+    owners: dict[int, list[str]] = {}
+    for info in analysis.params.values():
+        module = info.name.rsplit(".", 1)[0] if "." in info.name else ""
+        for d, t in enumerate(info.terms):
+            resolved: Term = store.resolve(t)
+            roles = info.roles[d]
+            role = REDUCE if REDUCE in roles else (COPY if roles else "-")
+            for a in store.leaf_atoms(t):
+                ai = store.info(a)
+                g = groups.get(a.id)
+                if g is None:
+                    g = groups[a.id] = WidthGroup("", a.id, a.size, ai.frozen, ai.uniform)
+                g.members.append(Member(info.name, d, role, repr(resolved)))
+                if module not in g.modules:
+                    g.modules.append(module)
+                if COPY in roles or not roles:
+                    owners.setdefault(a.id, [])
+                    if module not in owners[a.id]:
+                        owners[a.id].append(module)
+    order = {m: i for i, m in enumerate(analysis.module_order)}
+    ordered = sorted(
+        groups.values(),
+        key=lambda g: (
+            min((order.get(m, 1 << 30) for m in owners.get(g.id, g.modules)), default=0),
+            g.frozen is not None,
+            g.id,
+        ),
+    )
+    used: dict[str, int] = {}
+    for g in ordered:
+        base = (owners.get(g.id) or g.modules or [f"group{g.id}"])[0] or "<root>"
+        n = used.get(base, 0)
+        used[base] = n + 1
+        g.name = base if n == 0 else f"{base}:{n}"
+    return ordered
+
+
+def leaf_atom_ids(store: AxisStore, t: Term) -> list[int]:
+    return [a.id for a in store.leaf_atoms(t)]
+
+
+__all__ = ["Member", "WidthGroup", "WidthGraph", "Atom"]

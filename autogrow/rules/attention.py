@@ -1,0 +1,117 @@
+"""Rules for attention: widen by whole heads, never change head_dim.
+
+Replicating a head replicates its whole output, and the out-projection divides it, so the
+function is exact; head_dim is contracted between queries and keys (and sets the 1/sqrt(d)
+scale), so it stays fixed. The sequence axis is what softmax normalises over: fixed too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..graph.terms import Fixed
+from .common import COPY, REDUCE, broadcast, out_shape
+from .registry import Call, TensorValue
+from .registry import default_registry as registry
+
+if TYPE_CHECKING:
+    from ..graph.build import RuleContext
+
+
+@registry.rule(
+    "scaled_dot_product_attention",
+    signature="query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, "
+    "enable_gqa=False",
+)
+def sdpa(call: Call, ctx: RuleContext) -> Any:
+    q, k, v = call.args["query"], call.args["key"], call.args["value"]
+    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+        return ctx.block(call, "query/key/value with different head counts (grouped-query)")
+    ctx.unify(q.terms[-1], k.terms[-1], call)
+    ctx.freeze(q.terms[-1], f"head_dim (query·key contraction) at {call.where()}")
+    ctx.unify(k.terms[-2], v.terms[-2], call)
+    ctx.freeze(k.terms[-2], f"attended sequence (softmax axis) at {call.where()}")
+    batch = q.shape[:-2]
+    lead = broadcast(call, ctx, [_lead(q), _lead(k), _lead(v)], batch).terms
+    mask = call.args.get("attn_mask")
+    if isinstance(mask, TensorValue):
+        full = TensorValue([*lead, q.terms[-2], k.terms[-2]], (*batch, q.shape[-2], k.shape[-2]))
+        broadcast(call, ctx, [full, mask], full.shape)
+    return TensorValue([*lead, q.terms[-2], v.terms[-1]], out_shape(call))
+
+
+def _lead(x: TensorValue) -> TensorValue:
+    return TensorValue(x.terms[:-2], x.shape[:-2], x.param)
+
+
+@registry.rule(
+    "multi_head_attention",
+    signature="query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, "
+    "average_attn_weights=True, is_causal=False, module=None",
+)
+def multi_head_attention(call: Call, ctx: RuleContext) -> Any:
+    """``nn.MultiheadAttention`` as a leaf: embed_dim is both the model width and heads × head_dim."""
+    m: nn.MultiheadAttention = call.args["module"]
+    q, k, v = call.args["query"], call.args["key"], call.args["value"]
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        return ctx.block(call, "MultiheadAttention with kdim/vdim, bias_k or add_zero_attn")
+    name = call.module
+    w_in = ctx.param(f"{name}.in_proj_weight")
+    w_out = ctx.param(f"{name}.out_proj.weight")
+    embed = w_in.terms[1]
+    for x in (q, k, v):
+        ctx.unify(x.terms[-1], embed, call)
+    # in_proj rows are (3 × heads × head_dim); the module forward requires heads × head_dim
+    # to equal the embedding width, so the two are one axis.
+    pieces = ctx.store.factor(w_in.terms[0], [3, m.embed_dim], call.where())
+    if pieces is None:
+        return ctx.block(call, "cannot lay out in_proj as 3 × heads × head_dim")
+    ctx.unify(pieces[0], Fixed(3), call)
+    ctx.unify(pieces[1], embed, call)
+    head_axis = ctx.store.factor(embed, [m.num_heads, m.head_dim], call.where())
+    if head_axis is None:
+        return ctx.block(call, "cannot lay out the embedding as heads × head_dim")
+    ctx.freeze(head_axis[1], f"head_dim of {name}")
+    ctx.role(w_in, 0, COPY, call)
+    ctx.role(w_in, 1, REDUCE, call)
+    ctx.unify(w_out.terms[0], embed, call)
+    ctx.unify(w_out.terms[1], embed, call)
+    ctx.role(w_out, 0, COPY, call)
+    ctx.role(w_out, 1, REDUCE, call)
+    for bias in (f"{name}.in_proj_bias", f"{name}.out_proj.bias"):
+        if bias.rsplit(".", 1)[0] and _has(ctx, bias):
+            b = ctx.param(bias)
+            ctx.unify(b.terms[0], w_in.terms[0] if "in_proj" in bias else embed, call)
+            ctx.role(b, 0, COPY, call)
+    for attr in ("embed_dim", "kdim", "vdim"):
+        ctx.set_attr(name, attr, lambda size: size(embed))
+    ctx.set_attr(name, "num_heads", lambda size: size(embed) // m.head_dim)
+    ctx.set_attr(f"{name}.out_proj", "in_features", lambda size: size(embed))
+    ctx.set_attr(f"{name}.out_proj", "out_features", lambda size: size(embed))
+    out = call.out
+    attn = TensorValue([*q.terms[:-1], embed], out[0].shape)
+    weights = out[1]
+    if weights is not None:
+        if call.args["average_attn_weights"]:
+            ctx.uniform(head_axis[0], call)
+        weights = ctx.frozen_tensor(weights, f"attention weights of {name}")
+    return (attn, weights)
+
+
+def _has(ctx: RuleContext, qualname: str) -> bool:
+    return qualname in dict(ctx.traced.model.named_parameters())
+
+
+@registry.module(nn.MultiheadAttention)
+def _mha_module(m: nn.MultiheadAttention, name: str, args: tuple, kwargs: dict):
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+             "average_attn_weights", "is_causal")  # fmt: skip
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    bound.setdefault("need_weights", True)
+    bound.setdefault("average_attn_weights", True)
+    return "multi_head_attention", {**bound, "module": m}
+
+

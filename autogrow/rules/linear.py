@@ -1,0 +1,192 @@
+"""Rules for ops with weights: linear, convolution, embedding, matmul.
+
+A weight's output axis is a *copy* axis (new units copy the rows of their source unit); its
+input axis is a *reduce* axis (summed against the incoming activation, so replicas divide the
+weight between them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..graph.terms import Fixed, prod
+if TYPE_CHECKING:
+    from ..graph.build import RuleContext
+
+from .common import COPY, REDUCE, broadcast, grouped, module_at, out_shape, owner
+from .registry import Call, ParamRef, TensorValue
+from .registry import default_registry as registry
+
+
+@registry.rule("linear", signature="input, weight, bias=None")
+def linear(call: Call, ctx: RuleContext) -> TensorValue:
+    x, w, b = call.args["input"], call.args["weight"], call.args["bias"]
+    ctx.unify(x.terms[-1], w.terms[1], call)
+    ctx.role(w, 1, REDUCE, call)
+    ctx.role(w, 0, COPY, call)
+    if isinstance(b, TensorValue):
+        ctx.unify(b.terms[0], w.terms[0], call)
+        ctx.role(b, 0, COPY, call)
+    mod = module_at(ctx, owner(w), nn.Linear)
+    wt = w.terms
+    ctx.set_attr(mod, "in_features", lambda size: size(wt[1]))
+    ctx.set_attr(mod, "out_features", lambda size: size(wt[0]))
+    return TensorValue([*x.terms[:-1], w.terms[0]], out_shape(call))
+
+
+@registry.module(nn.Linear)
+def _linear_module(m: nn.Linear, name: str, args: tuple, kwargs: dict) -> tuple[str, dict]:
+    bias = ParamRef(f"{name}.bias") if m.bias is not None else None
+    return "linear", {"input": args[0], "weight": ParamRef(f"{name}.weight"), "bias": bias}
+
+
+@registry.rule(
+    "conv",
+    signature="input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1",
+    names=("conv1d", "conv2d", "conv3d"),
+    also={
+        "convolution": "input, weight, bias, stride, padding, dilation, transposed, "
+        "output_padding, groups"
+    },
+)
+def conv(call: Call, ctx: RuleContext) -> Any:
+    x, w, b, groups = (call.args[k] for k in ("input", "weight", "bias", "groups"))
+    if call.args.get("transposed"):
+        return ctx.block(call, "transposed convolution through aten.convolution")
+    spatial = w.ndim - 2
+    batched = x.ndim == spatial + 2
+    c_in = x.terms[1 if batched else 0]
+    mod = module_at(ctx, owner(w), nn.modules.conv._ConvNd)
+    if groups > 1 and groups == c_in.size:
+        # Depthwise: output unit j reads only input unit j // multiplier, so the mapping of the
+        # input passes through (times a fixed multiplier).
+        mult = w.shape[0] // groups
+        out_term = prod([c_in, Fixed(mult)])
+        ctx.unify(w.terms[0], out_term, call)
+        ctx.set_attr(mod, "groups", lambda size: size(c_in))
+    else:
+        inner_in = grouped(ctx, c_in, groups, call)
+        inner_out = grouped(ctx, w.terms[0], groups, call)
+        if inner_in is None or inner_out is None:
+            return ctx.block(call, f"channels not divisible into {groups} groups")
+        ctx.unify(inner_in, w.terms[1], call)
+        ctx.role(w, 1, REDUCE, call)
+    ctx.role(w, 0, COPY, call)
+    if isinstance(b, TensorValue):
+        ctx.unify(b.terms[0], w.terms[0], call)
+        ctx.role(b, 0, COPY, call)
+    wt = w.terms
+    ctx.set_attr(mod, "in_channels", lambda size: size(c_in))
+    ctx.set_attr(mod, "out_channels", lambda size: size(wt[0]))
+    shape = out_shape(call)
+    lead = [x.terms[0]] if batched else []
+    return TensorValue([*lead, w.terms[0], *(Fixed(s) for s in shape[-spatial:])], shape)
+
+
+@registry.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv_module(m: nn.modules.conv._ConvNd, name: str, args: tuple, kwargs: dict):
+    bias = ParamRef(f"{name}.bias") if m.bias is not None else None
+    return "conv", {
+        "input": args[0],
+        "weight": ParamRef(f"{name}.weight"),
+        "bias": bias,
+        "groups": m.groups,
+    }
+
+
+@registry.rule(
+    "conv_transpose",
+    signature="input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, "
+    "dilation=1",
+    names=("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+)
+def conv_transpose(call: Call, ctx: RuleContext) -> Any:
+    x, w, b, groups = (call.args[k] for k in ("input", "weight", "bias", "groups"))
+    if groups != 1:
+        return ctx.block(call, "grouped transposed convolution")
+    spatial = w.ndim - 2
+    batched = x.ndim == spatial + 2
+    c_in = x.terms[1 if batched else 0]
+    ctx.unify(c_in, w.terms[0], call)
+    ctx.role(w, 0, REDUCE, call)
+    ctx.role(w, 1, COPY, call)
+    if isinstance(b, TensorValue):
+        ctx.unify(b.terms[0], w.terms[1], call)
+        ctx.role(b, 0, COPY, call)
+    mod = module_at(ctx, owner(w), nn.modules.conv._ConvTransposeNd)
+    wt = w.terms
+    ctx.set_attr(mod, "in_channels", lambda size: size(wt[0]))
+    ctx.set_attr(mod, "out_channels", lambda size: size(wt[1]))
+    shape = out_shape(call)
+    lead = [x.terms[0]] if batched else []
+    return TensorValue([*lead, w.terms[1], *(Fixed(s) for s in shape[-spatial:])], shape)
+
+
+@registry.module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose_module(m, name: str, args: tuple, kwargs: dict):
+    if len(args) > 1 or kwargs:
+        return "conv_transpose_output_size", {"input": args[0]}  # output_size: no rule
+    bias = ParamRef(f"{name}.bias") if m.bias is not None else None
+    return "conv_transpose", {
+        "input": args[0],
+        "weight": ParamRef(f"{name}.weight"),
+        "bias": bias,
+        "groups": m.groups,
+    }
+
+
+@registry.rule(
+    "embedding",
+    signature="input, weight, padding_idx=None, max_norm=None, norm_type=2.0, "
+    "scale_grad_by_freq=False, sparse=False",
+    also={
+        "embedding": "weight, input, padding_idx=-1, scale_grad_by_freq=False, sparse=False",
+        F.embedding: "input, weight, padding_idx=None, max_norm=None, norm_type=2.0, "
+        "scale_grad_by_freq=False, sparse=False",
+    },
+)
+def embedding(call: Call, ctx: RuleContext) -> Any:
+    ids, w = call.args["input"], call.args["weight"]
+    if call.args.get("max_norm") is not None:
+        return ctx.block(call, "max_norm renormalises rows by their norm")
+    ctx.freeze(w.terms[0], f"vocabulary of {call.where()}")
+    ctx.role(w, 1, COPY, call)
+    mod = module_at(ctx, owner(w), nn.Embedding)
+    wt = w.terms
+    ctx.set_attr(mod, "embedding_dim", lambda size: size(wt[1]))
+    return TensorValue([*ids.terms, w.terms[1]], out_shape(call))
+
+
+@registry.module(nn.Embedding)
+def _embedding_module(m: nn.Embedding, name: str, args: tuple, kwargs: dict):
+    return "embedding", {
+        "input": args[0],
+        "weight": ParamRef(f"{name}.weight"),
+        "max_norm": m.max_norm,
+    }
+
+
+@registry.rule("matmul", signature="input, other", names=("bmm", "mm"))
+def matmul(call: Call, ctx: RuleContext) -> Any:
+    a, b = call.args["input"], call.args["other"]
+    if a.ndim < 2 or b.ndim < 2:
+        return ctx.block(call, "matmul with a 1-D operand")
+    ctx.unify(a.terms[-1], b.terms[-2], call)
+    # The contraction can be compensated only by dividing a parameter's reduce axis.
+    if b.param is not None:
+        ctx.role(b, b.ndim - 2, REDUCE, call)
+        ctx.role(b, b.ndim - 1, COPY, call)
+    elif a.param is not None:
+        ctx.role(a, a.ndim - 1, REDUCE, call)
+        ctx.role(a, a.ndim - 2, COPY, call)
+    else:
+        ctx.freeze(a.terms[-1], f"contraction of two activations at {call.where()}")
+    shape = out_shape(call)
+    batch = shape[:-2]
+    lead_a = TensorValue(a.terms[:-2], a.shape[:-2])
+    lead_b = TensorValue(b.terms[:-2], b.shape[:-2])
+    lead = broadcast(call, ctx, [lead_a, lead_b], batch).terms if batch else []
+    return TensorValue([*lead, a.terms[-2], b.terms[-1]], shape)

@@ -1,0 +1,145 @@
+"""Rules for normalisations.
+
+BatchNorm and InstanceNorm keep per-channel statistics: their parameters and buffers are copied.
+LayerNorm, GroupNorm and RMSNorm average over the widened axis, so that axis must be replicated
+uniformly (every unit the same number of times) for the mean and variance to stay the same.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from .common import COPY, grouped, module_at, out_shape, owner, same_as
+from .registry import Call, ParamRef, TensorValue
+from .registry import default_registry as registry
+
+if TYPE_CHECKING:
+    from ..graph.build import RuleContext
+
+
+def _per_channel(call: Call, ctx: RuleContext, channel: Any, names: tuple[str, ...]) -> None:
+    for key in names:
+        p = call.args.get(key)
+        if isinstance(p, TensorValue):
+            ctx.unify(p.terms[0], channel, call)
+            ctx.role(p, 0, COPY, call)
+
+
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+@registry.rule(
+    "batch_norm",
+    signature="input, weight=None, bias=None, running_mean=None, running_var=None, "
+    "training=False, momentum=0.1, eps=1e-5, cudnn_enabled=True",
+    names=("_native_batch_norm_legit_no_training",),
+    also={
+        F.batch_norm: "input, running_mean, running_var, weight=None, bias=None, "
+        "training=False, momentum=0.1, eps=1e-05",
+        "instance_norm": "input, weight=None, bias=None, running_mean=None, running_var=None, "
+        "use_input_stats=True, momentum=0.1, eps=1e-5, cudnn_enabled=True",
+        F.instance_norm: "input, running_mean=None, running_var=None, weight=None, bias=None, "
+        "use_input_stats=True, momentum=0.1, eps=1e-05",
+    },
+)
+def batch_norm(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    channel = x.terms[1] if x.ndim > 1 else x.terms[0]
+    _per_channel(call, ctx, channel, _BN_TENSORS)
+    mod = module_at(ctx, call.module if call.module_obj is not None else _owner(call), _NORMS)
+    ctx.set_attr(mod, "num_features", lambda size: size(channel))
+    if call.name == "_native_batch_norm_legit_no_training":
+        return (same_as(x, call), ctx.fixed_tensor((0,)), ctx.fixed_tensor((0,)))
+    return same_as(x, call)
+
+
+_NORMS = (nn.modules.batchnorm._NormBase,)
+
+
+def _owner(call: Call) -> str | None:
+    for key in _BN_TENSORS:
+        o = owner(call.args.get(key))
+        if o is not None:
+            return o
+    return None
+
+
+@registry.module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+def _bn_module(m: nn.modules.batchnorm._BatchNorm, name: str, args: tuple, kwargs: dict):
+    refs = {k: ParamRef(f"{name}.{k}") if getattr(m, k) is not None else None for k in _BN_TENSORS}
+    return "batch_norm", {"input": args[0], **refs}
+
+
+@registry.module(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+def _in_module(m: nn.modules.instancenorm._InstanceNorm, name: str, args: tuple, kwargs: dict):
+    refs = {k: ParamRef(f"{name}.{k}") if getattr(m, k) is not None else None for k in _BN_TENSORS}
+    return "batch_norm", {"input": args[0], **refs}
+
+
+@registry.rule(
+    "layer_norm",
+    signature="input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True",
+    also={"rms_norm": "input, normalized_shape, weight=None, eps=None"},
+)
+def layer_norm(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    k = len(call.args["normalized_shape"])
+    normalized = x.terms[x.ndim - k :]
+    for t in normalized:
+        ctx.uniform(t, call)
+    for key in ("weight", "bias"):
+        p = call.args.get(key)
+        if isinstance(p, TensorValue):
+            for d, t in enumerate(normalized):
+                ctx.unify(p.terms[d], t, call)
+                ctx.role(p, d, COPY, call)
+    kinds = (nn.LayerNorm, nn.RMSNorm)
+    mod = module_at(ctx, call.module if call.module_obj is not None else owner(call.args.get("weight")), kinds)
+    ctx.set_attr(mod, "normalized_shape", lambda size: tuple(size(t) for t in normalized))
+    return same_as(x, call)
+
+
+@registry.module(nn.LayerNorm)
+def _ln_module(m: nn.LayerNorm, name: str, args: tuple, kwargs: dict):
+    return "layer_norm", {
+        "input": args[0],
+        "normalized_shape": m.normalized_shape,
+        "weight": ParamRef(f"{name}.weight") if m.weight is not None else None,
+        "bias": ParamRef(f"{name}.bias") if m.bias is not None else None,
+    }
+
+
+@registry.module(nn.RMSNorm)
+def _rms_module(m: nn.RMSNorm, name: str, args: tuple, kwargs: dict):
+    return "layer_norm", {
+        "input": args[0],
+        "normalized_shape": m.normalized_shape,
+        "weight": ParamRef(f"{name}.weight") if m.weight is not None else None,
+    }
+
+
+@registry.rule("group_norm", signature="input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True")
+def group_norm(call: Call, ctx: RuleContext) -> Any:
+    x, groups = call.args["input"], call.args["num_groups"]
+    channel = x.terms[1]
+    inner = grouped(ctx, channel, groups, call)
+    if inner is None:
+        return ctx.block(call, f"channels not divisible into {groups} groups")
+    ctx.uniform(inner, call)
+    _per_channel(call, ctx, channel, ("weight", "bias"))
+    mod = module_at(ctx, call.module if call.module_obj is not None else owner(call.args.get("weight")), nn.GroupNorm)
+    ctx.set_attr(mod, "num_channels", lambda size: size(channel))
+    return same_as(x, call)
+
+
+@registry.module(nn.GroupNorm)
+def _gn_module(m: nn.GroupNorm, name: str, args: tuple, kwargs: dict):
+    return "group_norm", {
+        "input": args[0],
+        "num_groups": m.num_groups,
+        "weight": ParamRef(f"{name}.weight") if m.weight is not None else None,
+        "bias": ParamRef(f"{name}.bias") if m.bias is not None else None,
+    }

@@ -1,0 +1,134 @@
+"""Rules for reductions, softmax and pooling.
+
+Replicating a unit changes a sum or a softmax over the widened axis, so those freeze it; a mean
+or a biased variance is unchanged only under uniform replication; a max is unchanged.
+Pooling reduces spatial axes and keeps the channel axis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..graph.terms import Fixed
+from .common import out_shape, same_as
+from .registry import Call, TensorValue
+from .registry import default_registry as registry
+
+if TYPE_CHECKING:
+    from ..graph.build import RuleContext
+
+
+def _reduced_dims(x: TensorValue, dim: Any) -> list[int]:
+    if dim is None or dim == [] or dim == ():
+        return list(range(x.ndim))
+    dims = dim if isinstance(dim, (list, tuple)) else [dim]
+    return sorted(x.dim(int(d)) for d in dims)
+
+
+def _reduce(call: Call, ctx: RuleContext, effect: str) -> Any:
+    x = call.args["input"]
+    dims = _reduced_dims(x, call.args.get("dim"))
+    for d in dims:
+        if effect == "uniform":
+            ctx.uniform(x.terms[d], call)
+        elif effect == "freeze":
+            ctx.freeze(x.terms[d], f"{call.name} over this axis at {call.where()}")
+    shape = out_shape(call)
+    keep = [Fixed(1) if d in dims else t for d, t in enumerate(x.terms)]
+    if len(shape) != len(keep):
+        keep = [t for d, t in enumerate(x.terms) if d not in dims]
+    return TensorValue(keep, shape)
+
+
+@registry.rule("mean", signature="input, dim=None, keepdim=False, *, dtype=None")
+def mean(call: Call, ctx: RuleContext) -> Any:
+    return _reduce(call, ctx, "uniform")
+
+
+@registry.rule("sum", signature="input, dim=None, keepdim=False, *, dtype=None", names=("nansum", "prod", "logsumexp", "cumsum", "norm", "count_nonzero", "argmax", "argmin", "all", "any"))
+def sum_(call: Call, ctx: RuleContext) -> Any:
+    return _reduce(call, ctx, "freeze")
+
+
+@registry.rule("amax", signature="input, dim=None, keepdim=False", names=("amin",))
+def amax(call: Call, ctx: RuleContext) -> Any:
+    return _reduce(call, ctx, "none")
+
+
+@registry.rule("max", signature="input, dim=None, keepdim=False", names=("min",))
+def max_(call: Call, ctx: RuleContext) -> Any:
+    x, dim = call.args["input"], call.args["dim"]
+    if isinstance(dim, TensorValue):  # torch.max(a, b) is elementwise
+        from .elementwise import nary
+
+        call.args = {"args": (x, dim), "kwargs": {}}
+        return nary(call, ctx)
+    if dim is None:
+        return _reduce(call, ctx, "none")
+    # (values, indices): indices name positions along the axis, which widening renumbers.
+    ctx.freeze(x.terms[x.dim(dim)], f"indices of {call.name} at {call.where()}")
+    values = _reduce(call, ctx, "none")
+    return (values, TensorValue(list(values.terms), values.shape))
+
+
+@registry.rule("var", signature="input, dim=None, *, correction=None, keepdim=False, unbiased=None", names=("std",))
+def var(call: Call, ctx: RuleContext) -> Any:
+    biased = call.args.get("correction") == 0 or call.args.get("unbiased") is False
+    if isinstance(call.args.get("dim"), bool):  # x.var(False): the unbiased flag positionally
+        biased = call.args["dim"] is False
+        call.args["dim"] = None
+    return _reduce(call, ctx, "uniform" if biased else "freeze")
+
+
+@registry.rule("softmax", signature="input, dim=None, *args, **kwargs", names=("log_softmax", "_softmax", "_log_softmax", "softmin"))
+def softmax(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = call.args["dim"]
+    if d is None:
+        return ctx.block(call, "softmax without an explicit dim")
+    ctx.freeze(x.terms[x.dim(d)], f"softmax over this axis at {call.where()}")
+    return same_as(x, call)
+
+
+@registry.module(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+def _softmax_module(m: nn.Softmax, name: str, args: tuple, kwargs: dict):
+    return "softmax", {"input": args[0], "dim": m.dim}
+
+
+def _pool(spatial: int):
+    def rule(call: Call, ctx: RuleContext) -> Any:
+        x = call.args["input"]
+        shape = out_shape(call)
+        kept = x.terms[: x.ndim - spatial]
+        value = TensorValue([*kept, *(Fixed(s) for s in shape[-spatial:])], shape)
+        if isinstance(call.out, (list, tuple)):  # return_indices: the indices are per unit too
+            return (value, TensorValue(list(value.terms), shape))
+        return value
+
+    return rule
+
+
+_POOLS = ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "lp_pool", "fractional_max_pool")
+for _n in (1, 2, 3):
+    registry.rule(
+        f"pool{_n}d",
+        signature="input, *args, **kwargs",
+        names=tuple(f"{p}{_n}d" for p in _POOLS) + tuple(f"{p}{_n}d_with_indices" for p in _POOLS),
+    )(_pool(_n))
+
+
+def _pool_module(spatial: int):
+    def adapter(m: nn.Module, name: str, args: tuple, kwargs: dict):
+        return f"pool{spatial}d", {"input": args[0], "args": (), "kwargs": {}}
+
+    return adapter
+
+
+for _n, _types in {
+    1: (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d),
+    2: (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d),
+    3: (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
+}.items():
+    registry.module(*_types)(_pool_module(_n))

@@ -1,0 +1,192 @@
+"""The rule registry: one small function per operation, whichever tracer recorded it.
+
+A rule is written once against a *canonical call*: the op's arguments bound by name to one
+signature. ``nn.Conv2d`` module calls (through a module adapter), ``F.conv2d(x, self.weight)``
+in user code and ``aten.conv2d`` in an exported graph all reach the same ``conv`` rule.
+
+A rule returns what the node produces: a :class:`TensorValue` (one term per dimension), a
+container of them, or a plain Python value. It states facts through the
+:class:`~autogrow.graph.build.RuleContext` it receives (``unify``, ``freeze``, ``role`` ...).
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import fx, nn
+
+from ..graph.terms import Term
+
+if TYPE_CHECKING:
+    from ..graph.build import RuleContext
+
+
+class Dynamic(int):
+    """An int computed at run time by the traced code (``x.size(1)``), not a literal."""
+
+
+@dataclass
+class TensorValue:
+    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer."""
+
+    terms: list[Term]
+    shape: tuple[int, ...]
+    param: str | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self, d: int) -> int:
+        """A possibly negative dimension index, made non-negative."""
+        return d + self.ndim if d < 0 else d
+
+
+@dataclass
+class Call:
+    """One op as a rule sees it: canonical name, arguments bound by name, and where it is."""
+
+    name: str
+    node: fx.Node
+    args: dict[str, Any]
+    out: Any  # the recorded output (TensorMeta or a structure of them)
+    module: str | None = None  # qualified name of the innermost module the op belongs to
+    module_obj: nn.Module | None = None  # set for module calls
+    source: str | None = None
+
+    def where(self) -> str:
+        """'op conv2d in module layer1.0.conv1 (file.py:12)' for error messages."""
+        text = f"op '{self.name}'"
+        if self.module:
+            text += f" in module '{self.module}'"
+        if self.source:
+            text += f" ({self.source})"
+        return text
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A module adapter's way to name one of the module's parameters."""
+
+    name: str
+
+
+Rule = Callable[[Call, "RuleContext"], Any]
+ModuleAdapter = Callable[[nn.Module, str, tuple, dict], "tuple[str, dict[str, Any]]"]
+
+
+def _signature(spec: str) -> inspect.Signature:
+    return inspect.signature(eval(f"lambda {spec}: None"))  # noqa: S307 - our own literals
+
+
+@dataclass
+class RuleRegistry:
+    """Maps op names, callables and module types to rules. ``default_registry`` is the built-in
+    one; pass your own (a ``copy()``) to keep registrations out of global state."""
+
+    rules: dict[str, Rule] = field(default_factory=dict)
+    bindings: dict[Any, tuple[str, inspect.Signature]] = field(default_factory=dict)
+    adapters: dict[type, ModuleAdapter] = field(default_factory=dict)
+    module_rules: dict[type, Rule] = field(default_factory=dict)
+
+    def copy(self) -> RuleRegistry:
+        return RuleRegistry(
+            dict(self.rules), dict(self.bindings), dict(self.adapters), dict(self.module_rules)
+        )
+
+    def rule(
+        self,
+        canonical: str,
+        *,
+        signature: str,
+        names: tuple[Any, ...] = (),
+        also: dict[Any, str] | None = None,
+    ) -> Callable[[Rule], Rule]:
+        """Register ``fn`` for ``canonical`` and every name/callable in ``names`` (bound with
+        ``signature``) and in ``also`` (each bound with its own signature, same argument names)."""
+
+        def register(fn: Rule) -> Rule:
+            self.rules[canonical] = fn
+            sig = _signature(signature)
+            for key in (canonical, *names):
+                self.bindings[key] = (canonical, sig)
+            for key, spec in (also or {}).items():
+                self.bindings[key] = (canonical, _signature(spec))
+            return fn
+
+        return register
+
+    def module(self, *types: type) -> Callable[[ModuleAdapter], ModuleAdapter]:
+        """Register an adapter turning a call of a module of these types into a canonical call."""
+
+        def register(fn: ModuleAdapter) -> ModuleAdapter:
+            for t in types:
+                self.adapters[t] = fn
+            return fn
+
+        return register
+
+    def register_module_rule(self, module_type: type, fn: Rule) -> None:
+        """A rule for a user module type; such modules become leaves of the fx trace.
+
+        The rule's ``call.args`` are ``{"args": (...), "kwargs": {...}}`` and ``call.module_obj``
+        is the module instance.
+        """
+        self.module_rules[module_type] = fn
+
+    def leaf_types(self) -> tuple[type, ...]:
+        return tuple(self.module_rules)
+
+    # -- lookup ------------------------------------------------------------------------------
+    def for_module(self, m: nn.Module) -> tuple[str, Any] | None:
+        for t in type(m).__mro__:
+            if t in self.module_rules:
+                return "module", self.module_rules[t]
+            if t in self.adapters:
+                return "adapter", self.adapters[t]
+        return None
+
+    def binding(self, target: Any) -> tuple[str, inspect.Signature] | None:
+        try:
+            if target in self.bindings:
+                return self.bindings[target]
+        except TypeError:  # unhashable target
+            return None
+        name = target_name(target)
+        return self.bindings.get(name) if name else None
+
+
+_OPERATOR_NAMES = {
+    operator.add: "add",
+    operator.iadd: "add",
+    operator.sub: "sub",
+    operator.isub: "sub",
+    operator.mul: "mul",
+    operator.imul: "mul",
+    operator.truediv: "div",
+    operator.itruediv: "div",
+    operator.matmul: "matmul",
+    operator.neg: "neg",
+    operator.getitem: "getitem",
+    operator.pow: "pow",
+}
+
+
+def target_name(target: Any) -> str | None:
+    """The name rules are looked up by: an ATen schema name, a method or a function name."""
+    if isinstance(target, str):  # call_method
+        return target[:-1] if target.endswith("_") and not target.startswith("_") else target
+    if target in _OPERATOR_NAMES:
+        return _OPERATOR_NAMES[target]
+    schema = getattr(target, "_schema", None)
+    if schema is not None:  # an ATen OpOverload
+        name = schema.name.split("::")[-1]
+        return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+    return getattr(target, "__name__", None)
+
+
+default_registry = RuleRegistry()

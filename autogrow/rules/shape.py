@@ -1,0 +1,438 @@
+"""Rules for ops that move, merge, split or index axes.
+
+Views merge and split axes as products (``flatten`` → ``(c h w)``, heads → ``(heads head_dim)``),
+concatenation lays axes side by side, split/chunk cut them, indexing picks from them. The term
+algebra in :mod:`autogrow.graph.terms` does the work; these rules only say which axes go where.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..graph.terms import Fixed, Term, cat, prod
+from .common import out_shape, same_as, tensors
+from .registry import Call, Dynamic, TensorValue
+from .registry import default_registry as registry
+
+if TYPE_CHECKING:
+    from ..graph.build import RuleContext
+
+
+def _sizes(args: Any) -> list[Any]:
+    """``view(a, b)`` and ``view((a, b))`` alike."""
+    if len(args) == 1 and isinstance(args[0], (list, tuple, torch.Size)):
+        return list(args[0])
+    return list(args)
+
+
+def _has_atoms(ctx: RuleContext, t: Term) -> bool:
+    return bool(ctx.store.leaf_atoms(t))
+
+
+def reshape_terms(call: Call, ctx: RuleContext, x: TensorValue, shape: tuple[int, ...]) -> Any:
+    pieces = ctx.store.factor(prod(x.terms), list(shape), call.where()) if x.ndim else None
+    if x.ndim == 0:
+        return ctx.fixed_tensor(shape)
+    if pieces is None:
+        return ctx.block(call, f"cannot express {tuple(x.shape)} -> {shape} as a regrouping of axes")
+    return TensorValue(pieces, shape)
+
+
+@registry.rule("view", signature="input, *shape", names=("reshape", "_unsafe_view", "_reshape_alias"))
+def view(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    shape = out_shape(call)
+    result = reshape_terms(call, ctx, x, shape)
+    if isinstance(result, TensorValue):
+        requested = _sizes(call.args["shape"])
+        if len(requested) == len(shape):
+            for t, s in zip(result.terms, requested):
+                if isinstance(s, int) and s not in (-1, 1) and _has_atoms(ctx, t):
+                    ctx.literal(t, s, call)
+    return result
+
+
+@registry.rule("view_as", signature="input, other", names=("reshape_as",))
+def view_as(call: Call, ctx: RuleContext) -> Any:
+    x, other = call.args["input"], call.args["other"]
+    result = reshape_terms(call, ctx, x, out_shape(call))
+    if isinstance(result, TensorValue):
+        for a, b in zip(result.terms, other.terms):
+            ctx.unify(a, b, call)
+    return result
+
+
+@registry.rule("flatten", signature="input, start_dim=0, end_dim=-1")
+def flatten(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    if x.ndim == 0:
+        return ctx.fixed_tensor(out_shape(call))
+    s, e = x.dim(call.args["start_dim"]), x.dim(call.args["end_dim"])
+    return TensorValue([*x.terms[:s], prod(x.terms[s : e + 1]), *x.terms[e + 1 :]], out_shape(call))
+
+
+@registry.module(nn.Flatten)
+def _flatten_module(m: nn.Flatten, name: str, args: tuple, kwargs: dict):
+    return "flatten", {"input": args[0], "start_dim": m.start_dim, "end_dim": m.end_dim}
+
+
+@registry.rule("unflatten", signature="input, dim, sizes")
+def unflatten(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    shape = out_shape(call)
+    k = len(call.args["sizes"])
+    pieces = ctx.store.factor(x.terms[d], list(shape[d : d + k]), call.where())
+    if pieces is None:
+        return ctx.block(call, "cannot split this axis into the requested sizes")
+    return TensorValue([*x.terms[:d], *pieces, *x.terms[d + 1 :]], shape)
+
+
+@registry.module(nn.Unflatten)
+def _unflatten_module(m: nn.Unflatten, name: str, args: tuple, kwargs: dict):
+    return "unflatten", {"input": args[0], "dim": m.dim, "sizes": m.unflattened_size}
+
+
+@registry.rule("permute", signature="input, *dims")
+def permute(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    dims = [x.dim(d) for d in _sizes(call.args["dims"])]
+    return TensorValue([x.terms[d] for d in dims], out_shape(call))
+
+
+@registry.rule("transpose", signature="input, dim0, dim1", names=("swapaxes", "swapdims"))
+def transpose(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    a, b = x.dim(call.args["dim0"]), x.dim(call.args["dim1"])
+    terms = list(x.terms)
+    terms[a], terms[b] = terms[b], terms[a]
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.rule("t", signature="input", names=("numpy_T",))
+def t(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    return TensorValue(list(reversed(x.terms)), out_shape(call))
+
+
+@registry.rule("movedim", signature="input, source, destination", names=("moveaxis",))
+def movedim(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    src = call.args["source"]
+    dst = call.args["destination"]
+    src = [x.dim(s) for s in (src if isinstance(src, (list, tuple)) else [src])]
+    dst = [x.dim(s) for s in (dst if isinstance(dst, (list, tuple)) else [dst])]
+    order = [d for d in range(x.ndim) if d not in src]
+    for s, d in sorted(zip(dst, src)):
+        order.insert(s, d)
+    return TensorValue([x.terms[d] for d in order], out_shape(call))
+
+
+@registry.rule("unsqueeze", signature="input, dim")
+def unsqueeze(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = call.args["dim"]
+    d = d + x.ndim + 1 if d < 0 else d
+    return TensorValue([*x.terms[:d], Fixed(1), *x.terms[d:]], out_shape(call))
+
+
+@registry.rule("squeeze", signature="input, dim=None")
+def squeeze(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    shape = out_shape(call)
+    d = call.args["dim"]
+    if d is None:
+        drop = {i for i, s in enumerate(x.shape) if s == 1}
+    else:
+        dims = d if isinstance(d, (list, tuple)) else [d]
+        drop = {x.dim(i) for i in dims if x.shape[x.dim(i)] == 1}
+    return TensorValue([t for i, t in enumerate(x.terms) if i not in drop], shape)
+
+
+@registry.rule("expand", signature="input, *size", names=("broadcast_to",))
+def expand(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    shape = out_shape(call)
+    requested = _sizes(call.args["size"])
+    lead = len(shape) - x.ndim
+    terms: list[Term] = [Fixed(s) for s in shape[:lead]]
+    for d, t in enumerate(x.terms):
+        terms.append(t if x.shape[d] == shape[lead + d] else Fixed(shape[lead + d]))
+    for t, s in zip(terms, requested):
+        if isinstance(s, int) and s != -1 and _has_atoms(ctx, t):
+            ctx.literal(t, s, call)
+    return TensorValue(terms, shape)
+
+
+@registry.rule("expand_as", signature="input, other")
+def expand_as(call: Call, ctx: RuleContext) -> Any:
+    x, other = call.args["input"], call.args["other"]
+    lead = other.ndim - x.ndim
+    terms = list(other.terms[:lead])
+    for d, t in enumerate(x.terms):
+        if x.shape[d] == other.shape[lead + d]:
+            ctx.unify(t, other.terms[lead + d], call)
+        terms.append(other.terms[lead + d])
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.rule("repeat", signature="input, *repeats", names=("tile",))
+def repeat(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    reps = _sizes(call.args["repeats"])
+    shape = out_shape(call)
+    lead = len(shape) - x.ndim
+    terms: list[Term] = [Fixed(s) for s in shape[:lead]]
+    for d, t in enumerate(x.terms):
+        r = int(reps[len(reps) - x.ndim + d]) if len(reps) >= x.ndim - d else 1
+        terms.append(prod([Fixed(r), t]))  # tiling: the whole axis, r times
+    return TensorValue(terms, shape)
+
+
+@registry.rule("repeat_interleave", signature="input, repeats=None, dim=None, *, output_size=None")
+def repeat_interleave(call: Call, ctx: RuleContext) -> Any:
+    x, r, d = call.args["input"], call.args["repeats"], call.args["dim"]
+    if not isinstance(r, int) or d is None:
+        return ctx.block(call, "repeat_interleave needs an int count and a dim")
+    d = x.dim(d)
+    terms = list(x.terms)
+    terms[d] = prod([terms[d], Fixed(r)])
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.rule("cat", signature="tensors, dim=0", names=("concat", "concatenate"))
+def cat_(call: Call, ctx: RuleContext) -> Any:
+    parts = [v for v in call.args["tensors"] if isinstance(v, TensorValue) and v.shape != (0,)]
+    shape = out_shape(call)
+    d = call.args["dim"]
+    d = d + len(shape) if d < 0 else d
+    terms: list[Term] = []
+    for i in range(len(shape)):
+        if i == d:
+            terms.append(cat(p.terms[d] for p in parts))
+            continue
+        for p in parts[1:]:
+            ctx.unify(parts[0].terms[i], p.terms[i], call)
+        terms.append(parts[0].terms[i])
+    return TensorValue(terms, shape)
+
+
+@registry.rule("stack", signature="tensors, dim=0")
+def stack(call: Call, ctx: RuleContext) -> Any:
+    parts = call.args["tensors"]
+    shape = out_shape(call)
+    d = call.args["dim"]
+    d = d + len(shape) if d < 0 else d
+    for p in parts[1:]:
+        for a, b in zip(parts[0].terms, p.terms):
+            ctx.unify(a, b, call)
+    terms = list(parts[0].terms)
+    terms.insert(d, Fixed(len(parts)))
+    return TensorValue(terms, shape)
+
+
+def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -> Any:
+    sizes = [m.shape[d] for m in call.out]
+    pieces = ctx.store.split(x.terms[d], sizes, call.where())
+    if pieces is None:
+        return ctx.block(call, "cannot cut this axis into the requested pieces")
+    if isinstance(literal, int) and not isinstance(literal, Dynamic):
+        # split(x, 64): the piece size is fixed in code, so pieces keep their size.
+        for p in pieces:
+            if _has_atoms(ctx, p):
+                ctx.literal(p, p.size, call)
+    elif isinstance(literal, (list, tuple)):
+        for p, s in zip(pieces, literal):
+            if _has_atoms(ctx, p):
+                ctx.literal(p, s, call)
+    else:
+        # chunk(x, n): pieces must stay of equal size; tying them is the simple sufficient way.
+        for p in pieces[1:]:
+            if p.size == pieces[0].size:
+                ctx.unify(pieces[0], p, call)
+    out = []
+    for p, m in zip(pieces, call.out):
+        terms = list(x.terms)
+        terms[d] = p
+        out.append(TensorValue(terms, m.shape))
+    return tuple(out)
+
+
+@registry.rule("split", signature="input, split_size_or_sections, dim=0", names=("split_with_sizes",), also={"split_with_sizes": "input, split_sizes, dim=0"})
+def split(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    literal = call.args.get("split_size_or_sections", call.args.get("split_sizes"))
+    if ctx.traced.kind == "export" and isinstance(literal, int):
+        literal = None  # export specialises every size; chunk() arrives here as split
+    return _split(call, ctx, x, d, literal)
+
+
+@registry.rule("chunk", signature="input, chunks, dim=0", names=("tensor_split",))
+def chunk(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    return _split(call, ctx, x, x.dim(call.args["dim"]), None)
+
+
+@registry.rule("unbind", signature="input, dim=0")
+def unbind(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    ctx.freeze(x.terms[d], f"unbind at {call.where()}")
+    return tuple(TensorValue([t for i, t in enumerate(x.terms) if i != d], m.shape) for m in call.out)
+
+
+def _slice_axis(call: Call, ctx: RuleContext, t: Term, n: int, s: slice) -> Term | None:
+    start, stop, step = s.indices(n)
+    if step != 1:
+        ctx.freeze(t, f"strided slice at {call.where()}")
+        return Fixed(len(range(start, stop, step)))
+    if start == 0 and stop == n:
+        return t
+    literal = any(isinstance(b, int) and not isinstance(b, Dynamic) for b in (s.start, s.stop))
+    if literal and ctx.traced.kind == "fx" and _has_atoms(ctx, t):
+        ctx.freeze(t, f"slice with literal bounds at {call.where()}")
+        return Fixed(max(stop - start, 0))
+    sizes = [x for x in (start, stop - start, n - stop) if x > 0]
+    pieces = ctx.store.split(t, sizes, call.where())
+    if pieces is None:
+        ctx.freeze(t, f"cannot slice this axis at {call.where()}")
+        return Fixed(max(stop - start, 0))
+    return pieces[1] if start > 0 else pieces[0]
+
+
+def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> Any:
+    idx = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, TensorValue) for i in idx):
+        return _advanced_index(call, ctx, x, list(idx))
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list[Any] = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (x.ndim - n_real))
+        else:
+            expanded.append(i)
+    expanded.extend([slice(None)] * (x.ndim - sum(1 for i in expanded if i is not None)))
+    terms: list[Term] = []
+    d = 0
+    for i in expanded:
+        if i is None:
+            terms.append(Fixed(1))
+            continue
+        t, n = x.terms[d], x.shape[d]
+        if isinstance(i, int):
+            if _has_atoms(ctx, t):
+                ctx.freeze(t, f"integer index on this axis at {call.where()}")
+        elif isinstance(i, slice):
+            sliced = _slice_axis(call, ctx, t, n, i)
+            terms.append(sliced if sliced is not None else Fixed(1))
+        else:
+            return ctx.block(call, f"unsupported index {i!r}")
+        d += 1
+    return TensorValue(terms, out_shape(call))
+
+
+def _advanced_index(call: Call, ctx: RuleContext, x: TensorValue, idx: list[Any]) -> Any:
+    tensor_pos = [p for p, i in enumerate(idx) if isinstance(i, TensorValue)]
+    others_plain = all(i is None or i == slice(None) for p, i in enumerate(idx) if p not in tensor_pos)
+    if len(tensor_pos) != 1 or not others_plain or None in idx:
+        return ctx.block(call, "advanced indexing with several index tensors")
+    p = tensor_pos[0]
+    ctx.freeze(x.terms[p], f"gathered by an index tensor at {call.where()}")
+    ind = idx[p]
+    terms = [*x.terms[:p], *ind.terms, *x.terms[p + 1 :]]
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.rule("getitem", signature="obj, index")
+def getitem(call: Call, ctx: RuleContext) -> Any:
+    obj, index = call.args["obj"], call.args["index"]
+    if isinstance(obj, TensorValue):
+        return index_tensor(call, ctx, obj, index)
+    if obj is None:
+        return call.out
+    return obj[index]
+
+
+@registry.rule("index", signature="input, indices")
+def index(call: Call, ctx: RuleContext) -> Any:
+    return _advanced_index(call, ctx, call.args["input"], list(call.args["indices"]))
+
+
+@registry.rule("select", signature="input, dim, index")
+def select(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    if _has_atoms(ctx, x.terms[d]):
+        ctx.freeze(x.terms[d], f"select on this axis at {call.where()}")
+    return TensorValue([t for i, t in enumerate(x.terms) if i != d], out_shape(call))
+
+
+@registry.rule("slice", signature="input, dim=0, start=None, end=None, step=1", names=("narrow",), also={"narrow": "input, dim, start, length"})
+def slice_(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    if "length" in call.args:
+        s = slice(call.args["start"], call.args["start"] + call.args["length"])
+    else:
+        s = slice(call.args["start"], call.args["end"], call.args["step"])
+    terms = list(x.terms)
+    sliced = _slice_axis(call, ctx, terms[d], x.shape[d], s)
+    terms[d] = sliced if sliced is not None else Fixed(out_shape(call)[d])
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.rule("pad", signature="input, pad, mode='constant', value=None", names=("constant_pad_nd",))
+def pad(call: Call, ctx: RuleContext) -> Any:
+    x, widths, mode = call.args["input"], list(call.args["pad"]), call.args["mode"]
+    terms = list(x.terms)
+    for k in range(len(widths) // 2):
+        d = x.ndim - 1 - k
+        left, right = widths[2 * k], widths[2 * k + 1]
+        if left == 0 and right == 0:
+            continue
+        if mode != "constant" or left < 0 or right < 0:
+            ctx.freeze(terms[d], f"{mode} padding at {call.where()}")
+            terms[d] = Fixed(out_shape(call)[d])
+        else:
+            terms[d] = cat([Fixed(left), terms[d], Fixed(right)])
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.rule("roll", signature="input, shifts, dims=None", names=("flip", "rot90"))
+def roll(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    dims = call.args.get("dims")
+    dims = range(x.ndim) if dims is None else (dims if isinstance(dims, (list, tuple)) else [dims])
+    for d in dims:
+        ctx.freeze(x.terms[x.dim(d)], f"{call.name} along this axis at {call.where()}")
+    return same_as(x, call)
+
+
+@registry.rule("new_tensor", signature="*args, **kwargs", names=("zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "eye", "tensor", "new_zeros", "new_ones", "new_empty", "new_full", "linspace", "scalar_tensor", "zeros_like_fixed"))
+def new_tensor(call: Call, ctx: RuleContext) -> Any:
+    """Creation ops: their axes are fixed sizes (tying them to a group freezes the group)."""
+    return ctx.fixed_tensor(out_shape(call))
+
+
+@registry.rule("meta", signature="*args, **kwargs", names=("size", "dim", "numel", "_assert", "is_floating_point", "is_contiguous", "sym_size", "sym_numel", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size", "_check_is_size", "item_meta"))
+def meta(call: Call, ctx: RuleContext) -> Any:
+    """Ops that read shapes or assert: no effect on units."""
+    return call.out
+
+
+@registry.rule("getattr", signature="obj, name")
+def getattr_(call: Call, ctx: RuleContext) -> Any:
+    obj, name = call.args["obj"], call.args["name"]
+    if isinstance(obj, TensorValue) and name in ("T", "mT"):
+        terms = list(obj.terms)
+        terms[-1], terms[-2] = terms[-2], terms[-1]
+        return TensorValue(terms if name == "mT" else list(reversed(obj.terms)), out_shape(call))
+    if isinstance(obj, TensorValue) and name in ("data",):
+        return same_as(obj, call)
+    return call.out
+
+

@@ -1,0 +1,162 @@
+"""Capturing a model as an fx graph with shapes: torch.fx first, torch.export as the fallback.
+
+Both tracers give an fx ``Graph``; what differs is how parameters appear (``get_attr`` nodes or
+lifted placeholders) and where shapes come from (our own run, or export's fake values). A
+:class:`Traced` hides that difference from everything downstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.utils import _pytree as pytree
+
+from ..errors import TracingError
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What shape propagation remembers of a tensor value."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class Traced:
+    """A traced model: graph, which nodes are parameters, and every node's value metadata."""
+
+    model: nn.Module
+    graph: fx.Graph
+    kind: str  # "fx" or "export"
+    param_nodes: dict[fx.Node, str]  # node -> qualified name of a parameter or buffer
+    user_inputs: list[fx.Node]
+    meta: dict[fx.Node, Any] = field(default_factory=dict)
+    reference_output: Any = None  # the model's eval-mode output, when the trace computed it
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, was_training in flags:
+            m.training = was_training
+
+
+def describe(value: Any) -> Any:
+    """Replace tensors by their TensorMeta, keep plain Python values, drop everything else."""
+    if isinstance(value, torch.Tensor):
+        return TensorMeta(tuple(int(s) for s in value.shape), value.dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(describe(v) for v in value) if not _is_namedtuple(value) else tuple(
+            describe(v) for v in value
+        )
+    if isinstance(value, dict):
+        return {k: describe(v) for k, v in value.items()}
+    if value is None or isinstance(value, (int, float, bool, str, torch.dtype, torch.device)):
+        return value
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    return None
+
+
+def _is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and hasattr(value, "_fields")
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple[type, ...]) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self._leaf_types = leaf_types
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+class _MetaRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.meta: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.meta[n] = describe(result)
+        return result
+
+
+def trace_fx(model: nn.Module, inputs: tuple, leaf_types: tuple[type, ...] = ()) -> Traced:
+    """Symbolically trace ``model`` and record every node's value by running it in eval mode."""
+    graph = _Tracer(leaf_types).trace(model)
+    gm = fx.GraphModule(model, graph)
+    recorder = _MetaRecorder(gm)
+    with eval_mode(model), torch.no_grad():
+        output = recorder.run(*inputs)
+    params: dict[fx.Node, str] = {}
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.target in names:
+            params[node] = str(node.target)
+    user_inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    return Traced(model, graph, "fx", params, user_inputs, recorder.meta, output)
+
+
+def trace_export(model: nn.Module, inputs: tuple) -> Traced:
+    """Capture ``model`` with ``torch.export`` (non-strict); shapes come from its fake values."""
+    with eval_mode(model):
+        ep = torch.export.export(model, inputs, strict=False)
+    graph = ep.graph_module.graph
+    by_name = {n.name: n for n in graph.nodes if n.op == "placeholder"}
+    params: dict[fx.Node, str] = {}
+    user_inputs: list[fx.Node] = []
+    for spec in ep.graph_signature.input_specs:
+        node = by_name.get(getattr(spec.arg, "name", ""))
+        if node is None:
+            continue
+        if spec.kind.name in ("PARAMETER", "BUFFER") and spec.target is not None:
+            params[node] = spec.target
+        else:
+            user_inputs.append(node)
+    meta = {n: describe(n.meta.get("val")) for n in graph.nodes}
+    return Traced(model, graph, "export", params, user_inputs, meta, None)
+
+
+def trace(model: nn.Module, inputs: tuple, leaf_types: tuple[type, ...] = ()) -> Traced:
+    """Trace with torch.fx; fall back to torch.export where symbolic tracing cannot follow."""
+    try:
+        return trace_fx(model, inputs, leaf_types)
+    except Exception as fx_error:  # noqa: BLE001 - any tracing failure sends us to the fallback
+        try:
+            return trace_export(model, inputs)
+        except Exception as export_error:  # noqa: BLE001
+            raise TracingError(
+                f"cannot trace {type(model).__name__}.\n"
+                f"  torch.fx symbolic_trace failed: {_first_line(fx_error)}\n"
+                f"  torch.export fallback failed: {_first_line(export_error)}\n"
+                "Check that example_inputs match what forward() expects, and that forward has no "
+                "control flow on tensor values (shape-based control flow is fine for export)."
+            ) from export_error
+
+
+def _first_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def flatten_output(output: Any) -> list[torch.Tensor]:
+    """The tensors of a (possibly nested) model output, in a stable order."""
+    if hasattr(output, "to_tuple"):  # Hugging Face ModelOutput
+        output = output.to_tuple()
+    leaves, _ = pytree.tree_flatten(output)
+    return [x for x in leaves if isinstance(x, torch.Tensor)]

@@ -1,0 +1,142 @@
+"""Choosing each group's new width from the caller's ``factor`` (a float or a dict)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Union
+
+import networkx as nx
+
+from ..errors import ConstraintError, FrozenGroupError, GroupNotFoundError, InvalidArgumentError
+from ..graph.width_graph import WidthGraph, WidthGroup
+from .mapping import new_size
+
+Factor = Union[float, int, Mapping[str, Union[int, float]]]
+
+
+def check_factor(value: object, what: str = "factor") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{what} must be a number > 1, got {value!r}")
+    f = float(value)
+    if math.isnan(f) or math.isinf(f) or f <= 1.0:
+        raise InvalidArgumentError(
+            f"{what} must be a finite number > 1 (autogrow only grows), got {value!r}"
+        )
+    return f
+
+
+def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
+    """Sets of group ids that must be widened by one common integer factor."""
+    store = graph.store
+    links = nx.Graph()
+    for a, b in store.ratio_ties.edges:
+        la, lb = store.leaf_atoms(store.atom(a)), store.leaf_atoms(store.atom(b))
+        for x in la:
+            for y in lb:
+                links.add_edge(x.id, y.id)
+    return [set(c) for c in nx.connected_components(links)]
+
+
+def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
+    """New width per group id (only groups that change)."""
+    if isinstance(factor, Mapping):
+        wanted = _dict_targets(graph, factor)
+    else:
+        f = check_factor(factor)
+        wanted = {}
+        for g in graph.groups:
+            if g.widenable:
+                wanted[g.id] = g.width * math.floor(f + 1e-9) if g.uniform else max(g.width, round(g.width * f))
+    sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
+    changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
+    if not changed:
+        raise ConstraintError(
+            f"nothing to widen with factor {factor!r}: every widenable group keeps its width after "
+            "rounding to its constraints (uniform groups under LayerNorm/GroupNorm need an integer "
+            "factor). Use a larger factor or a dict of per-group widths; see autogrow.analyze(model)."
+        )
+    return changed
+
+
+def _apply_ratio_ties(graph: WidthGraph, wanted: dict[int, int], *, explicit: bool) -> dict[int, int]:
+    sizes = dict(wanted)
+    for cls in _ratio_classes(graph):
+        members = [graph.by_id(i) for i in cls if graph.by_id(i) is not None]
+        if not members:
+            continue
+        ks = {g.id: sizes.get(g.id, g.width) / g.width for g in members}
+        frozen = [g for g in members if not g.widenable]
+        asked = {k for gid, k in ks.items() if gid in wanted}
+        if explicit and len(asked) > 1:
+            names = ", ".join(g.name for g in members)
+            raise ConstraintError(
+                f"groups {names} are normalised together (one LayerNorm/GroupNorm over their "
+                "concatenation) and must be widened by the same integer factor"
+            )
+        k = 1 if frozen else int(min(ks.values()) if not explicit else max(ks.values()))
+        for g in members:
+            sizes[g.id] = g.width * k
+    return sizes
+
+
+def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[int, int]:
+    if not factor:
+        raise InvalidArgumentError("factor dict is empty: name at least one group or module")
+    wanted: dict[int, int] = {}
+    for key, value in factor.items():
+        g = graph.group(key)
+        if g is None:
+            close = [n for n in (x.name for x in graph.groups) if key in n or n in key][:5]
+            hint = f" Similar names: {', '.join(close)}." if close else ""
+            raise GroupNotFoundError(
+                f"{key!r} names no width group and no module with parameters in one.{hint} "
+                "List the groups with print(autogrow.analyze(model))."
+            )
+        if not g.widenable:
+            raise FrozenGroupError(
+                f"group {g.name!r} (requested as {key!r}, modules {', '.join(g.modules[:3])}) is "
+                f"frozen: {g.frozen}. It cannot change width; pick another group."
+            )
+        wanted[g.id] = _target_width(graph, g, key, value)
+    return wanted
+
+
+def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
+    scale = 1
+    if key != g.name:  # a module name: the value is that module's output width
+        scale = _module_multiplicity(graph, g, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
+    if isinstance(value, float):
+        f = check_factor(value, f"factor for {key!r}")
+        target = g.width * math.floor(f + 1e-9) if g.uniform else max(g.width, round(g.width * f))
+        return target
+    if value % scale:
+        raise ConstraintError(
+            f"{key!r} has {g.width * scale} outputs made of {scale} blocks of group {g.name!r}; "
+            f"its width must be a multiple of {scale}, got {value}"
+        )
+    target = value // scale
+    if target < g.width:
+        raise ConstraintError(
+            f"{key!r}: new width {value} is smaller than the current {g.width * scale}; "
+            "autogrow only grows"
+        )
+    if g.uniform and target % g.width:
+        raise ConstraintError(
+            f"group {g.name!r} must be replicated uniformly ({g.uniform}); its width must be a "
+            f"multiple of {g.width * scale}, got {value}"
+        )
+    return target
+
+
+def _module_multiplicity(graph: WidthGraph, g: WidthGroup, module: str) -> int:
+    """How many units of the module's output axis each unit of ``g`` accounts for."""
+    for m in g.members:
+        if m.param.rsplit(".", 1)[0] == module and m.role != "reduce":
+            info = graph.analysis.params[m.param]
+            term = info.terms[m.dim]
+            total = new_size(graph.store, term, {})
+            return total // g.width
+    return 1

@@ -1,0 +1,257 @@
+"""Net2WiderNet for any traced model: analyse → plan widths → map units → copy → verify."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
+from ..graph import WidthGraph, analyze_traced
+from ..graph.build import REDUCE, Analysis
+from ..rules import RuleRegistry, default_registry
+from ..tracing import prepare_inputs
+from ..verify import run, verify as verify_outputs
+from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
+from .plan import Factor, check_factor, plan_widths
+
+
+def widen(
+    model: nn.Module,
+    factor: Factor,
+    *,
+    example_inputs: tuple[Any, ...] | None = None,
+    seed: int | None = None,
+    symmetry: str = "split",
+    noise: float = 0.0,
+    inplace: bool = False,
+    verify: bool = True,
+    registry: RuleRegistry | None = None,
+) -> nn.Module:
+    """Return a wider model of the same class that computes the same function.
+
+    Args:
+        model: any ``nn.Module``; it is never modified unless ``inplace=True``.
+        factor: a float > 1 widens every widenable group by that factor, rounded to each
+            group's constraints; a dict maps group names or module names to a new width (int:
+            for a module, its output width) or a factor (float).
+        example_inputs: positional inputs for tracing and verification; inferred from the
+            first Conv/Linear/Embedding when omitted.
+        seed: seeds the random unit mappings and shares (None: a fresh random seed).
+        symmetry: ``"split"`` divides each replicated unit's outgoing weights into unequal
+            random shares (exact; replicas diverge in training); ``"none"`` divides equally.
+        noise: if > 0, Gaussian noise of ``noise × std`` is added to replicated outgoing
+            weights *after* verification, so the result is only approximately equal.
+        inplace: modify and return ``model`` itself (restored if verification fails).
+        verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
+        registry: rules to use instead of ``autogrow.rules.default_registry``.
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> wide = autogrow.widen(net, 2.0, seed=0)
+    >>> wide[0].out_features, wide[2].in_features
+    (16, 16)
+    """
+    _check_options(factor, symmetry, noise)
+    inputs = prepare_inputs(model, example_inputs)
+    graph = analyze_traced(model, inputs, registry or default_registry)
+    widths = plan_widths(graph, factor)
+    generator = torch.Generator().manual_seed(
+        seed if seed is not None else random.SystemRandom().randrange(2**62)
+    )
+    maps = {
+        gid: sample_map(
+            graph.by_id(gid).width,
+            n,
+            uniform=graph.by_id(gid).uniform is not None,
+            symmetry=symmetry,
+            generator=generator,
+        )
+        for gid, n in sorted(widths.items())
+    }
+    tensors = grown_tensors(graph.analysis, maps)
+    attrs = attribute_updates(graph, widths)
+    reference = graph.analysis.traced.reference_output
+    if verify and reference is None:
+        reference = run(model, inputs)
+    result, undo = (_apply_inplace if inplace else _apply_copy)(model, tensors, attrs)
+    if verify:
+        try:
+            verify_outputs(result, inputs, reference, what="widened")
+        except Exception:
+            undo()
+            raise
+    if noise > 0:
+        _add_noise(result, graph.analysis, maps, noise, generator)
+    return result
+
+
+def _check_options(factor: Any, symmetry: str, noise: float) -> None:
+    if not isinstance(factor, Mapping):
+        check_factor(factor)
+    if symmetry not in SYMMETRIES:
+        raise InvalidArgumentError(f"symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
+
+
+def grown_tensors(analysis: Analysis, maps: dict[int, UnitMap]) -> dict[str, torch.Tensor]:
+    """New values of every parameter and buffer an axis of which changes."""
+    out: dict[str, torch.Tensor] = {}
+    store = analysis.store
+    for name, info in analysis.params.items():
+        t = info.tensor.detach()
+        changed = False
+        for d, term in enumerate(info.terms):
+            if not any(a.id in maps for a in store.leaf_atoms(term)):
+                continue
+            m = term_map(store, term, maps)
+            t = t.index_select(d, m.source.to(t.device))
+            if REDUCE in info.roles[d] and t.is_floating_point():
+                shape = [1] * t.ndim
+                shape[d] = -1
+                t = t * m.share.to(dtype=t.dtype, device=t.device).view(shape)
+            changed = True
+        if changed:
+            out[name] = t.contiguous()
+    return out
+
+
+def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:
+    """(module, attribute, new value) for every size attribute that forward code reads."""
+    analysis, store = graph.analysis, graph.store
+    model = analysis.traced.model
+
+    def size(term: Any) -> int:
+        return new_size(store, term, widths)
+
+    updates: dict[tuple[str, str], Any] = {}
+
+    def put(module: str, attr: str, value: Any, why: str) -> None:
+        old = updates.get((module, attr))
+        if old is not None and old != value:
+            raise ConstraintError(
+                f"module {module!r} attribute {attr!r} would need two values ({old} and {value}) "
+                f"after widening ({why}); exclude one of its groups from widening"
+            )
+        updates[(module, attr)] = value
+
+    for b in analysis.attrs:
+        put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
+    for lit in analysis.literals:
+        new = size(lit.term)
+        if new == lit.value:
+            continue
+        found = _attribute_for_literal(model, lit.call.node, lit.value)
+        if found is None:
+            groups = sorted({g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))})
+            raise HardcodedSizeError(
+                f"{lit.call.where()} hard-codes the size {lit.value}, which becomes {new} when "
+                f"group(s) {', '.join(groups) or '?'} widen. Compute it from the tensor instead "
+                "(x.flatten(1), x.view(x.size(0), -1)), keep it in a module attribute, or leave "
+                "those groups out: widen(model, {...}) with the groups you want."
+            )
+        put(found[0], found[1], new, lit.call.where())
+    return [(m, a, v) for (m, a), v in updates.items()]
+
+
+def _attribute_for_literal(model: nn.Module, node: Any, value: int) -> tuple[str, str] | None:
+    """An int attribute equal to ``value`` on the modules whose forward wrote the literal."""
+    stack = [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    for path in [*reversed(stack), ""]:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        names = [
+            k
+            for k, v in vars(module).items()
+            if not k.startswith("_") and type(v) is int and v == value
+        ]
+        if len(names) == 1:
+            return path, names[0]
+        if names:
+            return None  # ambiguous: several attributes hold that value
+    return None
+
+
+def _locate(model: nn.Module, qualname: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = qualname.rpartition(".")
+    return model.get_submodule(module_name), attr
+
+
+def _new_value(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    module, attr = _locate(model, name)
+    old = module._parameters.get(attr)
+    if old is not None:
+        return nn.Parameter(tensor, requires_grad=old.requires_grad)
+    return tensor
+
+
+def _set(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module, attr = _locate(model, name)
+    if attr in module._parameters:
+        module._parameters[attr] = value  # type: ignore[assignment]
+    else:
+        module._buffers[attr] = value
+
+
+def _apply_copy(model: nn.Module, tensors: dict[str, torch.Tensor], attrs: list) -> tuple:
+    originals = _named_tensors(model)
+    # Pre-seeding deepcopy's memo puts the new tensors in place without copying the old ones.
+    memo = {id(originals[n]): _new_value(model, n, t) for n, t in tensors.items()}
+    result = copy.deepcopy(model, memo)
+    for module, attr, value in attrs:
+        setattr(result.get_submodule(module), attr, value)
+    return result, lambda: None
+
+
+def _apply_inplace(model: nn.Module, tensors: dict[str, torch.Tensor], attrs: list) -> tuple:
+    originals = _named_tensors(model)
+    old_attrs = [(m, a, getattr(model.get_submodule(m), a)) for m, a, _ in attrs]
+    for name, t in tensors.items():
+        _set(model, name, _new_value(model, name, t))
+    for module, attr, value in attrs:
+        setattr(model.get_submodule(module), attr, value)
+
+    def undo() -> None:
+        for name in tensors:
+            _set(model, name, originals[name])
+        for module, attr, value in old_attrs:
+            setattr(model.get_submodule(module), attr, value)
+
+    return model, undo
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+    return named
+
+
+def _add_noise(
+    model: nn.Module, analysis: Analysis, maps: dict[int, UnitMap], noise: float, gen: torch.Generator
+) -> None:
+    store = analysis.store
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, info in analysis.params.items():
+            p = params.get(name)
+            if p is None or not p.is_floating_point():
+                continue
+            for d, term in enumerate(info.terms):
+                if REDUCE not in info.roles[d] or not any(a.id in maps for a in store.leaf_atoms(term)):
+                    continue
+                m = term_map(store, term, maps)
+                counts = torch.bincount(m.source)
+                replicated = (counts[m.source] > 1).to(p.dtype)
+                shape = [1] * p.ndim
+                shape[d] = -1
+                scale = noise * float(p.std()) if p.numel() > 1 else noise
+                draw = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+                p.add_(draw * replicated.view(shape) * scale)
