@@ -44,10 +44,11 @@ class AttrBinding:
 
 @dataclass
 class LiteralSize:
-    """A size written as a literal in forward code (``x.view(-1, 400)``)."""
+    """A size forward code fixes: a literal (``x.view(-1, 400)``) or, when ``value`` is a term,
+    the size of another axis read with ``x.size()`` whose layout differs."""
 
     term: Term
-    value: int
+    value: int | Term
     call: Call
 
 
@@ -151,6 +152,14 @@ class RuleContext:
         if self.traced.kind == "fx" and not isinstance(value, Dynamic):
             self.literals.append(LiteralSize(term, int(value), call))
 
+    def same_size(self, term: Term, source: Term, call: Call) -> None:
+        """Forward code sizes ``term`` by reading ``source`` (``x.view(b, y.size(1))``): tie the
+        axes when their layouts agree, else check at planning time that the sizes still match."""
+        if self.store.can_unify(term, source):
+            self.unify(term, source, call)
+        else:
+            self.literals.append(LiteralSize(term, source, call))
+
     def block(self, call: Call, reason: str) -> Any:
         """Freeze every axis an op touches and give its outputs fresh frozen axes."""
         why = f"{call.where()}: {reason}"
@@ -183,7 +192,7 @@ def _to_value(ctx: RuleContext, arg: Any) -> Any:
     """Replace fx nodes in an argument by their analysed values (ints become Dynamic)."""
     if isinstance(arg, fx.Node):
         v = ctx.values.get(arg)
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, int) or isinstance(v, Dynamic):
             return v
         return Dynamic(v)
     if isinstance(arg, (list, tuple)):
@@ -204,17 +213,26 @@ def _module_of(node: fx.Node) -> str | None:
 
 
 def _source_of(node: fx.Node) -> str | None:
+    """'file.py:12: x = x.view(-1, 400)': the innermost user frame of the recorded trace."""
     trace = node.meta.get("stack_trace")
     if not trace:
         return None
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
-    files = [ln for ln in lines if ln.startswith("File ")]
-    if not files:
+    frames = []
+    for i, ln in enumerate(lines):
+        if ln.startswith("File "):
+            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+            frames.append((ln, code))
+    user = [f for f in frames if not any(p in f[0] for p in _INTERNAL_PATHS)]
+    if not user:
         return None
-    where = files[-1].split(",")
-    code = lines[-1] if not lines[-1].startswith("File ") else ""
-    loc = f"{where[0][5:].strip(chr(34))}:{where[1].strip().removeprefix('line ')}"
+    where, code = user[-1]
+    parts = where.split(",")
+    loc = f"{parts[0][5:].strip().strip(chr(34))}:{parts[1].strip().removeprefix('line ')}"
     return f"{loc}: {code}" if code else loc
+
+
+_INTERNAL_PATHS = ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/_", "/torch/export/")
 
 
 def _is_tensor_meta(meta: Any) -> bool:

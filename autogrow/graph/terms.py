@@ -235,6 +235,26 @@ class AxisStore:
         ia.uniform = ia.uniform or ib.uniform
 
     # -- unification ---------------------------------------------------------------------
+    def can_unify(self, t1: Term, t2: Term) -> bool:
+        """Whether unifying would succeed without freezing anything (a cheap, sound check)."""
+        a, b = self.resolve(t1), self.resolve(t2)
+        if a.size != b.size:
+            return False
+        if a == b:
+            return True
+        if isinstance(a, Atom) or isinstance(b, Atom):
+            atom, other = (a, b) if isinstance(a, Atom) else (b, a)
+            return not isinstance(other, Fixed) and all(x.id != atom.id for x in other.atoms())
+        if isinstance(a, Cat) and isinstance(b, Cat):
+            return _boundaries(a) == _boundaries(b) and all(
+                self.can_unify(x, y) for x, y in zip(a.parts, b.parts)
+            )
+        if isinstance(a, Prod) and isinstance(b, Prod):
+            return [f.size for f in a.factors] == [f.size for f in b.factors] and all(
+                self.can_unify(x, y) for x, y in zip(a.factors, b.factors)
+            )
+        return False
+
     def unify(self, t1: Term, t2: Term, why: str) -> None:
         """State that two axes carry the same units; freeze both when that cannot be expressed."""
         a, b = self.resolve(t1), self.resolve(t2)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from .common import COPY, broadcast, out_shape, same_as, tensors
-from .registry import Call, ParamRef, TensorValue
+from ..graph.terms import Fixed, prod
+from .registry import Call, Dynamic, ParamRef, TensorValue, target_name
 from .registry import default_registry as registry
 
 if TYPE_CHECKING:
@@ -59,8 +60,26 @@ def unary(call: Call, ctx: RuleContext) -> Any:
 def nary(call: Call, ctx: RuleContext) -> Any:
     values = tensors(call.args["args"]) + tensors(call.args["kwargs"])
     if not values:
-        return call.out
+        return _size_arithmetic(call)
     return broadcast(call, ctx, values)
+
+
+def _size_arithmetic(call: Call) -> Any:
+    """``h * w`` on sizes: a product of the axes they came from; other arithmetic forgets them."""
+    args = call.args["args"]
+    out = call.out
+    if isinstance(out, bool) or not isinstance(out, int):
+        return out
+    if not any(isinstance(a, Dynamic) for a in args):
+        return out
+    if target_name(call.node.target) == "mul" and len(args) == 2:
+        factors = [
+            a.term if isinstance(a, Dynamic) else (Fixed(a) if type(a) is int else None)
+            for a in args
+        ]
+        if all(f is not None for f in factors):
+            return Dynamic(out, prod(factors))
+    return Dynamic(out)
 
 
 @registry.rule("prelu", signature="input, weight")

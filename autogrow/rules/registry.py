@@ -26,7 +26,18 @@ if TYPE_CHECKING:
 
 
 class Dynamic(int):
-    """An int computed at run time by the traced code (``x.size(1)``), not a literal."""
+    """An int computed at run time by the traced code (``x.size(1)``), not a literal.
+
+    ``term`` is the axis (or product of axes) the size was read from, when known: a view that
+    uses it requires its output axis to keep that size, so the two axes are tied.
+    """
+
+    term: Term | None
+
+    def __new__(cls, value: int, term: Term | None = None) -> Dynamic:
+        obj = super().__new__(cls, value)
+        obj.term = term
+        return obj
 
 
 @dataclass

@@ -49,10 +49,19 @@ def view(call: Call, ctx: RuleContext) -> Any:
     if isinstance(result, TensorValue):
         requested = _sizes(call.args["shape"])
         if len(requested) == len(shape):
-            for t, s in zip(result.terms, requested):
-                if isinstance(s, int) and s not in (-1, 1) and _has_atoms(ctx, t):
-                    ctx.literal(t, s, call)
+            check_requested_sizes(call, ctx, result.terms, requested)
     return result
+
+
+def check_requested_sizes(call: Call, ctx: RuleContext, terms: list[Term], requested: list) -> None:
+    """Sizes passed to view/expand: a size read from another axis ties the two axes; a literal
+    is checked when the axis would change."""
+    for t, s in zip(terms, requested):
+        if isinstance(s, Dynamic) and s.term is not None and s.term.size == t.size:
+            ctx.same_size(t, s.term, call)
+        elif isinstance(s, int) and not isinstance(s, Dynamic) and s not in (-1, 1):
+            if _has_atoms(ctx, t):
+                ctx.literal(t, s, call)
 
 
 @registry.rule("view_as", signature="input, other", names=("reshape_as",))
@@ -161,9 +170,7 @@ def expand(call: Call, ctx: RuleContext) -> Any:
     terms: list[Term] = [Fixed(s) for s in shape[:lead]]
     for d, t in enumerate(x.terms):
         terms.append(t if x.shape[d] == shape[lead + d] else Fixed(shape[lead + d]))
-    for t, s in zip(terms, requested):
-        if isinstance(s, int) and s != -1 and _has_atoms(ctx, t):
-            ctx.literal(t, s, call)
+    check_requested_sizes(call, ctx, terms[len(terms) - len(requested):], requested)
     return TensorValue(terms, shape)
 
 
@@ -418,7 +425,18 @@ def new_tensor(call: Call, ctx: RuleContext) -> Any:
     return ctx.fixed_tensor(out_shape(call))
 
 
-@registry.rule("meta", signature="*args, **kwargs", names=("size", "dim", "numel", "_assert", "is_floating_point", "is_contiguous", "sym_size", "sym_numel", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size", "_check_is_size", "item_meta"))
+@registry.rule("size", signature="input, dim=None", names=("sym_size",))
+def size(call: Call, ctx: RuleContext) -> Any:
+    """Sizes remember the axis they were read from (see :class:`Dynamic`)."""
+    x, d = call.args["input"], call.args["dim"]
+    if not isinstance(x, TensorValue):
+        return call.out
+    if d is None:
+        return tuple(Dynamic(s, t) for s, t in zip(x.shape, x.terms))
+    return Dynamic(x.shape[x.dim(d)], x.terms[x.dim(d)])
+
+
+@registry.rule("meta", signature="*args, **kwargs", names=("dim", "numel", "_assert", "is_floating_point", "is_contiguous", "sym_numel", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size", "_check_is_size", "item_meta"))
 def meta(call: Call, ctx: RuleContext) -> Any:
     """Ops that read shapes or assert: no effect on units."""
     return call.out
@@ -433,6 +451,8 @@ def getattr_(call: Call, ctx: RuleContext) -> Any:
         return TensorValue(terms if name == "mT" else list(reversed(obj.terms)), out_shape(call))
     if isinstance(obj, TensorValue) and name in ("data",):
         return same_as(obj, call)
+    if isinstance(obj, TensorValue) and name == "shape":
+        return tuple(Dynamic(s, t) for s, t in zip(obj.shape, obj.terms))
     return call.out
 
 

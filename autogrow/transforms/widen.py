@@ -145,6 +145,15 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
     for lit in analysis.literals:
         new = size(lit.term)
+        if not isinstance(lit.value, int):  # sized from another axis: the sizes must agree
+            other = size(lit.value)
+            if new != other:
+                raise ConstraintError(
+                    f"{lit.call.where()} sizes an axis from another tensor's size, which would be "
+                    f"{other} while this axis becomes {new}. Widen the groups involved by the "
+                    "same factor (a float factor does), or leave them out."
+                )
+            continue
         if new == lit.value:
             continue
         found = _attribute_for_literal(model, lit.call.node, lit.value)
