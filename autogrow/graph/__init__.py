@@ -8,6 +8,7 @@ from torch import nn
 
 from ..rules import RuleRegistry, default_registry
 from ..tracing import prepare_inputs, trace
+from ..tracing.trace import trace_export
 from .build import Analysis, build
 from .width_graph import Member, WidthGraph, WidthGroup
 
@@ -38,5 +39,27 @@ def analyze(
 
 
 def analyze_traced(model: nn.Module, inputs: tuple, registry: RuleRegistry) -> WidthGraph:
+    """Trace and analyse; when fx had to block ops (functions it cannot look into, such as
+    ``torch.fx.wrap``-ped helpers), also try torch.export and keep whichever frees more axes."""
     traced = trace(model, inputs, registry.leaf_types())
-    return WidthGraph(build(traced, registry))
+    analysis = build(traced, registry)
+    if traced.kind == "fx" and analysis.blocked:
+        try:
+            alternative = build(trace_export(model, inputs), registry)
+        except Exception:  # noqa: BLE001 - the fx analysis stands
+            alternative = None
+        if alternative is not None and _free_axes(alternative) > _free_axes(analysis):
+            alternative.traced.reference_output = traced.reference_output
+            analysis = alternative
+    return WidthGraph(analysis)
+
+
+def _free_axes(analysis: Analysis) -> int:
+    """How many parameter axes could widen: the measure for choosing between tracers."""
+    store = analysis.store
+    return sum(
+        1
+        for info in analysis.params.values()
+        for t in info.terms
+        if any(store.info(a).frozen is None for a in store.leaf_atoms(t))
+    )

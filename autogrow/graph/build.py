@@ -50,6 +50,7 @@ class LiteralSize:
     term: Term
     value: int | Term
     call: Call
+    soft: bool = False  # export graphs specialise every size: sync an attribute if one matches
 
 
 @dataclass
@@ -149,7 +150,9 @@ class RuleContext:
 
     def literal(self, term: Term, value: int, call: Call) -> None:
         """A size that forward code wrote as a literal; checked when the axis would change."""
-        if self.traced.kind == "fx" and not isinstance(value, Dynamic):
+        if self.traced.kind == "export":
+            self.literals.append(LiteralSize(term, int(value), call, soft=True))
+        elif not isinstance(value, Dynamic):
             self.literals.append(LiteralSize(term, int(value), call))
 
     def same_size(self, term: Term, source: Term, call: Call) -> None:

@@ -4,7 +4,7 @@ To support a new op, add one function to the module of its family (or a new modu
 here); to support your own module type, see :func:`autogrow.register_module_rule`.
 """
 
-from . import attention, elementwise, linear, norm, reduce, shape  # noqa: F401 - registration
+from . import attention, elementwise, linear, norm, reduce, shape, torchvision_ops  # noqa: F401
 from .registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue, default_registry
 
 __all__ = ["Call", "Dynamic", "ParamRef", "RuleRegistry", "TensorValue", "default_registry"]

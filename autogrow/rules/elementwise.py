@@ -27,7 +27,8 @@ UNARY = (
     "to", "_to_copy", "alias", "type", "type_as", "cpu", "cuda", "requires_grad",
     "stochastic_depth", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
     "randn_like", "lift_fresh_copy", "nan_to_num", "floor", "ceil", "round", "trunc", "frac",
-    "logical_not", "bitwise_not", "isnan", "isinf", "_assert_tensor_metadata",
+    "logical_not", "bitwise_not", "isnan", "isinf", "_assert_tensor_metadata", "fill",
+    "zero",
 )  # fmt: skip
 
 BINARY = (

@@ -190,3 +190,46 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
     lead_b = TensorValue(b.terms[:-2], b.shape[:-2])
     lead = broadcast(call, ctx, [lead_a, lead_b], batch).terms if batch else []
     return TensorValue([*lead, a.terms[-2], b.terms[-1]], shape)
+
+
+@registry.rule("einsum", signature="equation, *operands")
+def einsum(call: Call, ctx: RuleContext) -> Any:
+    """Axes sharing a letter carry the same units; a summed letter needs a parameter operand
+    whose axis can take the division, otherwise it is frozen."""
+    equation = call.args["equation"].replace(" ", "")
+    ops = call.args["operands"]
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = ops[0]
+    if "..." in equation or "->" not in equation:
+        return ctx.block(call, "einsum with an ellipsis or an implicit output")
+    inputs, output = equation.split("->")
+    specs = inputs.split(",")
+    if len(specs) != len(ops):
+        return ctx.block(call, "einsum operand count does not match the equation")
+    by_letter: dict[str, list[tuple[TensorValue, int]]] = {}
+    for spec, op in zip(specs, ops):
+        for d, letter in enumerate(spec):
+            if op.shape[d] != 1:
+                by_letter.setdefault(letter, []).append((op, d))
+    for letter, uses in by_letter.items():
+        first = uses[0][0].terms[uses[0][1]]
+        for op, d in uses[1:]:
+            ctx.unify(first, op.terms[d], call)
+        summed = letter not in output
+        params = [(op, d) for op, d in uses if op.param is not None]
+        if summed and len(ops) > 1:
+            if len(params) == 1:
+                ctx.role(params[0][0], params[0][1], REDUCE, call)
+            else:
+                ctx.freeze(first, f"einsum contraction over '{letter}' at {call.where()}")
+        elif summed:
+            ctx.freeze(first, f"einsum sum over '{letter}' at {call.where()}")
+        for op, d in params:
+            if not (summed and len(params) == 1):
+                ctx.role(op, d, COPY, call)
+    shape = out_shape(call)
+    terms = [
+        by_letter[letter][0][0].terms[by_letter[letter][0][1]] if letter in by_letter else Fixed(s)
+        for letter, s in zip(output, shape)
+    ]
+    return TensorValue(terms, shape)

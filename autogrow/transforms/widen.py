@@ -157,6 +157,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         if new == lit.value:
             continue
         found = _attribute_for_literal(model, lit.call.node, lit.value)
+        if found is None and lit.soft:
+            continue  # probably computed from a shape at run time; verification will tell
         if found is None:
             groups = sorted({g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))})
             raise HardcodedSizeError(
