@@ -19,7 +19,7 @@ from ..rules.registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue
 from ..tracing.trace import TensorMeta, Traced
 from .terms import AxisStore, Fixed, Term
 
-COPY, REDUCE = "copy", "reduce"
+COPY, REDUCE, TAPS = "copy", "reduce", "taps"  # TAPS: an axis that carries no units (kernels)
 
 
 @dataclass
@@ -329,10 +329,12 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
             ctx.values[node] = _run_rule(node, ctx, meta)
     for info in ctx.params.values():
         for d, roles in enumerate(info.roles):
-            if len(roles) > 1:  # e.g. a tied embedding: rows copied in one use, summed in another
-                ctx.freeze(info.terms[d], f"{info.name} axis {d} is both copied and reduced")
-            elif not roles:  # kernel taps and the like: no rule says this axis carries units
+            if TAPS in roles:
                 ctx.freeze(info.terms[d], f"{info.name} axis {d} carries no units")
+            elif len(roles) > 1:  # e.g. a tied embedding: rows copied in one use, summed in another
+                ctx.freeze(info.terms[d], f"{info.name} axis {d} is both copied and reduced")
+            elif not roles:  # only moved around (expand, cat, view): its values are copied
+                roles.add(COPY)
     return Analysis(
         traced, ctx.store, ctx.params, ctx.attrs, ctx.literals, ctx.blocked, ctx.module_order
     )

@@ -396,6 +396,9 @@ class AxisStore:
                     factors.insert(0, halves[1])
                     have = s
             out.append(prod(taken))
+        if factors:  # leftover size-1 atoms still carry units: keep them in the last axis
+            last = max(i for i, s in enumerate(targets) if s != 1)
+            out[last] = prod([out[last], *factors])
         return out
 
 

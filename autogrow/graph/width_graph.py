@@ -8,7 +8,7 @@ from typing import Any
 
 import networkx as nx
 
-from .build import COPY, REDUCE, Analysis
+from .build import COPY, REDUCE, TAPS, Analysis
 from .terms import Atom, AxisStore, Term
 
 
@@ -96,7 +96,7 @@ class WidthGraph:
             if info.name.rsplit(".", 1)[0] != module and not (module == "" and "." not in info.name):
                 continue
             for d, t in enumerate(info.terms):
-                if COPY in info.roles[d] or not info.roles[d]:
+                if COPY in info.roles[d]:
                     for a in self.store.leaf_atoms(t):
                         if a.id in self._by_id:
                             found.setdefault(a.id, self._by_id[a.id])
@@ -174,9 +174,11 @@ def _collect_groups(analysis: Analysis) -> list[WidthGroup]:
     for info in analysis.params.values():
         module = info.name.rsplit(".", 1)[0] if "." in info.name else ""
         for d, t in enumerate(info.terms):
-            resolved: Term = store.resolve(t)
             roles = info.roles[d]
-            role = REDUCE if REDUCE in roles else (COPY if roles else "-")
+            if TAPS in roles:  # kernel taps and the like: not a unit axis, not a group
+                continue
+            resolved: Term = store.resolve(t)
+            role = REDUCE if REDUCE in roles else COPY
             for a in store.leaf_atoms(t):
                 ai = store.info(a)
                 g = groups.get(a.id)
@@ -185,26 +187,28 @@ def _collect_groups(analysis: Analysis) -> list[WidthGroup]:
                 g.members.append(Member(info.name, d, role, repr(resolved)))
                 if module not in g.modules:
                     g.modules.append(module)
-                if COPY in roles or not roles:
+                if COPY in roles:
                     owners.setdefault(a.id, [])
                     if module not in owners[a.id]:
                         owners[a.id].append(module)
     order = {m: i for i, m in enumerate(analysis.module_order)}
-    ordered = sorted(
-        groups.values(),
-        key=lambda g: (
-            min((order.get(m, 1 << 30) for m in owners.get(g.id, g.modules)), default=0),
-            g.frozen is not None,
-            g.id,
-        ),
-    )
+
+    def key(g: WidthGroup) -> tuple:
+        produced = owners.get(g.id)
+        first = min((order.get(m, 1 << 30) for m in (produced or g.modules)), default=0)
+        return (produced is None, first, g.frozen is not None, g.id)
+
+    ordered = sorted(groups.values(), key=key)
     used: dict[str, int] = {}
     for g in ordered:
-        base = (owners.get(g.id) or g.modules or [f"group{g.id}"])[0] or "<root>"
+        produced = owners.get(g.id)
+        # Named after the module producing the units; a group only consumed (a model input,
+        # say) is named after its first consumer with ":in".
+        base = (produced[0] or "<root>") if produced else f"{g.modules[0] or '<root>'}:in"
         n = used.get(base, 0)
         used[base] = n + 1
         g.name = base if n == 0 else f"{base}:{n}"
-    return ordered
+    return sorted(ordered, key=lambda g: (key(g)[1], g.id))
 
 
 def leaf_atom_ids(store: AxisStore, t: Term) -> list[int]:

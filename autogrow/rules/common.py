@@ -13,7 +13,7 @@ from .registry import Call, TensorValue
 if TYPE_CHECKING:
     from ..graph.build import RuleContext
 
-COPY, REDUCE = "copy", "reduce"
+COPY, REDUCE, TAPS = "copy", "reduce", "taps"
 
 
 def out_shape(call: Call) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from ..graph.terms import Fixed, prod
 if TYPE_CHECKING:
     from ..graph.build import RuleContext
 
-from .common import COPY, REDUCE, broadcast, grouped, module_at, out_shape, owner
+from .common import COPY, REDUCE, TAPS, broadcast, grouped, module_at, out_shape, owner
 from .registry import Call, ParamRef, TensorValue
 from .registry import default_registry as registry
 
@@ -75,6 +75,8 @@ def conv(call: Call, ctx: RuleContext) -> Any:
         ctx.unify(inner_in, w.terms[1], call)
         ctx.role(w, 1, REDUCE, call)
     ctx.role(w, 0, COPY, call)
+    for d in range(2, w.ndim):
+        ctx.role(w, d, TAPS, call)
     if isinstance(b, TensorValue):
         ctx.unify(b.terms[0], w.terms[0], call)
         ctx.role(b, 0, COPY, call)
@@ -113,6 +115,8 @@ def conv_transpose(call: Call, ctx: RuleContext) -> Any:
     ctx.unify(c_in, w.terms[0], call)
     ctx.role(w, 0, REDUCE, call)
     ctx.role(w, 1, COPY, call)
+    for d in range(2, w.ndim):
+        ctx.role(w, d, TAPS, call)
     if isinstance(b, TensorValue):
         ctx.unify(b.terms[0], w.terms[1], call)
         ctx.role(b, 0, COPY, call)

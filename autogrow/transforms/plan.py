@@ -103,9 +103,8 @@ def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[
 
 
 def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
-    scale = 1
-    if key != g.name:  # a module name: the value is that module's output width
-        scale = _module_multiplicity(graph, g, key)
+    # A module name (even one that also names the group) means that module's output width.
+    scale = _module_multiplicity(graph, g, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
     if isinstance(value, float):

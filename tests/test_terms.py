@@ -1,0 +1,128 @@
+"""The axis-term algebra: unification, refinement, and the mappings composed from it."""
+
+import torch
+
+from autogrow.graph.terms import Atom, AxisStore, Cat, Fixed, Prod, cat, prod
+from autogrow.transforms.mapping import UnitMap, identity_map, new_size, sample_map, term_map
+
+
+def test_normalisation_flattens_and_merges_fixed():
+    s = AxisStore()
+    a = s.new_atom(4, "a")
+    assert prod([Fixed(2), Fixed(3), a]) == Prod((Fixed(6), a))
+    assert prod([Fixed(1), a]) == a
+    assert cat([cat([a, Fixed(2)]), Fixed(3)]) == Cat((a, Fixed(5)))
+
+
+def test_unifying_atoms_ties_them_into_one_root():
+    s = AxisStore()
+    a, b = s.new_atom(8, "a"), s.new_atom(8, "b")
+    s.unify(a, b, "add")
+    assert s.resolve(a) == s.resolve(b)
+
+
+def test_unifying_an_atom_with_a_structure_binds_it():
+    s = AxisStore()
+    hidden = s.new_atom(12, "hidden")
+    heads, dim = s.new_atom(3, "heads"), s.new_atom(4, "head_dim")
+    s.unify(hidden, prod([heads, dim]), "view")
+    assert s.resolve(hidden) == Prod((heads, dim))
+
+
+def test_meeting_a_fixed_axis_freezes_the_atom():
+    s = AxisStore()
+    a = s.new_atom(3, "a")
+    s.unify(a, Fixed(3), "input")
+    assert s.info(a).frozen is not None
+
+
+def test_split_of_an_atom_refines_it_into_pieces():
+    s = AxisStore()
+    a = s.new_atom(10, "a")
+    pieces = s.split(a, [4, 6])
+    assert [p.size for p in pieces] == [4, 6]
+    assert s.resolve(a) == Cat(tuple(pieces))
+
+
+def test_split_of_a_product_cuts_the_outer_factor():
+    s = AxisStore()
+    a = s.new_atom(6, "a")
+    pieces = s.split(prod([a, Fixed(2)]), [6, 6])
+    assert pieces is not None
+    assert all(isinstance(p, Prod) and p.factors[1] == Fixed(2) for p in pieces)
+
+
+def test_split_inside_a_unit_block_is_refused():
+    s = AxisStore()
+    a = s.new_atom(5, "a")
+    assert s.split(prod([a, Fixed(4)]), [10, 10]) is None
+
+
+def test_factor_of_equal_concatenation_ties_the_pieces():
+    s = AxisStore()
+    a, b = s.new_atom(4, "a"), s.new_atom(4, "b")
+    pieces = s.factor(cat([a, b]), [2, 4])
+    assert pieces is not None and pieces[0] == Fixed(2)
+    assert s.resolve(a) == s.resolve(b)
+
+
+def test_incompatible_layouts_freeze_both_sides():
+    s = AxisStore()
+    a, b, c = s.new_atom(3, "a"), s.new_atom(5, "b"), s.new_atom(2, "c")
+    d = s.new_atom(4, "d")
+    s.unify(cat([a, b]), prod([c, d]), "odd")
+    assert all(s.info(x).frozen for x in (a, b, c, d))
+
+
+def test_can_unify_is_false_for_different_layouts():
+    s = AxisStore()
+    a, b = s.new_atom(4, "a"), s.new_atom(4, "b")
+    assert not s.can_unify(prod([a, Fixed(2)]), cat([a, b]))
+    assert s.can_unify(s.new_atom(8, "c"), prod([a, Fixed(2)]))
+
+
+def test_uniform_concatenation_ties_the_replication_ratio():
+    s = AxisStore()
+    a, b = s.new_atom(4, "a"), s.new_atom(6, "b")
+    s.require_uniform(cat([a, b]), "layer_norm")
+    assert s.info(a).uniform and s.info(b).uniform
+    assert s.ratio_ties.has_edge(a.id, b.id)
+
+
+def test_sample_map_keeps_old_units_and_shares_sum_to_one():
+    gen = torch.Generator().manual_seed(0)
+    m = sample_map(5, 9, uniform=False, symmetry="split", generator=gen)
+    assert m.source[:5].tolist() == [0, 1, 2, 3, 4]
+    totals = torch.zeros(5, dtype=torch.float64).index_add_(0, m.source, m.share)
+    assert torch.allclose(totals, torch.ones(5, dtype=torch.float64))
+    replicated = torch.bincount(m.source)[m.source] > 1
+    assert len(set(m.share[replicated].tolist())) > 1  # unequal shares: replicas diverge
+
+
+def test_uniform_map_replicates_every_unit_equally():
+    gen = torch.Generator().manual_seed(0)
+    m = sample_map(4, 12, uniform=True, symmetry="none", generator=gen)
+    assert torch.bincount(m.source).tolist() == [3, 3, 3, 3]
+    assert torch.allclose(m.share, torch.full((12,), 1 / 3, dtype=torch.float64))
+
+
+def test_term_map_composes_products_row_major():
+    s = AxisStore()
+    heads = s.new_atom(2, "heads")
+    maps = {heads.id: UnitMap(torch.tensor([0, 1, 1]), torch.tensor([1.0, 0.5, 0.5]))}
+    m = term_map(s, prod([heads, Fixed(3)]), maps)
+    assert m.source.tolist() == [0, 1, 2, 3, 4, 5, 3, 4, 5]
+    assert new_size(s, prod([heads, Fixed(3)]), {heads.id: 3}) == 9
+
+
+def test_term_map_of_a_concatenation_offsets_each_piece():
+    s = AxisStore()
+    a, b = s.new_atom(2, "a"), s.new_atom(2, "b")
+    maps = {b.id: UnitMap(torch.tensor([0, 1, 0]), torch.tensor([0.5, 1.0, 0.5]))}
+    m = term_map(s, cat([a, b]), maps)
+    assert m.source.tolist() == [0, 1, 2, 3, 2]
+    assert term_map(s, Fixed(3), {}).source.tolist() == identity_map(3).source.tolist()
+
+
+def test_atoms_are_compared_by_id():
+    assert Atom(1, 4) == Atom(1, 7) and Atom(1, 4) != Atom(2, 4)
