@@ -19,7 +19,9 @@ from autogrow.verify import compare, run
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="resnet18", help="a torchvision classification model")
     parser.add_argument("--factor", type=float, default=1.5)
     parser.add_argument("--size", type=int, default=224, help="input height and width")
@@ -27,8 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         import torchvision
-    except ImportError:
-        raise SystemExit("the demo needs torchvision: pip install -c constraints.txt -e '.[vision]'")
+    except ImportError as e:
+        raise SystemExit(
+            "the demo needs torchvision: pip install -c constraints.txt -e '.[vision]'"
+        )
 
     torch.manual_seed(args.seed)
     model = randomize_constant_tensors(torchvision.models.get_model(args.model), args.seed).eval()
@@ -44,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     before = sum(p.numel() for p in model.parameters())
     after = sum(p.numel() for p in wide.parameters())
     print(f"\nwiden(factor={args.factor}) took {seconds:.2f} s (verification included)")
-    print(f"parameters: {before:,} -> {after:,} ({after / before:.2f}x), class {type(wide).__name__}")
+    print(
+        f"parameters: {before:,} -> {after:,} ({after / before:.2f}x), class {type(wide).__name__}"
+    )
     print(f"max relative error of the outputs on fresh inputs: {error:.2e} (tolerance 1e-4)")
 
 

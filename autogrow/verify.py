@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
-
-import warnings
 
 import torch
 from torch import nn
@@ -82,7 +81,8 @@ def verify(
     if not result.max_error <= tolerance:
         raise VerificationError(
             f"the {what} model differs from the original: output {result.worst} has max relative "
-            f"error {result.max_error:.3g} (tolerance {tolerance:g}). Nothing was returned; this is "
+            f"error {result.max_error:.3g} (tolerance {tolerance:g}). Nothing was returned; "
+            "this is "
             "an autogrow bug or an op whose rule is wrong, please report it."
         )
     return result

@@ -58,15 +58,21 @@ def widen_one(name: str, factor: float, size: int, seed: int = 0) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", help="model names (default: every classification model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "models", nargs="*", help="model names (default: every classification model)"
+    )
     parser.add_argument("--factor", type=float, default=1.5)
     parser.add_argument("--size", type=int, default=224, help="input height/width for CNNs")
     parser.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
     args = parser.parse_args()
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     names = [n for n in names if n not in args.skip]
-    header = f"{'model':<24} {'params':>12} {'after':>12} {'max rel err':>11} {'seconds':>8}  outcome"
+    header = (
+        f"{'model':<24} {'params':>12} {'after':>12} {'max rel err':>11} {'seconds':>8}  outcome"
+    )
     print(header)
     print("-" * len(header))
     ok = 0
@@ -74,7 +80,11 @@ def main() -> None:
         r = widen_one(name, args.factor, args.size)
         err = "-" if r["error"] is None else f"{r['error']:.2e}"
         after = "-" if r["params_after"] is None else f"{r['params_after']:,}"
-        print(f"{name:<24} {r['params']:>12,} {after:>12} {err:>11} {r['seconds']:>8.2f}  {r['outcome']}", flush=True)
+        print(
+            f"{name:<24} {r['params']:>12,} {after:>12} {err:>11} {r['seconds']:>8.2f}  "
+            f"{r['outcome']}",
+            flush=True,
+        )
         ok += r["outcome"] == "ok"
     print(f"{ok}/{len(names)} models widened exactly (factor {args.factor})")
 

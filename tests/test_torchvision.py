@@ -71,7 +71,9 @@ def test_vit_heads_double_and_hidden_dim_follows():
 
 def test_dict_of_module_widths_changes_only_those_groups():
     model, inputs = _setup("resnet18")
-    wide = autogrow.widen(model, {"layer1.0.conv1": 96, "layer3.0.conv1": 1.5}, example_inputs=inputs)
+    wide = autogrow.widen(
+        model, {"layer1.0.conv1": 96, "layer3.0.conv1": 1.5}, example_inputs=inputs
+    )
     assert wide.layer1[0].conv1.out_channels == 96 and wide.layer1[0].conv2.in_channels == 96
     assert wide.layer3[0].conv1.out_channels == 384
     assert wide.layer2[0].conv1.out_channels == 128  # not requested: unchanged

@@ -224,7 +224,9 @@ def _source_of(node: fx.Node) -> str | None:
     frames = []
     for i, ln in enumerate(lines):
         if ln.startswith("File "):
-            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+            code = (
+                lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+            )
             frames.append((ln, code))
     user = [f for f in frames if not any(p in f[0] for p in _INTERNAL_PATHS)]
     if not user:

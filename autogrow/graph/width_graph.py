@@ -73,9 +73,7 @@ class WidthGraph:
         self.groups: list[WidthGroup] = _collect_groups(analysis)
         self._by_name = {g.name: g for g in self.groups}
         self._by_id = {g.id: g for g in self.groups}
-        self.blocked: list[str] = [
-            f"{b.call.where()}: {b.reason}" for b in analysis.blocked
-        ]
+        self.blocked: list[str] = [f"{b.call.where()}: {b.reason}" for b in analysis.blocked]
 
     # -- lookups ---------------------------------------------------------------------------
     @property
@@ -93,7 +91,9 @@ class WidthGraph:
         """Groups of a module's output units (its parameters' copy axes), widenable first."""
         found: dict[int, WidthGroup] = {}
         for info in self.analysis.params.values():
-            if info.name.rsplit(".", 1)[0] != module and not (module == "" and "." not in info.name):
+            if info.name.rsplit(".", 1)[0] != module and not (
+                module == "" and "." not in info.name
+            ):
                 continue
             for d, t in enumerate(info.terms):
                 if COPY in info.roles[d]:
@@ -124,7 +124,9 @@ class WidthGraph:
         shown = [g for g in self.groups if all_groups or g.widenable]
         for g in shown:
             status = "widenable" if g.widenable else f"frozen: {g.frozen}"[:50]
-            mods = ", ".join(g.modules[:4]) + (f" (+{len(g.modules) - 4})" if len(g.modules) > 4 else "")
+            mods = ", ".join(g.modules[:4]) + (
+                f" (+{len(g.modules) - 4})" if len(g.modules) > 4 else ""
+            )
             rows.append((g.name, str(g.width), status, "; ".join(g.constraints())[:50], mods))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -158,7 +160,9 @@ class WidthGraph:
         for g in self.groups:
             color = "lightblue" if g.widenable else "lightgrey"
             label = f"{g.name}\\nwidth {g.width}"
-            lines.append(f'  "{g.name}" [shape=box, style=filled, fillcolor={color}, label="{label}"];')
+            lines.append(
+                f'  "{g.name}" [shape=box, style=filled, fillcolor={color}, label="{label}"];'
+            )
             for m in g.members:
                 node = f"{m.param}:{m.dim}"
                 lines.append(f'  "{node}" [shape=ellipse, label="{m.param}[{m.dim}]\\n{m.role}"];')

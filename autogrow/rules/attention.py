@@ -52,7 +52,10 @@ def _lead(x: TensorValue) -> TensorValue:
     "average_attn_weights=True, is_causal=False, module=None",
 )
 def multi_head_attention(call: Call, ctx: RuleContext) -> Any:
-    """``nn.MultiheadAttention`` as a leaf: embed_dim is both the model width and heads × head_dim."""
+    """``nn.MultiheadAttention`` as a leaf.
+
+    Its embed_dim is both the model width and heads × head_dim, so the two are one axis.
+    """
     m: nn.MultiheadAttention = call.args["module"]
     q, k, v = call.args["query"], call.args["key"], call.args["value"]
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
@@ -113,5 +116,3 @@ def _mha_module(m: nn.MultiheadAttention, name: str, args: tuple, kwargs: dict):
     bound.setdefault("need_weights", True)
     bound.setdefault("average_attn_weights", True)
     return "multi_head_attention", {**bound, "module": m}
-
-

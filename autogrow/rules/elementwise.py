@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .common import COPY, broadcast, out_shape, same_as, tensors
 from ..graph.terms import Fixed, prod
+from .common import COPY, broadcast, same_as, tensors
 from .registry import Call, Dynamic, ParamRef, TensorValue, target_name
 from .registry import default_registry as registry
 

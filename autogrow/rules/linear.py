@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph.terms import Fixed, prod
+
 if TYPE_CHECKING:
     from ..graph.build import RuleContext
 

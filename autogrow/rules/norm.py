@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import nn
 
-from .common import COPY, grouped, module_at, out_shape, owner, same_as
+from .common import COPY, grouped, module_at, owner, same_as
 from .registry import Call, ParamRef, TensorValue
 from .registry import default_registry as registry
 
@@ -97,7 +97,9 @@ def layer_norm(call: Call, ctx: RuleContext) -> Any:
                 ctx.unify(p.terms[d], t, call)
                 ctx.role(p, d, COPY, call)
     kinds = (nn.LayerNorm, nn.RMSNorm)
-    mod = module_at(ctx, call.module if call.module_obj is not None else owner(call.args.get("weight")), kinds)
+    mod = module_at(
+        ctx, call.module if call.module_obj is not None else owner(call.args.get("weight")), kinds
+    )
     ctx.set_attr(mod, "normalized_shape", lambda size: tuple(size(t) for t in normalized))
     return same_as(x, call)
 
@@ -121,7 +123,10 @@ def _rms_module(m: nn.RMSNorm, name: str, args: tuple, kwargs: dict):
     }
 
 
-@registry.rule("group_norm", signature="input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True")
+@registry.rule(
+    "group_norm",
+    signature="input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True",
+)
 def group_norm(call: Call, ctx: RuleContext) -> Any:
     x, groups = call.args["input"], call.args["num_groups"]
     channel = x.terms[1]
@@ -130,7 +135,11 @@ def group_norm(call: Call, ctx: RuleContext) -> Any:
         return ctx.block(call, f"channels not divisible into {groups} groups")
     ctx.uniform(inner, call)
     _per_channel(call, ctx, channel, ("weight", "bias"))
-    mod = module_at(ctx, call.module if call.module_obj is not None else owner(call.args.get("weight")), nn.GroupNorm)
+    mod = module_at(
+        ctx,
+        call.module if call.module_obj is not None else owner(call.args.get("weight")),
+        nn.GroupNorm,
+    )
     ctx.set_attr(mod, "num_channels", lambda size: size(channel))
     return same_as(x, call)
 

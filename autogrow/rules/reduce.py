@@ -47,7 +47,22 @@ def mean(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "uniform")
 
 
-@registry.rule("sum", signature="input, dim=None, keepdim=False, *, dtype=None", names=("nansum", "prod", "logsumexp", "cumsum", "norm", "count_nonzero", "argmax", "argmin", "all", "any"))
+@registry.rule(
+    "sum",
+    signature="input, dim=None, keepdim=False, *, dtype=None",
+    names=(
+        "nansum",
+        "prod",
+        "logsumexp",
+        "cumsum",
+        "norm",
+        "count_nonzero",
+        "argmax",
+        "argmin",
+        "all",
+        "any",
+    ),
+)
 def sum_(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "freeze")
 
@@ -73,7 +88,11 @@ def max_(call: Call, ctx: RuleContext) -> Any:
     return (values, TensorValue(list(values.terms), values.shape))
 
 
-@registry.rule("var", signature="input, dim=None, *, correction=None, keepdim=False, unbiased=None", names=("std",))
+@registry.rule(
+    "var",
+    signature="input, dim=None, *, correction=None, keepdim=False, unbiased=None",
+    names=("std",),
+)
 def var(call: Call, ctx: RuleContext) -> Any:
     biased = call.args.get("correction") == 0 or call.args.get("unbiased") is False
     if isinstance(call.args.get("dim"), bool):  # x.var(False): the unbiased flag positionally
@@ -82,7 +101,11 @@ def var(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "uniform" if biased else "freeze")
 
 
-@registry.rule("softmax", signature="input, dim=None, *args, **kwargs", names=("log_softmax", "_softmax", "_log_softmax", "softmin"))
+@registry.rule(
+    "softmax",
+    signature="input, dim=None, *args, **kwargs",
+    names=("log_softmax", "_softmax", "_log_softmax", "softmin"),
+)
 def softmax(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = call.args["dim"]
@@ -110,7 +133,14 @@ def _pool(spatial: int):
     return rule
 
 
-_POOLS = ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "lp_pool", "fractional_max_pool")
+_POOLS = (
+    "max_pool",
+    "avg_pool",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "lp_pool",
+    "fractional_max_pool",
+)
 for _n in (1, 2, 3):
     registry.rule(
         f"pool{_n}d",

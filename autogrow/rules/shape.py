@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..graph.terms import Fixed, Term, cat, prod
-from .common import out_shape, same_as, tensors
+from .common import out_shape, same_as
 from .registry import Call, Dynamic, TensorValue
 from .registry import default_registry as registry
 
@@ -37,11 +37,15 @@ def reshape_terms(call: Call, ctx: RuleContext, x: TensorValue, shape: tuple[int
     if x.ndim == 0:
         return ctx.fixed_tensor(shape)
     if pieces is None:
-        return ctx.block(call, f"cannot express {tuple(x.shape)} -> {shape} as a regrouping of axes")
+        return ctx.block(
+            call, f"cannot express {tuple(x.shape)} -> {shape} as a regrouping of axes"
+        )
     return TensorValue(pieces, shape)
 
 
-@registry.rule("view", signature="input, *shape", names=("reshape", "_unsafe_view", "_reshape_alias"))
+@registry.rule(
+    "view", signature="input, *shape", names=("reshape", "_unsafe_view", "_reshape_alias")
+)
 def view(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     shape = out_shape(call)
@@ -170,7 +174,7 @@ def expand(call: Call, ctx: RuleContext) -> Any:
     terms: list[Term] = [Fixed(s) for s in shape[:lead]]
     for d, t in enumerate(x.terms):
         terms.append(t if x.shape[d] == shape[lead + d] else Fixed(shape[lead + d]))
-    check_requested_sizes(call, ctx, terms[len(terms) - len(requested):], requested)
+    check_requested_sizes(call, ctx, terms[len(terms) - len(requested) :], requested)
     return TensorValue(terms, shape)
 
 
@@ -268,7 +272,12 @@ def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -
     return tuple(out)
 
 
-@registry.rule("split", signature="input, split_size_or_sections, dim=0", names=("split_with_sizes",), also={"split_with_sizes": "input, split_sizes, dim=0"})
+@registry.rule(
+    "split",
+    signature="input, split_size_or_sections, dim=0",
+    names=("split_with_sizes",),
+    also={"split_with_sizes": "input, split_sizes, dim=0"},
+)
 def split(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
@@ -289,7 +298,9 @@ def unbind(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
     ctx.freeze(x.terms[d], f"unbind at {call.where()}")
-    return tuple(TensorValue([t for i, t in enumerate(x.terms) if i != d], m.shape) for m in call.out)
+    return tuple(
+        TensorValue([t for i, t in enumerate(x.terms) if i != d], m.shape) for m in call.out
+    )
 
 
 def _slice_axis(call: Call, ctx: RuleContext, t: Term, n: int, s: slice) -> Term | None:
@@ -344,7 +355,9 @@ def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> An
 
 def _advanced_index(call: Call, ctx: RuleContext, x: TensorValue, idx: list[Any]) -> Any:
     tensor_pos = [p for p, i in enumerate(idx) if isinstance(i, TensorValue)]
-    others_plain = all(i is None or i == slice(None) for p, i in enumerate(idx) if p not in tensor_pos)
+    others_plain = all(
+        i is None or i == slice(None) for p, i in enumerate(idx) if p not in tensor_pos
+    )
     if len(tensor_pos) != 1 or not others_plain or None in idx:
         return ctx.block(call, "advanced indexing with several index tensors")
     p = tensor_pos[0]
@@ -378,7 +391,12 @@ def select(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([t for i, t in enumerate(x.terms) if i != d], out_shape(call))
 
 
-@registry.rule("slice", signature="input, dim=0, start=None, end=None, step=1", names=("narrow",), also={"narrow": "input, dim, start, length"})
+@registry.rule(
+    "slice",
+    signature="input, dim=0, start=None, end=None, step=1",
+    names=("narrow",),
+    also={"narrow": "input, dim, start, length"},
+)
 def slice_(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
@@ -392,7 +410,9 @@ def slice_(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule("pad", signature="input, pad, mode='constant', value=None", names=("constant_pad_nd",))
+@registry.rule(
+    "pad", signature="input, pad, mode='constant', value=None", names=("constant_pad_nd",)
+)
 def pad(call: Call, ctx: RuleContext) -> Any:
     x, widths, mode = call.args["input"], list(call.args["pad"]), call.args["mode"]
     terms = list(x.terms)
@@ -419,7 +439,29 @@ def roll(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.rule("new_tensor", signature="*args, **kwargs", names=("zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "eye", "tensor", "new_zeros", "new_ones", "new_empty", "new_full", "linspace", "scalar_tensor", "zeros_like_fixed"))
+@registry.rule(
+    "new_tensor",
+    signature="*args, **kwargs",
+    names=(
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "arange",
+        "rand",
+        "randn",
+        "randint",
+        "eye",
+        "tensor",
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+        "linspace",
+        "scalar_tensor",
+        "zeros_like_fixed",
+    ),
+)
 def new_tensor(call: Call, ctx: RuleContext) -> Any:
     """Creation ops: their axes are fixed sizes (tying them to a group freezes the group)."""
     return ctx.fixed_tensor(out_shape(call))
@@ -436,7 +478,23 @@ def size(call: Call, ctx: RuleContext) -> Any:
     return Dynamic(x.shape[x.dim(d)], x.terms[x.dim(d)])
 
 
-@registry.rule("meta", signature="*args, **kwargs", names=("dim", "numel", "_assert", "is_floating_point", "is_contiguous", "sym_numel", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size", "_check_is_size", "item_meta"))
+@registry.rule(
+    "meta",
+    signature="*args, **kwargs",
+    names=(
+        "dim",
+        "numel",
+        "_assert",
+        "is_floating_point",
+        "is_contiguous",
+        "sym_numel",
+        "_assert_async",
+        "_assert_scalar",
+        "sym_constrain_range_for_size",
+        "_check_is_size",
+        "item_meta",
+    ),
+)
 def meta(call: Call, ctx: RuleContext) -> Any:
     """Ops that read shapes or assert: no effect on units."""
     return call.out
@@ -454,5 +512,3 @@ def getattr_(call: Call, ctx: RuleContext) -> Any:
     if isinstance(obj, TensorValue) and name == "shape":
         return tuple(Dynamic(s, t) for s, t in zip(obj.shape, obj.terms))
     return call.out
-
-

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from .inputs import infer_example_inputs
-from .trace import Traced, TensorMeta, eval_mode, flatten_output, trace
+from .trace import TensorMeta, Traced, eval_mode, flatten_output, trace
 
 __all__ = ["Traced", "TensorMeta", "eval_mode", "flatten_output", "trace", "prepare_inputs"]
 
@@ -16,9 +16,7 @@ __all__ = ["Traced", "TensorMeta", "eval_mode", "flatten_output", "trace", "prep
 def prepare_inputs(model: Any, example_inputs: Any) -> tuple:
     """Check the model and normalise ``example_inputs`` to a tuple (inferring it when None)."""
     if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}"
-        )
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if example_inputs is None:
         return infer_example_inputs(model)
     if not isinstance(example_inputs, tuple):

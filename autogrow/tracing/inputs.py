@@ -20,7 +20,7 @@ def infer_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
     torch.Size([1, 5])
     """
     gen = torch.Generator().manual_seed(0)
-    for name, m in model.named_modules():
+    for m in model.modules():
         param = next(m.parameters(recurse=False), None)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         device = param.device if param is not None else torch.device("cpu")

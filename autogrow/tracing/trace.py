@@ -57,8 +57,10 @@ def describe(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return TensorMeta(tuple(int(s) for s in value.shape), value.dtype)
     if isinstance(value, (list, tuple)):
-        return type(value)(describe(v) for v in value) if not _is_namedtuple(value) else tuple(
-            describe(v) for v in value
+        return (
+            type(value)(describe(v) for v in value)
+            if not _is_namedtuple(value)
+            else tuple(describe(v) for v in value)
         )
     if isinstance(value, dict):
         return {k: describe(v) for k, v in value.items()}

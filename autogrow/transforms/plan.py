@@ -12,7 +12,7 @@ from ..errors import ConstraintError, FrozenGroupError, GroupNotFoundError, Inva
 from ..graph.width_graph import WidthGraph, WidthGroup
 from .mapping import new_size
 
-Factor = Union[float, int, Mapping[str, Union[int, float]]]
+Factor = Union[float, int, Mapping[str, Union[int, float]]]  # noqa: UP007 - a runtime alias (py3.10)
 
 
 def check_factor(value: object, what: str = "factor") -> float:
@@ -47,19 +47,26 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
         wanted = {}
         for g in graph.groups:
             if g.widenable:
-                wanted[g.id] = g.width * math.floor(f + 1e-9) if g.uniform else max(g.width, round(g.width * f))
+                wanted[g.id] = (
+                    g.width * math.floor(f + 1e-9)
+                    if g.uniform
+                    else max(g.width, round(g.width * f))
+                )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
     changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
     if not changed:
         raise ConstraintError(
             f"nothing to widen with factor {factor!r}: every widenable group keeps its width after "
             "rounding to its constraints (uniform groups under LayerNorm/GroupNorm need an integer "
-            "factor). Use a larger factor or a dict of per-group widths; see autogrow.analyze(model)."
+            "factor). Use a larger factor or a dict of per-group widths; see "
+            "autogrow.analyze(model)."
         )
     return changed
 
 
-def _apply_ratio_ties(graph: WidthGraph, wanted: dict[int, int], *, explicit: bool) -> dict[int, int]:
+def _apply_ratio_ties(
+    graph: WidthGraph, wanted: dict[int, int], *, explicit: bool
+) -> dict[int, int]:
     sizes = dict(wanted)
     for cls in _ratio_classes(graph):
         members = [graph.by_id(i) for i in cls if graph.by_id(i) is not None]

@@ -16,7 +16,8 @@ from ..graph import WidthGraph, analyze_traced
 from ..graph.build import REDUCE, Analysis
 from ..rules import RuleRegistry, default_registry
 from ..tracing import prepare_inputs
-from ..verify import run, verify as verify_outputs
+from ..verify import run
+from ..verify import verify as verify_outputs
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .plan import Factor, check_factor, plan_widths
 
@@ -96,7 +97,12 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
         check_factor(factor)
     if symmetry not in SYMMETRIES:
         raise InvalidArgumentError(f"symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+    if (
+        isinstance(noise, bool)
+        or not isinstance(noise, (int, float))
+        or not math.isfinite(noise)
+        or noise < 0
+    ):
         raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
 
 
@@ -160,7 +166,9 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         if found is None and lit.soft:
             continue  # probably computed from a shape at run time; verification will tell
         if found is None:
-            groups = sorted({g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))})
+            groups = sorted(
+                {g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))}
+            )
             raise HardcodedSizeError(
                 f"{lit.call.where()} hard-codes the size {lit.value}, which becomes {new} when "
                 f"group(s) {', '.join(groups) or '?'} widen. Compute it from the tensor instead "
@@ -246,7 +254,11 @@ def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _add_noise(
-    model: nn.Module, analysis: Analysis, maps: dict[int, UnitMap], noise: float, gen: torch.Generator
+    model: nn.Module,
+    analysis: Analysis,
+    maps: dict[int, UnitMap],
+    noise: float,
+    gen: torch.Generator,
 ) -> None:
     store = analysis.store
     params = dict(model.named_parameters())
@@ -256,7 +268,9 @@ def _add_noise(
             if p is None or not p.is_floating_point():
                 continue
             for d, term in enumerate(info.terms):
-                if REDUCE not in info.roles[d] or not any(a.id in maps for a in store.leaf_atoms(term)):
+                if REDUCE not in info.roles[d] or not any(
+                    a.id in maps for a in store.leaf_atoms(term)
+                ):
                     continue
                 m = term_map(store, term, maps)
                 counts = torch.bincount(m.source)
