@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as e:
         raise SystemExit(
             "the demo needs torchvision: pip install -c constraints.txt -e '.[vision]'"
-        )
+        ) from e
 
     torch.manual_seed(args.seed)
     model = randomize_constant_tensors(torchvision.models.get_model(args.model), args.seed).eval()

@@ -2,7 +2,7 @@
 
 import torch
 
-from autogrow.graph.terms import Atom, AxisStore, Cat, Fixed, Prod, cat, prod
+from autogrow.graph.terms import Atom, AxisStore, Cat, Fixed, Prod, Zip, cat, prod
 from autogrow.transforms.mapping import UnitMap, identity_map, new_size, sample_map, term_map
 
 
@@ -58,12 +58,31 @@ def test_split_inside_a_unit_block_is_refused():
     assert s.split(prod([a, Fixed(4)]), [10, 10]) is None
 
 
-def test_factor_of_equal_concatenation_ties_the_pieces():
+def test_channel_shuffle_interleaves_the_parts_without_tying_them():
     s = AxisStore()
     a, b = s.new_atom(4, "a"), s.new_atom(4, "b")
-    pieces = s.factor(cat([a, b]), [2, 4])
-    assert pieces is not None and pieces[0] == Fixed(2)
-    assert s.resolve(a) == s.resolve(b)
+    sel, stack = s.factor(cat([a, b]), [2, 4])  # view(2, 4)
+    shuffled = prod([stack, sel])  # transpose, then flatten: "(c g)"
+    assert shuffled == Zip((a, b))
+    assert s.resolve(a) != s.resolve(b)  # each part keeps its own group
+    assert prod([sel, stack]) == Cat((a, b))  # flattening without the transpose undoes it
+
+
+def test_interleaving_maps_units_part_by_part():
+    s = AxisStore()
+    a, b = s.new_atom(2, "a"), s.new_atom(2, "b")
+    maps = {a.id: UnitMap(torch.tensor([0, 1, 1]), torch.tensor([1.0, 0.5, 0.5]))}
+    maps[b.id] = UnitMap(torch.tensor([0, 1, 0]), torch.tensor([0.5, 1.0, 0.5]))
+    m = term_map(s, Zip((a, b)), maps)
+    assert m.source.tolist() == [0, 1, 2, 3, 2, 1]  # a0 b0 a1 b1 a1 b0
+
+
+def test_using_a_stacked_axis_otherwise_ties_the_parts():
+    s = AxisStore()
+    a, b, c = s.new_atom(4, "a"), s.new_atom(4, "b"), s.new_atom(4, "c")
+    _, stack = s.factor(cat([a, b]), [2, 4])
+    s.unify(stack, c, "conv input")
+    assert s.resolve(a) == s.resolve(b) == s.resolve(c)
 
 
 def test_incompatible_layouts_freeze_both_sides():

@@ -85,6 +85,66 @@ class Prod(Term):
         return "(" + " ".join(map(repr, self.factors)) + ")"
 
 
+@dataclass(frozen=True)
+class Zip(Term):
+    """Equal-size parts interleaved unit by unit: position ``i*k + j`` is unit ``i`` of part
+    ``j`` (a channel shuffle turns ``[x | y]`` into ``zip(x, y)``). Each part keeps its group."""
+
+    parts: tuple[Term, ...]
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self.parts) * self.parts[0].size
+
+    def atoms(self) -> Iterator[Atom]:
+        for p in self.parts:
+            yield from p.atoms()
+
+    def __repr__(self) -> str:
+        return "zip(" + ", ".join(map(repr, self.parts)) + ")"
+
+
+@dataclass(frozen=True)
+class Stack(Term):
+    """The within-part axis of a concatenation viewed as (parts, part size): which part it
+    holds depends on the paired :class:`Sel` axis. Moving it is free; any other use ties the
+    parts together (the conservative reading)."""
+
+    rows: tuple[Term, ...]
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return self.rows[0].size
+
+    def atoms(self) -> Iterator[Atom]:
+        for r in self.rows:
+            yield from r.atoms()
+
+    def __repr__(self) -> str:
+        return "stack(" + ", ".join(map(repr, self.rows)) + ")"
+
+
+@dataclass(frozen=True)
+class Sel(Term):
+    """The which-part axis paired with a :class:`Stack`; elsewhere it acts as ``Fixed(k)``."""
+
+    rows: tuple[Term, ...]
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"sel{len(self.rows)}"
+
+
+def zip_(parts: Iterable[Term]) -> Term:
+    parts = tuple(parts)
+    if all(p == parts[0] for p in parts):  # one group repeated: an ordinary product
+        return prod([parts[0], Fixed(len(parts))])
+    return Zip(parts)
+
+
 def cat(parts: Iterable[Term]) -> Term:
     """A normalised concatenation: nested Cats flattened, neighbouring Fixed merged."""
     flat: list[Term] = []
@@ -110,6 +170,20 @@ def prod(factors: Iterable[Term]) -> Term:
                 continue
             if flat and isinstance(q, Fixed) and isinstance(flat[-1], Fixed):
                 flat[-1] = Fixed(flat[-1].size * q.size)
+            elif (
+                flat
+                and isinstance(q, Sel)
+                and isinstance(flat[-1], Stack)
+                and flat[-1].rows == q.rows
+            ):
+                flat[-1] = zip_(q.rows)  # (stack sel): the parts interleaved
+            elif (
+                flat
+                and isinstance(q, Stack)
+                and isinstance(flat[-1], Sel)
+                and flat[-1].rows == q.rows
+            ):
+                flat[-1] = cat(q.rows)  # (sel stack): the concatenation again
             else:
                 flat.append(q)
     if not flat:
@@ -142,6 +216,7 @@ class AxisStore:
         self._info: dict[int, AtomInfo] = {}
         self.ties: nx.Graph = nx.Graph()
         self.ratio_ties: nx.Graph = nx.Graph()
+        self.size_ties: list[tuple[Term, Term]] = []  # must keep equal sizes (interleaved parts)
 
     # -- atoms ---------------------------------------------------------------------------
     def new_atom(self, size: int, origin: str, frozen: str | None = None) -> Atom:
@@ -178,7 +253,37 @@ class AxisStore:
             return cat(self.resolve(p) for p in t.parts)
         if isinstance(t, Prod):
             return prod(self.resolve(f) for f in t.factors)
+        if isinstance(t, Zip):
+            return zip_(self.resolve(p) for p in t.parts)
+        if isinstance(t, Stack):
+            rows = tuple(self.resolve(r) for r in t.rows)
+            return rows[0] if all(r == rows[0] for r in rows) else Stack(rows)
+        if isinstance(t, Sel):
+            return Sel(tuple(self.resolve(r) for r in t.rows))
         return t
+
+    def settle(self, t: Term, why: str = "stacked parts used") -> Term:
+        """Replace stack/selector pairs by the conservative reading: the parts tied together."""
+        t = self.resolve(t)
+        if isinstance(t, Stack):
+            for r in t.rows[1:]:
+                self.unify(t.rows[0], r, why)
+            return self.resolve(t.rows[0])
+        if isinstance(t, Sel):
+            return Fixed(t.size)
+        if isinstance(t, Cat):
+            return cat(self.settle(p, why) for p in t.parts)
+        if isinstance(t, Prod):
+            return prod(self.settle(f, why) for f in t.factors)
+        if isinstance(t, Zip):
+            return zip_(self.settle(p, why) for p in t.parts)
+        return t
+
+    def _has_stack(self, t: Term) -> bool:
+        if isinstance(t, (Stack, Sel)):
+            return True
+        children = getattr(t, "parts", None) or getattr(t, "factors", None) or ()
+        return any(self._has_stack(c) for c in children)
 
     def leaf_atoms(self, t: Term) -> list[Atom]:
         """Distinct unbound root atoms under ``t``, in order."""
@@ -207,7 +312,9 @@ class AxisStore:
         elif isinstance(t, Prod):
             for f in t.factors:
                 self.require_uniform(f, why)
-        elif isinstance(t, Cat):
+        elif isinstance(t, (Stack, Sel)):
+            self.require_uniform(self.settle(t), why)
+        elif isinstance(t, (Cat, Zip)):
             carriers = [self.leaf_atoms(p) for p in t.parts]
             if any(len(c) != 1 for c in carriers):
                 self.freeze(t, f"concatenation under a normalisation at {why}")
@@ -218,6 +325,10 @@ class AxisStore:
                 self.ratio_ties.add_edge(a.id, b.id, why=why)
 
     def _bind(self, a: Atom, t: Term, why: str) -> None:
+        if self._has_stack(t):
+            t = self.settle(t, why)
+            if isinstance(t, Atom) and t.id == a.id:
+                return
         info = self._info[a.id]
         info.binding = t
         for b in t.atoms():
@@ -253,6 +364,10 @@ class AxisStore:
             return [f.size for f in a.factors] == [f.size for f in b.factors] and all(
                 self.can_unify(x, y) for x, y in zip(a.factors, b.factors)
             )
+        if isinstance(a, Zip) and isinstance(b, Zip):
+            return len(a.parts) == len(b.parts) and all(
+                self.can_unify(x, y) for x, y in zip(a.parts, b.parts)
+            )
         return False
 
     def unify(self, t1: Term, t2: Term, why: str) -> None:
@@ -261,6 +376,14 @@ class AxisStore:
         if a.size != b.size:
             raise ValueError(f"cannot unify axes of sizes {a.size} and {b.size} ({why})")
         if a == b:
+            return
+        if isinstance(a, (Stack, Sel)) or isinstance(b, (Stack, Sel)):
+            a, b = self.settle(a, why), self.settle(b, why)
+            if a == b:
+                return
+        if isinstance(a, Zip) and isinstance(b, Zip) and len(a.parts) == len(b.parts):
+            for x, y in zip(a.parts, b.parts):
+                self.unify(x, y, why)
             return
         if isinstance(a, Atom) and isinstance(b, Atom):
             self._union(a, b, why)
@@ -280,6 +403,10 @@ class AxisStore:
             self.freeze(b, f"incompatible layouts {a!r} vs {b!r} at {why}")
 
     def _unify_structured(self, a: Term, b: Term, why: str) -> bool:
+        if isinstance(a, Zip) or isinstance(b, Zip):  # against another layout: parts tied
+            a, b = self._unzip(a, why), self._unzip(b, why)
+            self.unify(a, b, why)
+            return True
         if isinstance(a, Cat) or isinstance(b, Cat):
             cuts = sorted(set(_boundaries(a)) | set(_boundaries(b)))
             sizes = [y - x for x, y in zip([0, *cuts], [*cuts, a.size])]
@@ -300,12 +427,30 @@ class AxisStore:
             self.unify(x, y, why)
         return True
 
+    def _unzip(self, t: Term, why: str) -> Term:
+        """The conservative reading of an interleaving: one group repeated k times."""
+        if not isinstance(t, Zip):
+            return t
+        for p in t.parts[1:]:
+            self.unify(t.parts[0], p, why)
+        return prod([self.resolve(t.parts[0]), Fixed(len(t.parts))])
+
     # -- refinement ------------------------------------------------------------------------
     def split(self, t: Term, sizes: list[int], why: str = "split") -> list[Term] | None:
         """Cut an axis into consecutive pieces of the given sizes, or None if impossible."""
         t = self.resolve(t)
         if len(sizes) == 1:
             return [t]
+        if isinstance(t, (Stack, Sel)):
+            t = self.settle(t, why)
+        if isinstance(t, Zip):
+            k = len(t.parts)
+            if any(s % k for s in sizes):
+                return self.split(self._unzip(t, why), sizes, why)
+            cuts = [self.split(p, [s // k for s in sizes], why) for p in t.parts]
+            if any(c is None for c in cuts):
+                return None
+            return [zip_(c[i] for c in cuts) for i in range(len(sizes))]  # type: ignore[index]
         if isinstance(t, Fixed):
             return [Fixed(s) for s in sizes]
         if isinstance(t, Atom):
@@ -349,6 +494,13 @@ class AxisStore:
         targets = [s for s in sizes]
         if len([s for s in targets if s != 1]) <= 1:
             return [t if s == t.size and s != 1 else Fixed(s) for s in targets]
+        if isinstance(t, (Stack, Sel)):
+            return self.factor(self.settle(t, why), sizes, why)
+        real = [s for s in targets if s != 1]
+        if isinstance(t, Zip):
+            if real == [t.parts[0].size, len(t.parts)]:
+                return self._place(targets, [Stack(t.parts), Sel(t.parts)])
+            return self.factor(self._unzip(t, why), sizes, why)
         if isinstance(t, Fixed):
             return [Fixed(s) for s in targets]
         if isinstance(t, Atom):
@@ -359,6 +511,14 @@ class AxisStore:
             ]
             self._bind(t, prod(pieces), why)
             return pieces
+        if isinstance(t, Cat) and len(real) == 2 and t.size % real[0] == 0:
+            rows = self.split(t, [t.size // real[0]] * real[0], why)
+            if rows is not None and all(not isinstance(r, Fixed) for r in rows):
+                # (parts, within-part): a selector and a stack, so that a following transpose
+                # and flatten can interleave the parts (channel shuffle) without tying them.
+                for r in rows[1:]:
+                    self.size_ties.append((rows[0], r))
+                return self._place(targets, [Sel(tuple(rows)), Stack(tuple(rows))])
         if isinstance(t, Cat):
             k = targets[0] if targets[0] != 1 else None
             parts = t.parts
@@ -400,6 +560,12 @@ class AxisStore:
             last = max(i for i, s in enumerate(targets) if s != 1)
             out[last] = prod([out[last], *factors])
         return out
+
+    @staticmethod
+    def _place(targets: list[int], terms: list[Term]) -> list[Term]:
+        """Put ``terms`` at the non-1 positions of ``targets`` and Fixed(1) elsewhere."""
+        it = iter(terms)
+        return [next(it) if s != 1 else Fixed(1) for s in targets]
 
 
 def _boundaries(t: Term) -> list[int]:

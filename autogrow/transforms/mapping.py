@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graph.terms import Atom, AxisStore, Cat, Fixed, Prod, Term
+from ..graph.terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
 
 SYMMETRIES = ("split", "none")
 
@@ -54,10 +54,18 @@ def identity_map(n: int) -> UnitMap:
 def term_map(store: AxisStore, term: Term, maps: dict[int, UnitMap]) -> UnitMap:
     """The mapping of a whole axis, composed from its groups' mappings."""
     t = store.resolve(term)
-    if isinstance(t, Fixed):
+    if isinstance(t, (Fixed, Sel)):
         return identity_map(t.size)
+    if isinstance(t, Stack):  # only reachable once its rows were tied (settled)
+        return term_map(store, t.rows[0], maps)
     if isinstance(t, Atom):
         return maps.get(t.id) or identity_map(t.size)
+    if isinstance(t, Zip):
+        k = len(t.parts)
+        part_maps = [term_map(store, p, maps) for p in t.parts]
+        source = torch.stack([m.source * k + j for j, m in enumerate(part_maps)], 1).reshape(-1)
+        share = torch.stack([m.share for m in part_maps], 1).reshape(-1)
+        return UnitMap(source, share)
     if isinstance(t, Cat):
         sources, shares, offset = [], [], 0
         for p in t.parts:
@@ -81,8 +89,12 @@ def term_map(store: AxisStore, term: Term, maps: dict[int, UnitMap]) -> UnitMap:
 def new_size(store: AxisStore, term: Term, sizes: dict[int, int]) -> int:
     """The size of an axis after its groups take their new widths."""
     t = store.resolve(term)
-    if isinstance(t, Fixed):
+    if isinstance(t, (Fixed, Sel)):
         return t.size
+    if isinstance(t, Stack):
+        return new_size(store, t.rows[0], sizes)
+    if isinstance(t, Zip):
+        return len(t.parts) * new_size(store, t.parts[0], sizes)
     if isinstance(t, Atom):
         return sizes.get(t.id, t.size)
     if isinstance(t, Cat):

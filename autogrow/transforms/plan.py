@@ -9,6 +9,7 @@ from typing import Union
 import networkx as nx
 
 from ..errors import ConstraintError, FrozenGroupError, GroupNotFoundError, InvalidArgumentError
+from ..graph.terms import Atom, Fixed, Term
 from ..graph.width_graph import WidthGraph, WidthGroup
 from .mapping import new_size
 
@@ -53,6 +54,8 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
                     else max(g.width, round(g.width * f))
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
+    sizes = _apply_size_ties(graph, sizes)
+    sizes = _repair(graph, sizes, set(wanted) if isinstance(factor, Mapping) else set())
     changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
     if not changed:
         raise ConstraintError(
@@ -85,6 +88,89 @@ def _apply_ratio_ties(
         for g in members:
             sizes[g.id] = g.width * k
     return sizes
+
+
+def _apply_size_ties(graph: WidthGraph, sizes: dict[int, int]) -> dict[int, int]:
+    """Interleaved parts (a channel shuffle) must keep equal sizes: tied groups take the
+    largest requested width, or all keep theirs when one of them is frozen."""
+    store = graph.store
+    links = nx.Graph()
+    pairs = []
+    for a, b in store.size_ties:
+        for x, y in _aligned(store, a, b):
+            if isinstance(x, Atom) and isinstance(y, Atom):
+                links.add_edge(x.id, y.id)
+            else:
+                pairs.append((x, y))
+    out = dict(sizes)
+    for cls in nx.connected_components(links):
+        members = [graph.by_id(i) for i in cls]
+        width = max(out.get(i, store.atom(i).size) for i in cls)
+        if any(g is None or not g.widenable for g in members):
+            width = store.atom(next(iter(cls))).size
+        for i in cls:
+            out[i] = width
+    return out
+
+
+def _equalities(graph: WidthGraph) -> list[tuple[Term, Term]]:
+    """Pairs of axes that forward code needs to keep equal in size."""
+    store = graph.store
+    pairs = [p for a, b in store.size_ties for p in _aligned(store, a, b)]
+    pairs += [
+        (lit.term, lit.value) for lit in graph.analysis.literals if not isinstance(lit.value, int)
+    ]
+    return pairs
+
+
+def _repair(graph: WidthGraph, sizes: dict[int, int], requested: set[int]) -> dict[int, int]:
+    """Keep at their width the groups of every size equality the plan would break; refuse
+    only when the caller asked for one of those groups by name."""
+    store = graph.store
+    out = dict(sizes)
+    tied = nx.Graph()
+    for a, b in store.ratio_ties.edges:
+        for x in store.leaf_atoms(store.atom(a)):
+            for y in store.leaf_atoms(store.atom(b)):
+                tied.add_edge(x.id, y.id)
+    for a, b in store.size_ties:
+        for x, y in _aligned(store, a, b):
+            if isinstance(x, Atom) and isinstance(y, Atom):
+                tied.add_edge(x.id, y.id)
+    pairs = _equalities(graph)
+    while True:
+        broken = [(a, b) for a, b in pairs if new_size(store, a, out) != new_size(store, b, out)]
+        if not broken:
+            return out
+        involved = {x.id for a, b in broken for x in store.leaf_atoms(a) + store.leaf_atoms(b)}
+        for i in list(involved):
+            if tied.has_node(i):
+                involved |= nx.node_connected_component(tied, i)
+        asked = involved & requested
+        if asked:
+            names = ", ".join(sorted(g.name for i in asked if (g := graph.by_id(i))))
+            raise ConstraintError(
+                f"widening {names} would break a size that forward code keeps equal to another "
+                "axis (a channel shuffle's interleaved parts, or a view sized from another "
+                "tensor); request the groups involved together with the same factor"
+            )
+        for i in involved:
+            out.pop(i, None)
+
+
+def _aligned(store, a: Term, b: Term) -> list[tuple[Term, Term]]:
+    """Split a same-size requirement into requirements on matching pieces, where the two
+    layouts have the same structure."""
+    a, b = store.resolve(a), store.resolve(b)
+    if a == b or (isinstance(a, Fixed) and isinstance(b, Fixed)):
+        return []
+    same_shape = type(a) is type(b) and not isinstance(a, (Atom, Fixed))
+    if same_shape:
+        ka = getattr(a, "parts", None) or getattr(a, "factors", None) or ()
+        kb = getattr(b, "parts", None) or getattr(b, "factors", None) or ()
+        if len(ka) == len(kb) and all(x.size == y.size for x, y in zip(ka, kb)):
+            return [pair for x, y in zip(ka, kb) for pair in _aligned(store, x, y)]
+    return [(a, b)]
 
 
 def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[int, int]:
