@@ -26,6 +26,7 @@ from .errors import (
 )
 from .graph import WidthGraph, WidthGroup, analyze
 from .rules import Call, RuleRegistry, TensorValue, default_registry
+from .transforms.deepen import InsertionPoint, deepen, insertion_points
 from .transforms.widen import widen
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "FrozenGroupError",
     "GroupNotFoundError",
     "HardcodedSizeError",
+    "InsertionPoint",
     "InvalidArgumentError",
     "RuleRegistry",
     "TensorValue",
@@ -64,7 +66,9 @@ __all__ = [
     "WidthGraph",
     "WidthGroup",
     "analyze",
+    "deepen",
     "default_registry",
+    "insertion_points",
     "register_module_rule",
     "register_rule",
     "widen",
