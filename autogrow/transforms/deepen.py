@@ -226,8 +226,10 @@ def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
         if err < current * (1 - 1e-3):
             chosen.append(name)
             current = err
-    if not chosen or current > _BLOCK_TOL:
+    if current > _BLOCK_TOL:
         return None
+    if not chosen:  # already the identity (a zeroed copy, zero_init_residual): copy as is
+        return ()
     for name in sorted(chosen, key=candidates.index):  # drop redundant (earlier) zeroings
         rest = [c for c in chosen if c != name]
         if rest and _identity_error(block, rest, call) <= _BLOCK_TOL:
@@ -245,7 +247,8 @@ def _block_point(model: nn.Module, name: str, rec: _Record) -> InsertionPoint | 
     parent, attr = _parent(model, name)
     last = list(parent._modules)[-1] == attr  # type: ignore[union-attr]
     where = name.rpartition(".")[0] if last else name
-    what = f"a copy of {name} ({type(block).__name__}) with {', '.join(zero)} zeroed"
+    zeroed = f"{', '.join(zero)} zeroed" if zero else "its branch already zero"
+    what = f"a copy of {name} ({type(block).__name__}) with {zeroed}"
     return InsertionPoint(where, "block", what, True, zero)
 
 
@@ -342,7 +345,7 @@ def _identity_plan(model: nn.Module, name: str, rec: _Record) -> tuple[Insertion
                 identity_conv(channels, dims, ks, depthwise=depthwise, dtype=dtype, device=device)
             )
         if uses_bn:
-            layers.append(identity_batchnorm(channels, dims, dtype=dtype, device=device))
+            layers.append(identity_batchnorm(channels, max(dims, 1), dtype=dtype, device=device))
         if idempotent:
             layers.append(copy.deepcopy(last))
         else:
