@@ -72,22 +72,33 @@ class InsertionPoint:
 class _Call:
     args: tuple
     kwargs: dict
-    output: Any
+    output: Any  # a clone for children of containers, else a meta tensor (shape and dtype)
+    device: torch.device | None = None
     calls: int = 1
     shapes: set = field(default_factory=set)
 
 
 class _Record:
-    """Per-module first call (cloned args, kwargs, output), call counts and leaf order."""
+    """Per-module first call (args, kwargs, output), call counts and leaf order.
+
+    Only the children of Sequential/ModuleList containers (the candidate blocks) keep cloned
+    values; every other module keeps its output's shape and dtype, so memory stays bounded.
+    """
 
     def __init__(self, model: nn.Module, inputs: tuple) -> None:
         self.model = model
-        self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.calls: dict[str, _Call] = {}
         self.order: list[str] = []  # leaf modules, in the order their forward ended
+        self.keep = {
+            f"{name}.{key}" if name else key
+            for name, m in model.named_modules()
+            if _is_container(m)
+            for key in m._modules
+        }
         handles = []
         for name, m in model.named_modules():
-            handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
+            if name in self.keep:
+                handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
             handles.append(m.register_forward_hook(self._post(name), with_kwargs=True))
         self._pending: dict[str, tuple] = {}
         try:
@@ -106,11 +117,19 @@ class _Record:
 
     def _post(self, name: str):
         def hook(module, args, kwargs, output):
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            is_tensor = isinstance(output, torch.Tensor)
+            shape = tuple(output.shape) if is_tensor else None
             call = self.calls.get(name)
             if call is None:
                 a, k = self._pending.pop(name, ((), {}))
-                call = self.calls[name] = _Call(a, k, _clone(output))
+                if name in self.keep:
+                    value = _clone(output)
+                elif is_tensor:
+                    value = torch.empty(shape, dtype=output.dtype, device="meta")
+                else:
+                    value = None
+                device = output.device if is_tensor else None
+                call = self.calls[name] = _Call(a, k, value, device)
                 if not any(True for _ in module.children()):
                     self.order.append(name)
             else:
@@ -325,7 +344,7 @@ def _identity_plan(model: nn.Module, name: str, rec: _Record) -> tuple[Insertion
     uses_bn = any(isinstance(m, _bn_type(kind, dims, y)) for m in model.modules())
     last = _last_leaf(module)
     idempotent = isinstance(last, _IDEMPOTENT)
-    dtype, device = y.dtype, y.device
+    dtype, device = y.dtype, call.device
     per_channel = kind == "conv" or y.ndim == 2
 
     def factory() -> list[nn.Module]:
