@@ -20,6 +20,7 @@ from ..tracing.trace import TensorMeta, Traced
 from .terms import AxisStore, Fixed, Term
 
 COPY, REDUCE, TAPS = "copy", "reduce", "taps"  # TAPS: an axis that carries no units (kernels)
+BLOCKED = "blocked: "  # marks freeze reasons that come from an op without a (working) rule
 
 
 @dataclass
@@ -165,7 +166,7 @@ class RuleContext:
 
     def block(self, call: Call, reason: str) -> Any:
         """Freeze every axis an op touches and give its outputs fresh frozen axes."""
-        why = f"{call.where()}: {reason}"
+        why = f"{call.where(full=True)}: {BLOCKED}{reason}"
         for v in _tensor_values(call.args):
             for t in v.terms:
                 self.freeze(t, why)
@@ -215,31 +216,6 @@ def _module_of(node: fx.Node) -> str | None:
     return str(path) if path else None
 
 
-def _source_of(node: fx.Node) -> str | None:
-    """'file.py:12: x = x.view(-1, 400)': the innermost user frame of the recorded trace."""
-    trace = node.meta.get("stack_trace")
-    if not trace:
-        return None
-    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
-    frames = []
-    for i, ln in enumerate(lines):
-        if ln.startswith("File "):
-            code = (
-                lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
-            )
-            frames.append((ln, code))
-    user = [f for f in frames if not any(p in f[0] for p in _INTERNAL_PATHS)]
-    if not user:
-        return None
-    where, code = user[-1]
-    parts = where.split(",")
-    loc = f"{parts[0][5:].strip().strip(chr(34))}:{parts[1].strip().removeprefix('line ')}"
-    return f"{loc}: {code}" if code else loc
-
-
-_INTERNAL_PATHS = ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/_", "/torch/export/")
-
-
 def _is_tensor_meta(meta: Any) -> bool:
     if isinstance(meta, TensorMeta):
         return True
@@ -252,7 +228,7 @@ def normalize(node: fx.Node, ctx: RuleContext) -> tuple[Call, Any] | None:
     """Turn an fx node into a canonical Call and its rule; None when no rule knows the op."""
     out = ctx.traced.meta.get(node)
     module = _module_of(node)
-    source = _source_of(node)
+    source = None
     args = _to_value(ctx, tuple(node.args))
     kwargs = _to_value(ctx, dict(node.kwargs))
     reg = ctx.registry
@@ -344,6 +320,7 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
 
 def _run_rule(node: fx.Node, ctx: RuleContext, meta: Any) -> Any:
     call, rule = normalize(node, ctx)
+    call.locate = ctx.traced.source_of
     involves_tensors = _tensor_values(call.args) or _is_tensor_meta(meta)
     if rule is None:
         if not involves_tensors:

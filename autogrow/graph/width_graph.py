@@ -73,7 +73,9 @@ class WidthGraph:
         self.groups: list[WidthGroup] = _collect_groups(analysis)
         self._by_name = {g.name: g for g in self.groups}
         self._by_id = {g.id: g for g in self.groups}
-        self.blocked: list[str] = [f"{b.call.where()}: {b.reason}" for b in analysis.blocked]
+        self.blocked: list[str] = [
+            f"{b.call.where(full=True)}: {b.reason}" for b in analysis.blocked
+        ]
 
     # -- lookups ---------------------------------------------------------------------------
     @property
@@ -82,10 +84,11 @@ class WidthGraph:
 
     def group(self, key: str) -> WidthGroup | None:
         """The group named ``key``, or the group of the output units of module ``key``."""
-        if key in self._by_name:
-            return self._by_name[key]
+        named = self._by_name.get(key)
         candidates = self.module_groups(key)
-        return candidates[0] if candidates else None
+        if candidates and candidates[0].widenable and (named is None or not named.widenable):
+            return candidates[0]  # a module name: its widenable output group
+        return named or (candidates[0] if candidates else None)
 
     def module_groups(self, module: str) -> list[WidthGroup]:
         """Groups of a module's output units (its parameters' copy axes), widenable first."""

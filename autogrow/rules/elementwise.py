@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from ..graph.terms import Fixed, prod
-from .common import COPY, broadcast, same_as, tensors
+from .common import COPY, broadcast, out_shape, same_as, tensors
 from .registry import Call, Dynamic, ParamRef, TensorValue, target_name
 from .registry import default_registry as registry
 
@@ -118,3 +118,22 @@ def _activation_module(m: nn.Module, name: str, args: tuple, kwargs: dict):
 
 for _type in _ACTIVATION_MODULES:
     registry.module(_type)(_activation_module)
+
+
+@registry.rule("glu", signature="input, dim=-1")
+def glu(call: Call, ctx: RuleContext) -> Any:
+    """a * sigmoid(b) for the two halves: the halves multiply unit by unit, so they are tied."""
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    halves = ctx.store.split(x.terms[d], [x.shape[d] // 2] * 2, call.where())
+    if halves is None:
+        return ctx.block(call, "cannot halve this axis")
+    ctx.unify(halves[0], halves[1], call)
+    terms = list(x.terms)
+    terms[d] = halves[0]
+    return TensorValue(terms, out_shape(call))
+
+
+@registry.module(nn.GLU)
+def _glu_module(m: nn.GLU, name: str, args: tuple, kwargs: dict):
+    return "glu", {"input": args[0], "dim": m.dim}

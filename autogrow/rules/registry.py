@@ -68,9 +68,13 @@ class Call:
     module: str | None = None  # qualified name of the innermost module the op belongs to
     module_obj: nn.Module | None = None  # set for module calls
     source: str | None = None
+    locate: Callable[[fx.Node], str | None] | None = field(default=None, repr=False)
 
-    def where(self) -> str:
-        """'op conv2d in module layer1.0.conv1 (file.py:12)' for error messages."""
+    def where(self, full: bool = False) -> str:
+        """'op conv2d in module layer1.0.conv1 (file.py:12: code)' for messages; ``full``
+        looks the source line up if it is not known yet (costs a second trace, once)."""
+        if full and self.source is None and self.locate is not None:
+            self.source, self.locate = self.locate(self.node), None
         text = f"op '{self.name}'"
         if self.module:
             text += f" in module '{self.module}'"

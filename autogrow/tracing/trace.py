@@ -38,6 +38,23 @@ class Traced:
     user_inputs: list[fx.Node]
     meta: dict[fx.Node, Any] = field(default_factory=dict)
     reference_output: Any = None  # the model's eval-mode output, when the trace computed it
+    leaf_types: tuple[type, ...] = ()
+    _traces: dict[str, str] | None = field(default=None, repr=False)
+
+    def source_of(self, node: fx.Node) -> str | None:
+        """'file.py:12: code' where the op was written. Recording stack traces makes fx
+        tracing several times slower, so for fx they are recorded by a second trace, once,
+        when a message first needs one (node names are deterministic)."""
+        text = node.meta.get("stack_trace")
+        if text is None and self.kind == "fx":
+            if self._traces is None:
+                try:
+                    graph = _Tracer(self.leaf_types, record_stack_traces=True).trace(self.model)
+                    self._traces = {n.name: n.meta.get("stack_trace") for n in graph.nodes}
+                except Exception:  # noqa: BLE001 - a message without a line is still a message
+                    self._traces = {}
+            text = self._traces.get(node.name)
+        return parse_stack_trace(text) if text else None
 
 
 @contextlib.contextmanager
@@ -75,10 +92,37 @@ def _is_namedtuple(value: Any) -> bool:
     return isinstance(value, tuple) and hasattr(value, "_fields")
 
 
+_INTERNAL_PATHS = (
+    "/torch/fx/",
+    "/torch/nn/modules/module.py",
+    "/torch/_",
+    "/torch/export/",
+    "/torch/overrides.py",
+    "/torch/nn/functional.py",
+)
+
+
+def parse_stack_trace(trace: str) -> str | None:
+    """'file.py:12: x = x.view(-1, 400)': the innermost user frame of a recorded trace."""
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    frames = []
+    for i, ln in enumerate(lines):
+        if ln.startswith("File "):
+            nxt = lines[i + 1] if i + 1 < len(lines) else ""
+            frames.append((ln, "" if nxt.startswith("File ") else nxt))
+    user = [f for f in frames if not any(p in f[0] for p in _INTERNAL_PATHS)]
+    if not user:
+        return None
+    where, code = user[-1]
+    parts = where.split(",")
+    loc = f"{parts[0][5:].strip().strip(chr(34))}:{parts[1].strip().removeprefix('line ')}"
+    return f"{loc}: {code}" if code else loc
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...]) -> None:
+    def __init__(self, leaf_types: tuple[type, ...], record_stack_traces: bool = False) -> None:
         super().__init__()
-        self.record_stack_traces = True
+        self.record_stack_traces = record_stack_traces
         self._leaf_types = leaf_types
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -111,7 +155,7 @@ def trace_fx(model: nn.Module, inputs: tuple, leaf_types: tuple[type, ...] = ())
         if node.op == "get_attr" and node.target in names:
             params[node] = str(node.target)
     user_inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    return Traced(model, graph, "fx", params, user_inputs, recorder.meta, output)
+    return Traced(model, graph, "fx", params, user_inputs, recorder.meta, output, leaf_types)
 
 
 def trace_export(model: nn.Module, inputs: tuple) -> Traced:

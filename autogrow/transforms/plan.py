@@ -8,7 +8,14 @@ from typing import Union
 
 import networkx as nx
 
-from ..errors import ConstraintError, FrozenGroupError, GroupNotFoundError, InvalidArgumentError
+from ..errors import (
+    ConstraintError,
+    FrozenGroupError,
+    GroupNotFoundError,
+    InvalidArgumentError,
+    UnsupportedOpError,
+)
+from ..graph.build import BLOCKED
 from ..graph.terms import Atom, Fixed, Term
 from ..graph.width_graph import WidthGraph, WidthGroup
 from .mapping import new_size
@@ -57,6 +64,12 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
     sizes = _apply_size_ties(graph, sizes)
     sizes = _repair(graph, sizes, set(wanted) if isinstance(factor, Mapping) else set())
     changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
+    if not changed and graph.blocked and not isinstance(factor, Mapping):
+        raise UnsupportedOpError(
+            f"nothing to widen with factor {factor!r}: the groups that could grow pass through "
+            f"ops autogrow has no rule for: {'; '.join(graph.blocked[:3])}. Register a rule "
+            "(autogrow.register_rule / register_module_rule) or report the op."
+        )
     if not changed:
         raise ConstraintError(
             f"nothing to widen with factor {factor!r}: every widenable group keeps its width after "
@@ -186,6 +199,12 @@ def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[
                 f"{key!r} names no width group and no module with parameters in one.{hint} "
                 "List the groups with print(autogrow.analyze(model))."
             )
+        if g.frozen and BLOCKED in g.frozen:
+            raise UnsupportedOpError(
+                f"group {g.name!r} (requested as {key!r}) passes through {g.frozen}. Register a "
+                "rule for that op (autogrow.register_rule / register_module_rule) or pick "
+                "another group."
+            )
         if not g.widenable:
             raise FrozenGroupError(
                 f"group {g.name!r} (requested as {key!r}, modules {', '.join(g.modules[:3])}) is "
@@ -225,10 +244,11 @@ def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float
 
 def _module_multiplicity(graph: WidthGraph, g: WidthGroup, module: str) -> int:
     """How many units of the module's output axis each unit of ``g`` accounts for."""
-    for m in g.members:
-        if m.param.rsplit(".", 1)[0] == module and m.role != "reduce":
-            info = graph.analysis.params[m.param]
-            term = info.terms[m.dim]
-            total = new_size(graph.store, term, {})
-            return total // g.width
-    return 1
+    totals = [
+        new_size(graph.store, graph.analysis.params[m.param].terms[m.dim], {})
+        for m in g.members
+        if m.role != "reduce"
+        and (m.param.rsplit(".", 1)[0] == module or m.param.startswith(f"{module}."))
+    ]
+    # The smallest output axis: an attention module's embed width, not its 3× qkv rows.
+    return min(totals) // g.width if totals else 1

@@ -121,7 +121,7 @@ def grown_tensors(analysis: Analysis, maps: dict[int, UnitMap]) -> dict[str, tor
             if REDUCE in info.roles[d] and t.is_floating_point():
                 shape = [1] * t.ndim
                 shape[d] = -1
-                t = t * m.share.to(dtype=t.dtype, device=t.device).view(shape)
+                t.mul_(m.share.to(dtype=t.dtype, device=t.device).view(shape))  # t is a fresh copy
             changed = True
         if changed:
             out[name] = t.contiguous()
@@ -155,7 +155,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             other = size(lit.value)
             if new != other:
                 raise ConstraintError(
-                    f"{lit.call.where()} sizes an axis from another tensor's size, which would be "
+                    f"{lit.call.where(full=True)} sizes an axis from another tensor's size, "
+                    "which would be "
                     f"{other} while this axis becomes {new}. Widen the groups involved by the "
                     "same factor (a float factor does), or leave them out."
                 )
@@ -170,7 +171,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
                 {g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))}
             )
             raise HardcodedSizeError(
-                f"{lit.call.where()} hard-codes the size {lit.value}, which becomes {new} when "
+                f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
+                f"{new} when "
                 f"group(s) {', '.join(groups) or '?'} widen. Compute it from the tensor instead "
                 "(x.flatten(1), x.view(x.size(0), -1)), keep it in a module attribute, or leave "
                 "those groups out: widen(model, {...}) with the groups you want."
