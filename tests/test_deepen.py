@@ -451,3 +451,21 @@ def test_zeroed_blocks_learn(name):
     upstream = {"conv1.weight"} if name == "resnet18" else {"mlp.0.weight"}
     assert zeroed <= changed, "the zeroed branch end received no gradient"
     assert upstream <= changed, "layers before the zeroed one never learn"
+
+
+def test_model_without_submodules_is_refused_clearly():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = nn.Parameter(torch.randn(8, 4))
+            self.w2 = nn.Parameter(torch.randn(2, 8))
+
+        def forward(self, x):
+            return F.linear(torch.tanh(F.linear(x, self.w1)), self.w2)
+
+    model, x = Functional(), (torch.randn(3, 4),)
+    assert autogrow.insertion_points(model, x) == []
+    with pytest.raises(autogrow.UnsupportedOpError, match="pass after="):
+        autogrow.deepen(model, example_inputs=x)
+    with pytest.raises(autogrow.InvalidArgumentError, match="whole model"):
+        autogrow.deepen(model, after="", example_inputs=x)

@@ -458,7 +458,7 @@ def insertion_points(
             p = _block_point(model, name, rec)
             if p is not None:
                 points.append(p)
-        elif name in rec.order and not isinstance(m, (nn.Dropout, nn.Identity)):
+        elif name and name in rec.order and not isinstance(m, (nn.Dropout, nn.Identity)):
             p = _identity_point(model, name, rec)
             if p is not None:
                 points.append(p)
