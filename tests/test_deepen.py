@@ -469,3 +469,21 @@ def test_model_without_submodules_is_refused_clearly():
         autogrow.deepen(model, example_inputs=x)
     with pytest.raises(autogrow.InvalidArgumentError, match="whole model"):
         autogrow.deepen(model, after="", example_inputs=x)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_torch_transformer_encoder(norm_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, norm_first=norm_first)
+    encoder = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+    model = nn.Sequential(nn.Linear(8, 16), encoder, nn.Linear(16, 2)).eval()
+    x = (torch.randn(2, 5, 8),)
+    deep = autogrow.deepen(model, example_inputs=x)
+    _assert_deeper_and_exact(model, deep, x)
+    if norm_first:  # pre-norm layers are residual: one more layer, not a copy of the encoder
+        assert len(deep) == 3 and len(deep[1].layers) == 4
+        assert not deep[1].layers[3].linear2.weight.any()
+    else:  # post-norm LN(x + f(x)) is not: identity layers after the encoder instead
+        assert len(deep[1].layers) == 3 and isinstance(deep[3], nn.PReLU)
+        with pytest.raises(autogrow.UnsupportedOpError, match="ModuleList"):
+            autogrow.deepen(model, after="1.layers", example_inputs=x)

@@ -101,6 +101,7 @@ class _Record:
                 handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
             handles.append(m.register_forward_hook(self._post(name), with_kwargs=True))
         self._pending: dict[str, tuple] = {}
+        self.zero_sets: dict[str, tuple[str, ...] | None] = {}
         try:
             with eval_mode(model), torch.no_grad():
                 self.output = model(*inputs)
@@ -257,18 +258,33 @@ def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
 
 
 def _block_point(model: nn.Module, name: str, rec: _Record) -> InsertionPoint | None:
-    if not _block_candidate(model, name, rec):
-        return None
-    block = model.get_submodule(name)
-    zero = _find_zero_set(block, rec.calls[name])
+    zero = _zero_set(model, name, rec)
     if zero is None:
         return None
+    block = model.get_submodule(name)
     parent, attr = _parent(model, name)
     last = list(parent._modules)[-1] == attr  # type: ignore[union-attr]
     where = name.rpartition(".")[0] if last else name
     zeroed = f"{', '.join(zero)} zeroed" if zero else "its branch already zero"
     what = f"a copy of {name} ({type(block).__name__}) with {zeroed}"
     return InsertionPoint(where, "block", what, True, zero)
+
+
+def _zero_set(model: nn.Module, name: str, rec: _Record) -> tuple[str, ...] | None:
+    """The zeroings that make block ``name`` the identity; None for a non-block.
+
+    A module holding a residual block itself (a whole encoder, a stage wrapper) is not a
+    block: depth goes into its innermost residual blocks.
+    """
+    if name not in rec.zero_sets:
+        result = None
+        if _block_candidate(model, name, rec):
+            prefix = f"{name}."
+            inner = sorted(d for d in rec.keep if d.startswith(prefix))
+            if all(_zero_set(model, d, rec) is None for d in inner):
+                result = _find_zero_set(model.get_submodule(name), rec.calls[name])
+        rec.zero_sets[name] = result
+    return rec.zero_sets[name]
 
 
 def _run_ends(model: nn.Module, rec: _Record) -> list[str]:
@@ -661,13 +677,36 @@ def _last_hidden(model: nn.Module, rec: _Record) -> str:
     window = order[previous:head]
     usable = [o for o in window if _identity_point(model, o, rec) is not None]
     for o in reversed(usable):
-        if isinstance(model.get_submodule(o), nn.Module) and _is_activation(model.get_submodule(o)):
-            return o
+        if _is_activation(model.get_submodule(o)):
+            return _in_sequential(model, o, rec)
     if usable:
-        return usable[-1]
+        return _in_sequential(model, usable[-1], rec)
     raise UnsupportedOpError(
         f"found no module before {order[head]!r} after which identity layers fit; pass after=..."
     )
+
+
+def _in_sequential(model: nn.Module, leaf: str, rec: _Record) -> str:
+    """``leaf``, or the innermost ancestor ending with it whose parent is a plain Sequential.
+
+    Inserting into a Sequential keeps the module tree readable and never wraps a module that
+    forward code may read attributes of (``self.norm1.eps``).
+    """
+    name, end = leaf, _end_index(leaf, rec)
+    while name:
+        parent, _ = _parent(model, name)
+        call = rec.calls.get(name)
+        if (
+            _plain_sequential(parent)
+            and call is not None
+            and call.calls == 1
+            and _identity_point(model, name, rec) is not None
+        ):
+            return name
+        name = name.rpartition(".")[0]
+        if not name or _end_index(name, rec) != end:
+            break
+    return leaf
 
 
 def _is_hidden_parametric(model: nn.Module, name: str) -> bool:
