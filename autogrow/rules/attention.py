@@ -96,9 +96,9 @@ def multi_head_attention(call: Call, ctx: RuleContext) -> Any:
     out = call.out
     attn = TensorValue([*q.terms[:-1], embed], out[0].shape)
     weights = out[1]
+    if call.args["need_weights"] and call.args["average_attn_weights"]:
+        ctx.uniform(head_axis[0], call)  # the returned weights are a mean over heads
     if weights is not None:
-        if call.args["average_attn_weights"]:
-            ctx.uniform(head_axis[0], call)
         weights = ctx.frozen_tensor(weights, f"attention weights of {name}")
     return (attn, weights)
 

@@ -737,11 +737,20 @@ def _apply(result: nn.Module, plans: list[_Plan], n: int):
         if plan.index is None:
             parent, attr = _parent(result, plan.container)
             save(parent)
-            parent._modules[attr] = nn.Sequential(parent._modules[attr], *modules)
+            old = parent._modules[attr]
+            for m in modules:  # new layers follow the mode of the module they follow
+                m.train(old.training)
+            wrapper = nn.Sequential(old, *modules)
+            wrapper.training = old.training
+            parent._modules[attr] = wrapper
         else:
             container = result.get_submodule(plan.container)
             save(container)
+            before = list(container._modules.values())[: plan.index]
+            training = before[-1].training if before else container.training
             for offset, m in enumerate(modules):
+                if plan.point.kind != "block":  # copied blocks keep their own flags
+                    m.train(training)
                 container.insert(plan.index + offset, m)
 
     def undo() -> None:
