@@ -487,3 +487,22 @@ def test_torch_transformer_encoder(norm_first):
         assert len(deep[1].layers) == 3 and isinstance(deep[3], nn.PReLU)
         with pytest.raises(autogrow.UnsupportedOpError, match="ModuleList"):
             autogrow.deepen(model, after="1.layers", example_inputs=x)
+
+
+@pytest.mark.parametrize("after", ["1", "2", "3", "4"])
+def test_new_layers_follow_the_models_eval_mode(after):
+    """A model in eval mode gives a deepened model whose new BatchNorm is in eval mode too."""
+    model, x = _cnn("relu").eval(), torch.randn(4, 3, 10, 10)
+    deep = autogrow.deepen(model, after=after, example_inputs=(x,))
+    assert not any(m.training for m in deep.modules())
+    with torch.no_grad():  # no eval() call: the flags alone must give the same outputs
+        assert torch.allclose(deep(x), model(x), atol=1e-5)
+    model.train()
+    deep = autogrow.deepen(model, after=after, example_inputs=(x,))
+    assert all(m.training for m in deep.modules())
+
+
+def test_wrapped_module_keeps_its_mode():
+    model, x = FunctionalMLP("gelu").eval(), torch.randn(4, 5)
+    deep = autogrow.deepen(model, after="fc1", example_inputs=(x,))
+    assert not deep.fc1.training and not any(m.training for m in deep.fc1)
