@@ -84,7 +84,9 @@ def test_grouped_conv_width_counts_all_groups():
     model, inputs = _setup("resnext50_32x4d")
     wide = autogrow.widen(model, {"layer1.0.conv2": 192}, example_inputs=inputs, seed=0)
     conv = wide.layer1[0].conv2
-    assert (conv.in_channels, conv.out_channels, conv.groups) == (192, 192, 32)
+    # Its input is conv1's group (unchanged); its output: 32 groups of 6 instead of 4.
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (128, 192, 32)
+    assert wide.layer1[0].conv3.in_channels == 192
     _assert_exact_and_larger(model, wide, inputs)
     with pytest.raises(autogrow.ConstraintError, match="multiple of 32"):
         autogrow.widen(model, {"layer1.0.conv2": 200}, example_inputs=inputs)

@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from ..rules.registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue
 from ..tracing.trace import TensorMeta, Traced
-from .terms import AxisStore, Fixed, Term
+from .terms import Atom, AxisStore, Fixed, Term
 
 COPY, REDUCE, TAPS = "copy", "reduce", "taps"  # TAPS: an axis that carries no units (kernels)
 BLOCKED = "blocked: "  # marks freeze reasons that come from an op without a (working) rule
@@ -105,8 +105,10 @@ class RuleContext:
         info = self.params.get(qualname)
         if info is None:
             tensor = self._named[qualname]
+            # Integer buffers (indices, counters) hold positions, not units: never widened.
+            frozen = None if tensor.is_floating_point() else f"{qualname} is not floating point"
             terms: list[Term] = [
-                self.store.new_atom(s, f"{qualname}:{d}") if s > 1 else Fixed(s)
+                self.store.new_atom(s, f"{qualname}:{d}", frozen=frozen) if s > 1 else Fixed(s)
                 for d, s in enumerate(tensor.shape)
             ]
             info = ParamInfo(qualname, tensor, terms, [set() for _ in tensor.shape])
@@ -311,8 +313,13 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
                 ctx.freeze(info.terms[d], f"{info.name} axis {d} carries no units")
             elif len(roles) > 1:  # e.g. a tied embedding: rows copied in one use, summed in another
                 ctx.freeze(info.terms[d], f"{info.name} axis {d} is both copied and reduced")
-            elif not roles:  # only moved around (expand, cat, view): its values are copied
-                roles.add(COPY)
+            elif not roles:
+                term = ctx.store.resolve(info.terms[d])
+                if isinstance(term, Atom) and ctx.store.ties.degree(term.id) == 0:
+                    # Tied to nothing: no op used this axis as units, so it must not change.
+                    ctx.freeze(term, f"{info.name} axis {d} is not used as units by any op")
+                else:  # only moved around (expand, cat, view): its values are copied
+                    roles.add(COPY)
     return Analysis(
         traced, ctx.store, ctx.params, ctx.attrs, ctx.literals, ctx.blocked, ctx.module_order
     )
