@@ -233,3 +233,14 @@ def test_example_inputs_are_inferred_from_the_entry_layer():
     assert autogrow.analyze(model).group("conv1").width == 8
     with pytest.raises(autogrow.ExampleInputsError, match="example_inputs"):
         autogrow.analyze(nn.Sequential(nn.ReLU()))
+
+
+def test_shape_pass_on_meta_tensors_matches_a_real_run_and_leaves_parameters_alone():
+    from autogrow.tracing import trace
+
+    model, inputs = _net()
+    params = {k: v for k, v in model.named_parameters()}
+    fake, real = trace(model, inputs, reference=False), trace(model, inputs, reference=True)
+    assert fake.reference_output is None and real.reference_output is not None
+    assert [fake.meta[n] for n in fake.graph.nodes] == [real.meta[n] for n in real.graph.nodes]
+    assert all(v is params[k] and v.device.type == "cpu" for k, v in model.named_parameters())

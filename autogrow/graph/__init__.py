@@ -35,13 +35,15 @@ def analyze(
     ('0', 8)
     """
     inputs = prepare_inputs(model, example_inputs)
-    return analyze_traced(model, inputs, registry or default_registry)
+    return analyze_traced(model, inputs, registry or default_registry, reference=False)
 
 
-def analyze_traced(model: nn.Module, inputs: tuple, registry: RuleRegistry) -> WidthGraph:
+def analyze_traced(
+    model: nn.Module, inputs: tuple, registry: RuleRegistry, *, reference: bool = True
+) -> WidthGraph:
     """Trace and analyse; when fx had to block ops (functions it cannot look into, such as
     ``torch.fx.wrap``-ped helpers), also try torch.export and keep whichever frees more axes."""
-    traced = trace(model, inputs, registry.leaf_types())
+    traced = trace(model, inputs, registry.leaf_types(), reference)
     analysis = build(traced, registry)
     if traced.kind == "fx" and analysis.blocked:
         try:

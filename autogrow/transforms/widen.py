@@ -60,7 +60,7 @@ def widen(
     """
     _check_options(factor, symmetry, noise)
     inputs = prepare_inputs(model, example_inputs)
-    graph = analyze_traced(model, inputs, registry or default_registry)
+    graph = analyze_traced(model, inputs, registry or default_registry, reference=verify)
     widths = plan_widths(graph, factor)
     generator = torch.Generator().manual_seed(
         seed if seed is not None else random.SystemRandom().randrange(2**62)
