@@ -56,7 +56,7 @@ from autogrow.graph import WidthGraph, _free_axes
 from autogrow.graph.build import build
 from autogrow.rules import default_registry
 from autogrow.tracing import prepare_inputs, trace
-from autogrow.tracing.trace import _MetaRecorder, _Tracer, eval_mode, trace_export
+from autogrow.tracing.trace import _meta_run, _MetaRecorder, _Tracer, eval_mode, trace_export
 from autogrow.transforms.mapping import sample_map, term_map
 from autogrow.transforms.plan import plan_widths
 from autogrow.transforms.widen import _apply_copy, attribute_updates, grown_tensors
@@ -93,7 +93,7 @@ def widen_stages(model: torch.nn.Module, x: torch.Tensor, factor: float) -> dict
     registry = default_registry
     t0 = time.perf_counter()
     inputs = prepare_inputs(model, (x,))
-    traced = trace(model, inputs, registry.leaf_types())
+    traced = trace(model, inputs, registry.leaf_types(), reference=False)  # as verify=False
     t1 = time.perf_counter()
     analysis = build(traced, registry)
     fallback = False
@@ -139,13 +139,15 @@ def widen_stages(model: torch.nn.Module, x: torch.Tensor, factor: float) -> dict
 
 
 def trace_split(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """The two halves of the fx trace (as trace_fx runs them), and a plain forward for scale."""
+    """The two halves of the fx trace (as trace_fx runs them without a reference output: shapes
+    from meta tensors), and a plain forward for scale."""
     t0 = time.perf_counter()
     graph = _Tracer(default_registry.leaf_types()).trace(model)
     gm = torch.fx.GraphModule(model, graph)
     t1 = time.perf_counter()
     with eval_mode(model), torch.no_grad():
-        _MetaRecorder(gm).run(x)
+        if _meta_run(gm, (x,)) is None:
+            _MetaRecorder(gm).run(x)
     t2 = time.perf_counter()
     with torch.no_grad():
         model(x)
