@@ -287,18 +287,12 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
     ctx = RuleContext(traced, registry)
     for node in traced.graph.nodes:
         meta = traced.meta.get(node)
-        if node.op == "placeholder":
-            if node in traced.param_nodes:
+        if node.op in ("placeholder", "get_attr"):
+            if node in traced.param_nodes:  # fx get_attr, or a parameter lifted by export
                 ctx.values[node] = ctx.param(traced.param_nodes[node])
             elif isinstance(meta, TensorMeta):
-                ctx.values[node] = ctx.frozen_tensor(meta, f"model input '{node.name}'")
-            else:
-                ctx.values[node] = meta
-        elif node.op == "get_attr":
-            if node in traced.param_nodes:
-                ctx.values[node] = ctx.param(traced.param_nodes[node])
-            elif isinstance(meta, TensorMeta):
-                ctx.values[node] = ctx.frozen_tensor(meta, f"constant tensor '{node.target}'")
+                what = "model input" if node.op == "placeholder" else "constant tensor"
+                ctx.values[node] = ctx.frozen_tensor(meta, f"{what} '{node.target}'")
             else:
                 ctx.values[node] = meta
         elif node.op == "output":

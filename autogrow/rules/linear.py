@@ -76,17 +76,22 @@ def conv(call: Call, ctx: RuleContext) -> Any:
         ctx.unify(inner_in, w.terms[1], call)
         ctx.role(w, 1, REDUCE, call)
     ctx.role(w, 0, COPY, call)
-    for d in range(2, w.ndim):
-        ctx.role(w, d, TAPS, call)
-    if isinstance(b, TensorValue):
-        ctx.unify(b.terms[0], w.terms[0], call)
-        ctx.role(b, 0, COPY, call)
+    _taps_and_bias(ctx, w, b, 0, call)
     wt = w.terms
     ctx.set_attr(mod, "in_channels", lambda size: size(c_in))
     ctx.set_attr(mod, "out_channels", lambda size: size(wt[0]))
     shape = out_shape(call)
     lead = [x.terms[0]] if batched else []
     return TensorValue([*lead, w.terms[0], *(Fixed(s) for s in shape[-spatial:])], shape)
+
+
+def _taps_and_bias(ctx: RuleContext, w: TensorValue, b: Any, out_dim: int, call: Call) -> None:
+    """A convolution's kernel axes carry no units; its bias follows the output channels."""
+    for d in range(2, w.ndim):
+        ctx.role(w, d, TAPS, call)
+    if isinstance(b, TensorValue):
+        ctx.unify(b.terms[0], w.terms[out_dim], call)
+        ctx.role(b, 0, COPY, call)
 
 
 @registry.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -116,11 +121,7 @@ def conv_transpose(call: Call, ctx: RuleContext) -> Any:
     ctx.unify(c_in, w.terms[0], call)
     ctx.role(w, 0, REDUCE, call)
     ctx.role(w, 1, COPY, call)
-    for d in range(2, w.ndim):
-        ctx.role(w, d, TAPS, call)
-    if isinstance(b, TensorValue):
-        ctx.unify(b.terms[0], w.terms[1], call)
-        ctx.role(b, 0, COPY, call)
+    _taps_and_bias(ctx, w, b, 1, call)
     mod = module_at(ctx, owner(w), nn.modules.conv._ConvTransposeNd)
     wt = w.terms
     ctx.set_attr(mod, "in_channels", lambda size: size(wt[0]))
