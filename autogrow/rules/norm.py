@@ -31,6 +31,18 @@ def _per_channel(call: Call, ctx: RuleContext, channel: Any, names: tuple[str, .
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
+def _refs(m: nn.Module, name: str, keys: tuple[str, ...]) -> dict[str, ParamRef | None]:
+    """The module's optional tensors as ParamRefs (None where the module has none)."""
+    return {k: ParamRef(f"{name}.{k}") if getattr(m, k, None) is not None else None for k in keys}
+
+
+def _norm_module(ctx: RuleContext, call: Call, kinds: type | tuple[type, ...]) -> str | None:
+    """The norm module whose size attributes this call fixes: the called module, or the owner
+    of its weight when called functionally."""
+    name = call.module if call.module_obj is not None else _owner(call)
+    return module_at(ctx, name, kinds)
+
+
 @registry.rule(
     "batch_norm",
     signature="input, weight=None, bias=None, running_mean=None, running_var=None, "
@@ -49,7 +61,7 @@ def batch_norm(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     channel = x.terms[1] if x.ndim > 1 else x.terms[0]
     _per_channel(call, ctx, channel, _BN_TENSORS)
-    mod = module_at(ctx, call.module if call.module_obj is not None else _owner(call), _NORMS)
+    mod = _norm_module(ctx, call, _NORMS)
     ctx.set_attr(mod, "num_features", lambda size: size(channel))
     if call.name == "_native_batch_norm_legit_no_training":
         return (same_as(x, call), ctx.fixed_tensor((0,)), ctx.fixed_tensor((0,)))
@@ -69,14 +81,12 @@ def _owner(call: Call) -> str | None:
 
 @registry.module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 def _bn_module(m: nn.modules.batchnorm._BatchNorm, name: str, args: tuple, kwargs: dict):
-    refs = {k: ParamRef(f"{name}.{k}") if getattr(m, k) is not None else None for k in _BN_TENSORS}
-    return "batch_norm", {"input": args[0], **refs}
+    return "batch_norm", {"input": args[0], **_refs(m, name, _BN_TENSORS)}
 
 
 @registry.module(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 def _in_module(m: nn.modules.instancenorm._InstanceNorm, name: str, args: tuple, kwargs: dict):
-    refs = {k: ParamRef(f"{name}.{k}") if getattr(m, k) is not None else None for k in _BN_TENSORS}
-    return "batch_norm", {"input": args[0], **refs}
+    return "batch_norm", {"input": args[0], **_refs(m, name, _BN_TENSORS)}
 
 
 @registry.rule(
@@ -96,10 +106,7 @@ def layer_norm(call: Call, ctx: RuleContext) -> Any:
             for d, t in enumerate(normalized):
                 ctx.unify(p.terms[d], t, call)
                 ctx.role(p, d, COPY, call)
-    kinds = (nn.LayerNorm, nn.RMSNorm)
-    mod = module_at(
-        ctx, call.module if call.module_obj is not None else owner(call.args.get("weight")), kinds
-    )
+    mod = _norm_module(ctx, call, (nn.LayerNorm, nn.RMSNorm))
     ctx.set_attr(mod, "normalized_shape", lambda size: tuple(size(t) for t in normalized))
     return same_as(x, call)
 
@@ -109,8 +116,7 @@ def _ln_module(m: nn.LayerNorm, name: str, args: tuple, kwargs: dict):
     return "layer_norm", {
         "input": args[0],
         "normalized_shape": m.normalized_shape,
-        "weight": ParamRef(f"{name}.weight") if m.weight is not None else None,
-        "bias": ParamRef(f"{name}.bias") if m.bias is not None else None,
+        **_refs(m, name, ("weight", "bias")),
     }
 
 
@@ -119,7 +125,7 @@ def _rms_module(m: nn.RMSNorm, name: str, args: tuple, kwargs: dict):
     return "layer_norm", {
         "input": args[0],
         "normalized_shape": m.normalized_shape,
-        "weight": ParamRef(f"{name}.weight") if m.weight is not None else None,
+        **_refs(m, name, ("weight",)),
     }
 
 
@@ -135,11 +141,7 @@ def group_norm(call: Call, ctx: RuleContext) -> Any:
         return ctx.block(call, f"channels not divisible into {groups} groups")
     ctx.uniform(inner, call)
     _per_channel(call, ctx, channel, ("weight", "bias"))
-    mod = module_at(
-        ctx,
-        call.module if call.module_obj is not None else owner(call.args.get("weight")),
-        nn.GroupNorm,
-    )
+    mod = _norm_module(ctx, call, nn.GroupNorm)
     ctx.set_attr(mod, "num_channels", lambda size: size(channel))
     return same_as(x, call)
 
@@ -149,6 +151,5 @@ def _gn_module(m: nn.GroupNorm, name: str, args: tuple, kwargs: dict):
     return "group_norm", {
         "input": args[0],
         "num_groups": m.num_groups,
-        "weight": ParamRef(f"{name}.weight") if m.weight is not None else None,
-        "bias": ParamRef(f"{name}.bias") if m.bias is not None else None,
+        **_refs(m, name, ("weight", "bias")),
     }
