@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.recipe import record_step
 from ..errors import InvalidArgumentError, UnsupportedOpError
 from ..tracing import eval_mode, prepare_inputs
 from ..verify import verify as verify_outputs
@@ -540,6 +541,9 @@ def deepen(
         except Exception:
             undo()
             raise
+    # The resolved places (not ``after``): the default placement looks at the model's values.
+    after_arg = [[p.point.where, p.point.kind] for p in plans]
+    record_step(model, result, "deepen", {"after": after_arg, "n": n}, inputs)
     return result
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.recipe import record_step
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..graph.build import REDUCE, Analysis
@@ -62,9 +63,9 @@ def widen(
     inputs = prepare_inputs(model, example_inputs)
     graph = analyze_traced(model, inputs, registry or default_registry, reference=verify)
     widths = plan_widths(graph, factor)
-    generator = torch.Generator().manual_seed(
-        seed if seed is not None else random.SystemRandom().randrange(2**62)
-    )
+    if seed is None:  # drawn up front so that the recipe records the seed actually used
+        seed = random.SystemRandom().randrange(2**62)
+    generator = torch.Generator().manual_seed(seed)
     maps = {
         gid: sample_map(
             graph.by_id(gid).width,
@@ -89,6 +90,9 @@ def widen(
             raise
     if noise > 0:
         _add_noise(result, graph.analysis, maps, noise, generator)
+    factor_arg = dict(factor) if isinstance(factor, Mapping) else factor
+    args = {"factor": factor_arg, "seed": seed, "symmetry": symmetry, "noise": noise}
+    record_step(model, result, "widen", {**args, "custom_registry": registry is not None}, inputs)
     return result
 
 

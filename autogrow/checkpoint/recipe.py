@@ -1,0 +1,211 @@
+"""The growth recipe a model carries: its seed's factory and the transforms applied since.
+
+``widen`` and ``deepen`` call :func:`record_step` on the model they return, so every grown model
+knows how to rebuild its architecture: import the factory, call it with its JSON keyword
+arguments, and replay the steps. The recipe is a plain attribute (``model.autogrow_recipe``):
+not in ``state_dict``, copied by ``copy.deepcopy``, and replaced (never mutated) on each step,
+so a parent and its child never share one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AutogrowError, InvalidArgumentError
+
+RECIPE_ATTR = "autogrow_recipe"
+
+
+class CheckpointError(AutogrowError):
+    """A checkpoint cannot be written, read or rebuilt (missing factory, bad files, mismatch)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transform applied to a model, with every argument needed to replay it.
+
+    Attributes:
+        op: ``"widen"`` or ``"deepen"``.
+        args: the transform's JSON-compatible keyword arguments (widen: ``factor``, ``seed``,
+            ``symmetry``, ``noise``; deepen: ``after`` as resolved ``[where, kind]`` pairs, ``n``).
+        inputs: shape and dtype of each example input the transform ran on, or None when
+            they were not all tensors (replay then infers inputs).
+
+    >>> Step("deepen", {"after": [["0", "identity"]], "n": 1}, None).op
+    'deepen'
+    """
+
+    op: str
+    args: Mapping[str, Any]
+    inputs: tuple[Mapping[str, Any], ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        inputs = None if self.inputs is None else [dict(i) for i in self.inputs]
+        return {"op": self.op, "args": _plain(self.args), "inputs": inputs}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        inputs = data.get("inputs")
+        return cls(
+            str(data["op"]),
+            _plain(data.get("args") or {}),
+            None if inputs is None else tuple(dict(i) for i in inputs),
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to rebuild a model's architecture: a seed factory plus the steps applied since.
+
+    Attributes:
+        factory: ``"package.module:callable"`` that builds the seed model, or None if unknown.
+        factory_kwargs: JSON keyword arguments for the factory.
+        steps: the transforms applied since the seed, oldest first.
+
+    >>> r = Recipe("torch.nn:Linear", {"in_features": 4, "out_features": 2})
+    >>> Recipe.from_json(r.to_json()) == r
+    True
+    """
+
+    factory: str | None = None
+    factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[Step, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "factory": self.factory,
+            "factory_kwargs": _plain(self.factory_kwargs),
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Recipe:
+        return cls(
+            data.get("factory"),
+            _plain(data.get("factory_kwargs") or {}),
+            tuple(Step.from_json(s) for s in data.get("steps") or ()),
+        )
+
+    def then(self, step: Step) -> Recipe:
+        """A new recipe with ``step`` appended (this one is left as it is)."""
+        return Recipe(self.factory, self.factory_kwargs, (*self.steps, step))
+
+    def with_factory(self, factory: str, kwargs: Mapping[str, Any]) -> Recipe:
+        """A new recipe with the same steps from another seed factory."""
+        return Recipe(factory, _plain(kwargs), self.steps)
+
+
+def _plain(value: Any) -> Any:
+    """A fresh JSON-compatible copy (tuples become lists), so recipes never share containers."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(
+            f"{value!r} cannot be stored in a growth recipe ({e}); use JSON values "
+            "(str, int, float, bool, None, lists and dicts with str keys)"
+        ) from None
+
+
+def recipe_of(model: nn.Module) -> Recipe:
+    """The recipe ``model`` carries (an empty one, with no factory, if it has none).
+
+    >>> import torch
+    >>> recipe_of(torch.nn.Linear(2, 2))
+    Recipe(factory=None, factory_kwargs={}, steps=())
+    """
+    recipe = getattr(model, RECIPE_ATTR, None)
+    return recipe if isinstance(recipe, Recipe) else Recipe()
+
+
+def set_recipe(model: nn.Module, recipe: Recipe) -> None:
+    """Attach ``recipe`` to ``model`` as a plain attribute (not a parameter, buffer or module)."""
+    setattr(model, RECIPE_ATTR, recipe)
+
+
+def input_spec(inputs: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
+    """Shape and dtype of each input, or None unless every input is a tensor."""
+    if not all(isinstance(x, torch.Tensor) for x in inputs):
+        return None
+    return tuple(
+        {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")} for x in inputs
+    )
+
+
+def record_step(
+    parent: nn.Module, child: nn.Module, op: str, args: Mapping[str, Any], inputs: Sequence[Any]
+) -> None:
+    """Give ``child`` the recipe of ``parent`` plus one step (``parent`` may be ``child``)."""
+    step = Step(op, _plain(args), input_spec(inputs))
+    set_recipe(child, recipe_of(parent).then(step))
+
+
+def factory_name(factory: str | Callable[..., Any]) -> str:
+    """``"package.module:qualname"`` for a factory given by name or as an importable callable."""
+    if isinstance(factory, str):
+        module, sep, attr = factory.partition(":")
+        if not sep or not module or not attr:
+            raise InvalidArgumentError(
+                f"factory {factory!r} is not of the form 'package.module:callable' "
+                "(e.g. 'torchvision.models:resnet18')"
+            )
+        return factory
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", None)
+    name = f"{module}:{qualname}"
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise InvalidArgumentError(
+            f"factory {factory!r} cannot be imported by name ({name}); define it at the top level "
+            "of an importable module, or pass its name as 'package.module:callable'"
+        )
+    return name
+
+
+def resolve_factory(name: str) -> Callable[..., Any]:
+    """Import the callable named ``"package.module:attr.path"``."""
+    module_name, _, attr = factory_name(name).partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise InvalidArgumentError(
+            f"cannot import factory {name!r}: {type(e).__name__}: {e}. Install the package that "
+            "provides it, or check the name ('package.module:callable')"
+        ) from None
+    if not callable(obj) or inspect.isbuiltin(obj):
+        # builtins (os.system, eval, ...) never build models; refusing them narrows what a
+        # malicious recipe.json could run.
+        raise InvalidArgumentError(f"factory {name!r} is not a Python callable that builds a model")
+    return obj
+
+
+def seed_model(factory: str | Callable[..., Any], /, **kwargs: Any) -> nn.Module:
+    """Build a model with ``factory(**kwargs)`` and record the factory as its recipe's seed.
+
+    Models built this way, and every model grown from them, can be saved with
+    :func:`autogrow.save` without naming the factory again. ``kwargs`` must be JSON values;
+    the factory receives them after a JSON round trip (tuples become lists), exactly as
+    :func:`autogrow.load` will pass them.
+
+    >>> import autogrow
+    >>> net = autogrow.seed_model("torch.nn:Linear", in_features=4, out_features=2)
+    >>> net.autogrow_recipe.factory, dict(net.autogrow_recipe.factory_kwargs)
+    ('torch.nn:Linear', {'in_features': 4, 'out_features': 2})
+    """
+    name = factory_name(factory)
+    stored = _plain(kwargs)
+    model = resolve_factory(name)(**stored)
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"factory {name!r} returned {type(model).__name__}, not an nn.Module"
+        )
+    set_recipe(model, Recipe(name, stored))
+    return model
