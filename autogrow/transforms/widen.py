@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -23,6 +24,38 @@ from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .plan import Factor, check_factor, plan_widths
 
 
+@overload
+def widen(
+    model: nn.Module,
+    factor: Factor,
+    *,
+    example_inputs: tuple[Any, ...] | None = ...,
+    seed: int | None = ...,
+    symmetry: str = ...,
+    noise: float = ...,
+    inplace: bool = ...,
+    verify: bool = ...,
+    registry: RuleRegistry | None = ...,
+    optimizer: None = ...,
+) -> nn.Module: ...
+
+
+@overload
+def widen(
+    model: nn.Module,
+    factor: Factor,
+    *,
+    example_inputs: tuple[Any, ...] | None = ...,
+    seed: int | None = ...,
+    symmetry: str = ...,
+    noise: float = ...,
+    inplace: bool = ...,
+    verify: bool = ...,
+    registry: RuleRegistry | None = ...,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[nn.Module, torch.optim.Optimizer]: ...
+
+
 def widen(
     model: nn.Module,
     factor: Factor,
@@ -34,7 +67,8 @@ def widen(
     inplace: bool = False,
     verify: bool = True,
     registry: RuleRegistry | None = None,
-) -> nn.Module:
+    optimizer: torch.optim.Optimizer | None = None,
+) -> nn.Module | tuple[nn.Module, torch.optim.Optimizer]:
     """Return a wider model of the same class that computes the same function.
 
     Args:
@@ -52,6 +86,10 @@ def widen(
         inplace: modify and return ``model`` itself (restored if verification fails).
         verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
         registry: rules to use instead of ``autogrow.rules.default_registry``.
+        optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
+            widen then returns ``(model, new_optimizer)``, the new optimizer over the new
+            parameters with its state grown by the same mapping (docs/training-state.md).
+            The given optimizer is left untouched, also with ``inplace=True``.
 
     >>> import torch, autogrow
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -60,6 +98,11 @@ def widen(
     (16, 16)
     """
     _check_options(factor, symmetry, noise)
+    if optimizer is not None:
+        # Imported here: optimizer.py builds on this module's grow_tensor.
+        from .optimizer import check_optimizer, grow_optimizer
+
+        check_optimizer(optimizer)  # before anything is changed
     inputs = prepare_inputs(model, example_inputs)
     graph = analyze_traced(model, inputs, registry or default_registry, reference=verify)
     widths = plan_widths(graph, factor)
@@ -76,11 +119,13 @@ def widen(
         )
         for gid, n in sorted(widths.items())
     }
-    tensors = grown_tensors(graph.analysis, maps)
+    axis_maps = param_axis_maps(graph.analysis, maps)
+    tensors = grown_tensors(graph.analysis, maps, axis_maps)
     attrs = attribute_updates(graph, widths)
     reference = graph.analysis.traced.reference_output
     if verify and reference is None:
         reference = run(model, inputs)
+    old_params = dict(model.named_parameters(remove_duplicate=False))  # before inplace edits
     result, undo = (_apply_inplace if inplace else _apply_copy)(model, tensors, attrs)
     if verify:
         try:
@@ -93,6 +138,8 @@ def widen(
     factor_arg = dict(factor) if isinstance(factor, Mapping) else factor
     args = {"factor": factor_arg, "seed": seed, "symmetry": symmetry, "noise": noise}
     record_step(model, result, "widen", {**args, "custom_registry": registry is not None}, inputs)
+    if optimizer is not None:
+        return result, grow_optimizer(optimizer, old_params, result, axis_maps)
     return result
 
 
@@ -110,26 +157,62 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
         raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
 
 
-def grown_tensors(analysis: Analysis, maps: dict[int, UnitMap]) -> dict[str, torch.Tensor]:
-    """New values of every parameter and buffer an axis of which changes."""
-    out: dict[str, torch.Tensor] = {}
+@dataclass(frozen=True)
+class AxisMap:
+    """How one axis of a parameter grows: ``map.source`` picks old units; ``reduce`` says the
+    axis is contracted with the group's units (outgoing weights, which take ``map.share``)."""
+
+    dim: int
+    map: UnitMap
+    reduce: bool
+
+
+def param_axis_maps(analysis: Analysis, maps: dict[int, UnitMap]) -> dict[str, list[AxisMap]]:
+    """Per parameter or buffer an axis of which changes, its changing axes."""
     store = analysis.store
+    out: dict[str, list[AxisMap]] = {}
     for name, info in analysis.params.items():
-        t = info.tensor.detach()
-        changed = False
-        for d, term in enumerate(info.terms):
-            if not any(a.id in maps for a in store.leaf_atoms(term)):
-                continue
-            m = term_map(store, term, maps)
-            t = t.index_select(d, m.source.to(t.device))
-            if REDUCE in info.roles[d] and t.is_floating_point():
-                shape = [1] * t.ndim
-                shape[d] = -1
-                t.mul_(m.share.to(dtype=t.dtype, device=t.device).view(shape))  # t is a fresh copy
-            changed = True
-        if changed:
-            out[name] = t.contiguous()
+        axes = [
+            AxisMap(d, term_map(store, term, maps), REDUCE in info.roles[d])
+            for d, term in enumerate(info.terms)
+            if any(a.id in maps for a in store.leaf_atoms(term))
+        ]
+        if axes:
+            out[name] = axes
     return out
+
+
+def grow_tensor(
+    t: torch.Tensor, axes: Sequence[AxisMap], *, power: float = 1, gradient: bool = False
+) -> torch.Tensor:
+    """Apply a parameter's axis maps to a tensor of its shape (a new tensor).
+
+    Weights (``gradient=False``) take ``share ** power`` along reduce axes. Gradients and
+    optimizer moments (``gradient=True``) take it along the other (copied) axes: a replica's
+    gradient is its share of the old unit's (docs/training-state.md).
+    """
+    for a in axes:
+        t = t.index_select(a.dim, a.map.source.to(t.device))
+        if a.reduce != gradient and t.is_floating_point():
+            shape = [1] * t.ndim
+            shape[a.dim] = -1
+            share = a.map.share.to(dtype=t.dtype, device=t.device) ** power
+            t.mul_(share.view(shape))  # t is a fresh copy
+    return t.contiguous()
+
+
+def grown_tensors(
+    analysis: Analysis,
+    maps: dict[int, UnitMap],
+    axis_maps: dict[str, list[AxisMap]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """New values of every parameter and buffer an axis of which changes."""
+    if axis_maps is None:
+        axis_maps = param_axis_maps(analysis, maps)
+    return {
+        name: grow_tensor(analysis.params[name].tensor.detach(), axes)
+        for name, axes in axis_maps.items()
+    }
 
 
 def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:

@@ -1,0 +1,158 @@
+"""Growing an optimizer's state with the model: the same unit mapping as the weights.
+
+After Net2WiderNet the wide model's gradient at the growth point is the old gradient mapped
+*dually* to the weights (see ``docs/training-state.md``): along an axis whose units were
+replicated (rows copied, ``copy``) each replica's gradient is the old one times the replica's
+outgoing share ``s``; along an axis contracted with replicated units (``reduce``, where the weight
+itself was multiplied by ``s``) the gradient is copied unchanged. Optimizer state made of running
+averages of gradients is grown the same way, so it stays consistent with the gradients that
+training produces next: first moments (SGD ``momentum_buffer``, Adam ``exp_avg``) take ``s``,
+second moments (``exp_avg_sq``, ``max_exp_avg_sq``) take ``s²``; step counts are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from .widen import AxisMap, grow_tensor
+
+# Per supported optimizer class: state entry -> power of the shares (None: copied as is).
+STATE_POWERS: dict[type[torch.optim.Optimizer], dict[str, int | None]] = {
+    torch.optim.SGD: {"momentum_buffer": 1},
+    torch.optim.Adam: {"step": None, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2},
+    torch.optim.AdamW: {"step": None, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2},
+}
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, int | None]:
+    """Raise :class:`~autogrow.InvalidArgumentError` unless autogrow can grow ``optimizer``.
+
+    Returns the powers of the shares for each state entry of its class.
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(2))
+    >>> check_optimizer(torch.optim.SGD([p], lr=0.1, momentum=0.9))
+    {'momentum_buffer': 1}
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise InvalidArgumentError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    powers = STATE_POWERS.get(type(optimizer))
+    if powers is None:
+        supported = ", ".join(f"torch.optim.{c.__name__}" for c in STATE_POWERS)
+        raise InvalidArgumentError(
+            f"cannot grow the state of a {type(optimizer).__module__}."
+            f"{type(optimizer).__qualname__} optimizer: autogrow knows the state of {supported} "
+            "only. Pass optimizer=None and build a fresh optimizer over the grown model's "
+            "parameters instead (its state starts empty)."
+        )
+    for state in optimizer.state.values():
+        unknown = sorted(set(state) - set(powers))
+        if unknown:
+            raise InvalidArgumentError(
+                f"{type(optimizer).__name__} state entries {unknown} are not known to autogrow "
+                f"(it grows {sorted(powers)}); pass optimizer=None and build a fresh optimizer."
+            )
+    return powers
+
+
+def grow_optimizer(
+    optimizer: torch.optim.Optimizer,
+    old: nn.Module | Mapping[str, torch.Tensor],
+    new: nn.Module,
+    mappings: Mapping[str, Sequence[AxisMap]],
+) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over ``new``'s parameters, with grown state.
+
+    Each parameter of ``optimizer`` is found by name in ``old`` (a model, or its
+    ``named_parameters(remove_duplicate=False)`` taken before an in-place change) and replaced by
+    the parameter of that name in ``new``. Param groups keep their hyperparameters and order;
+    parameters that are not in ``optimizer`` stay out of the new one. State entries are grown
+    with ``mappings[name]`` (first moments with the shares, second moments with their squares,
+    along the axes whose units were replicated; see the module docstring) or, for parameters
+    without a mapping, cloned. ``optimizer`` itself is left untouched.
+
+    Args:
+        optimizer: a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over parameters of ``old``.
+        old: the model before growth, or its parameters by qualified name.
+        new: the grown model.
+        mappings: per qualified parameter name, the grown axes (as ``widen`` computes them
+            with :func:`autogrow.transforms.widen.param_axis_maps`).
+
+    Raises:
+        InvalidArgumentError: an unsupported optimizer class or state entry, or a parameter of
+            ``optimizer`` that is not in ``old`` or has no counterpart in ``new``.
+
+    Usually called through ``autogrow.widen(model, factor, optimizer=opt)``:
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    >>> opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    >>> net(torch.randn(4, 2)).sum().backward(); opt.step()
+    >>> wide, opt2 = autogrow.widen(net, 2.0, optimizer=opt, seed=0)
+    >>> opt2.state[wide[0].weight]["exp_avg"].shape, opt2.state[wide[0].weight]["step"]
+    (torch.Size([6, 2]), tensor(1.))
+    """
+    powers = check_optimizer(optimizer)
+    old_named = (
+        dict(old.named_parameters(remove_duplicate=False)) if isinstance(old, nn.Module) else old
+    )
+    name_of: dict[int, str] = {}
+    for name, t in old_named.items():
+        name_of.setdefault(id(t), name)  # a tied parameter goes by its first name
+    new_named = dict(new.named_parameters(remove_duplicate=False))
+
+    def counterpart(p: torch.Tensor) -> tuple[str, torch.Tensor]:
+        name = name_of.get(id(p))
+        if name is None:
+            raise InvalidArgumentError(
+                f"the optimizer holds a parameter of shape {tuple(p.shape)} that is not in the "
+                "model being grown; give widen an optimizer over that model's parameters only"
+            )
+        if name not in new_named:
+            raise InvalidArgumentError(
+                f"parameter {name!r} of the optimizer has no counterpart in the grown model"
+            )
+        return name, new_named[name]
+
+    groups = []
+    state: dict[torch.Tensor, dict[str, object]] = {}
+    for group in optimizer.param_groups:
+        params = []
+        for p in group["params"]:
+            name, q = counterpart(p)
+            params.append(q)
+            if p in optimizer.state:
+                axes = mappings.get(name, ())
+                state[q] = {
+                    key: _grow_entry(value, axes, powers[key])
+                    for key, value in optimizer.state[p].items()
+                }
+        hyper = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+        groups.append({**hyper, "params": params})
+    result = type(optimizer)(groups, **_constructor_defaults(optimizer))
+    result.defaults = copy.deepcopy(optimizer.defaults)
+    for q, entries in state.items():
+        result.state[q] = entries
+    return result
+
+
+def _grow_entry(value: object, axes: Sequence[AxisMap], power: int | None) -> object:
+    if not isinstance(value, torch.Tensor):
+        return copy.deepcopy(value)  # e.g. momentum_buffer=None before the first step
+    if power is None or not axes or value.ndim == 0:
+        return value.detach().clone()
+    return grow_tensor(value.detach(), axes, power=power, gradient=True)
+
+
+def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict[str, object]:
+    """The optimizer's defaults that its constructor accepts (AdamW sets some itself)."""
+    accepted = inspect.signature(type(optimizer)).parameters
+    return {k: copy.deepcopy(v) for k, v in optimizer.defaults.items() if k in accepted}
