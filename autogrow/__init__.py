@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .checkpoint import CheckpointError, seed_model
+from .checkpoint.io import load, save
 from .errors import (
     AutogrowError,
     ConstraintError,
@@ -51,6 +53,7 @@ def register_module_rule(module_type: type, rule: Callable) -> None:
 __all__ = [
     "AutogrowError",
     "Call",
+    "CheckpointError",
     "ConstraintError",
     "ExampleInputsError",
     "FrozenGroupError",
@@ -69,7 +72,10 @@ __all__ = [
     "deepen",
     "default_registry",
     "insertion_points",
+    "load",
     "register_module_rule",
     "register_rule",
+    "save",
+    "seed_model",
     "widen",
 ]
