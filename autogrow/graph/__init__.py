@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from ..integrations.transformers import freeze_head_sizes, is_hf_model
 from ..rules import RuleRegistry, default_registry
 from ..tracing import prepare_inputs, trace
 from ..tracing.trace import trace_export
@@ -53,6 +54,8 @@ def analyze_traced(
         if alternative is not None and _free_axes(alternative) > _free_axes(analysis):
             alternative.traced.reference_output = traced.reference_output
             analysis = alternative
+    if is_hf_model(model):
+        freeze_head_sizes(analysis)
     return WidthGraph(analysis)
 
 

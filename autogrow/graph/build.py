@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..rules.registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue
+from ..rules.registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue, target_name
 from ..tracing.trace import TensorMeta, Traced
 from .terms import Atom, AxisStore, Fixed, Term
 
@@ -63,6 +63,17 @@ class BlockedOp:
 
 
 @dataclass
+class AttentionAxes:
+    """The axes of one attention call: query heads, the query·key size and the value size per
+    head (model configs describe these with one number each, so integrations read them here)."""
+
+    heads: Term
+    qk_dim: Term
+    v_dim: Term
+    module: str | None
+
+
+@dataclass
 class Analysis:
     traced: Traced
     store: AxisStore
@@ -71,6 +82,7 @@ class Analysis:
     literals: list[LiteralSize] = field(default_factory=list)
     blocked: list[BlockedOp] = field(default_factory=list)
     module_order: list[str] = field(default_factory=list)
+    attention: list[AttentionAxes] = field(default_factory=list)
 
 
 class RuleContext:
@@ -97,6 +109,8 @@ class RuleContext:
             self._canonical[name] = first.setdefault(id(t), name)
             self._named[name] = t
         self.module_order: list[str] = []
+        self.attention: list[AttentionAxes] = []
+        self.reductions: list[tuple[str, int, Call]] = []  # (param, axis, call) summing over it
 
     # -- values ------------------------------------------------------------------------------
     def param(self, qualname: str) -> TensorValue:
@@ -144,8 +158,14 @@ class RuleContext:
         dim = value.dim(dim)
         if value.param is not None:
             self.params[value.param].roles[dim].add(role)
+            if role == REDUCE:
+                self.reductions.append((value.param, dim, call))
         elif role == REDUCE:
             self.freeze(value.terms[dim], f"contraction over an activation axis at {call.where()}")
+
+    def attention_axes(self, heads: Term, qk_dim: Term, v_dim: Term, call: Call) -> None:
+        """Record an attention call's per-head axes (see :class:`AttentionAxes`)."""
+        self.attention.append(AttentionAxes(heads, qk_dim, v_dim, call.module))
 
     def set_attr(self, module: str | None, attr: str, compute: Callable) -> None:
         if module is not None:
@@ -301,6 +321,7 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
                     ctx.freeze(t, "model output")
         else:
             ctx.values[node] = _run_rule(node, ctx, meta)
+    _move_tied_reductions(ctx)
     for info in ctx.params.values():
         for d, roles in enumerate(info.roles):
             if TAPS in roles:
@@ -315,8 +336,82 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
                 else:  # only moved around (expand, cat, view): its values are copied
                     roles.add(COPY)
     return Analysis(
-        traced, ctx.store, ctx.params, ctx.attrs, ctx.literals, ctx.blocked, ctx.module_order
+        traced,
+        ctx.store,
+        ctx.params,
+        ctx.attrs,
+        ctx.literals,
+        ctx.blocked,
+        ctx.module_order,
+        ctx.attention,
     )
+
+
+# Ops between a norm and a tied output projection that keep the hidden axis as it is.
+_PASS_THROUGH = {
+    "getitem", "slice", "view", "reshape", "_unsafe_view", "contiguous", "clone", "to",
+    "_to_copy", "alias", "dropout", "type_as", "float",
+}  # fmt: skip
+_NORMS = {"layer_norm", "rms_norm", "mul"}
+
+
+def _move_tied_reductions(ctx: RuleContext) -> None:
+    """Give a tied embedding's division to the norm in front of its output projection.
+
+    A tied embedding matrix is copied by the input lookup and summed over by the output
+    projection, so one tensor cannot take both the copy and the division. When the projection
+    reads the output of a norm's per-unit affine (``γ·n(x) + β``, or RMSNorm's ``w·n(x)``)
+    and nothing else reads it, dividing γ and β by the replica shares instead divides the
+    projection's input, which is exact: the tied matrix is then only copied.
+    """
+    calls: dict[tuple[str, int], list[Call]] = {}
+    for name, d, call in ctx.reductions:
+        calls.setdefault((name, d), []).append(call)
+    for (name, d), reducing in calls.items():
+        info = ctx.params[name]
+        if info.roles[d] != {COPY, REDUCE} or len(reducing) != 1:
+            continue
+        affine = _norm_affine_before(ctx, reducing[0], info.terms[d])
+        if affine:
+            for p in affine:
+                ctx.params[p].roles[0] = {REDUCE}
+            info.roles[d] = {COPY}
+
+
+def _norm_affine_before(ctx: RuleContext, call: Call, term: Term) -> list[str]:
+    """The 1-D affine parameters of the norm whose output alone feeds ``call``, or []."""
+    params = ctx.traced.param_nodes
+    inputs = [n for n in call.node.all_input_nodes if n not in params]
+    if len(inputs) != 1:
+        return []
+    node = inputs[0]
+    while len(node.users) == 1 and target_name(node.target) in _PASS_THROUGH:
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return []
+    if len(node.users) != 1:
+        return []
+    if node.op == "call_module":
+        names = [f"{node.target}.{k}" for k in ("weight", "bias")]
+        affine = [n for n in names if n in ctx.params]
+        if not isinstance(ctx.traced.model.get_submodule(str(node.target)), nn.LayerNorm):
+            return []
+    elif target_name(node.target) in _NORMS:
+        affine = [params[n] for n in node.all_input_nodes if n in params]
+        affine = [ctx._canonical.get(n, n) for n in affine]
+    else:
+        return []
+    target = ctx.store.resolve(term)
+    for p in affine:
+        info = ctx.params.get(p)
+        if (
+            info is None
+            or len(info.terms) != 1
+            or info.roles[0] != {COPY}
+            or ctx.store.resolve(info.terms[0]) != target
+        ):
+            return []
+    return affine
 
 
 def _run_rule(node: fx.Node, ctx: RuleContext, meta: Any) -> Any:

@@ -35,6 +35,7 @@ def sdpa(call: Call, ctx: RuleContext) -> Any:
     ctx.freeze(k.terms[-2], f"attended sequence (softmax axis) at {call.where()}")
     batch = q.shape[:-2]
     lead = broadcast(call, ctx, [_lead(q), _lead(k), _lead(v)], batch).terms
+    ctx.attention_axes(lead[-1] if lead else Fixed(1), q.terms[-1], v.terms[-1], call)
     mask = call.args.get("attn_mask")
     if isinstance(mask, TensorValue):
         full = TensorValue([*lead, q.terms[-2], k.terms[-2]], (*batch, q.shape[-2], k.shape[-2]))

@@ -45,6 +45,8 @@ def unary(call: Call, ctx: RuleContext) -> Any:
     others = tensors(call.args["args"]) + tensors(call.args["kwargs"])
     if not isinstance(x, TensorValue):
         return ctx.block(call, "first argument is not a tensor")
+    if call.out is None:  # aten._assert_tensor_metadata and friends check, and return nothing
+        return None
     if others:  # x.type_as(y), clamp(x, min=t): only x's layout reaches the output
         if call.node.target in ("type_as", "to"):
             return same_as(x, call)

@@ -7,6 +7,7 @@ weight between them).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
@@ -196,6 +197,17 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
     lead_b = TensorValue(b.terms[:-2], b.shape[:-2])
     lead = broadcast(call, ctx, [lead_a, lead_b], batch).terms if batch else []
     return TensorValue([*lead, a.terms[-2], b.terms[-1]], shape)
+
+
+@registry.rule("addmm", signature="input, mat1, mat2, *, beta=1, alpha=1", names=("baddbmm",))
+def addmm(call: Call, ctx: RuleContext) -> Any:
+    """``input + mat1 @ mat2`` (GPT-2's Conv1D lowers to it): a matmul plus a broadcast bias."""
+    mm = dataclasses.replace(call, args={"input": call.args["mat1"], "other": call.args["mat2"]})
+    product = matmul(mm, ctx)
+    bias = call.args["input"]
+    if not isinstance(bias, TensorValue):
+        return product
+    return broadcast(call, ctx, [product, bias])
 
 
 @registry.rule("einsum", signature="equation, *operands")

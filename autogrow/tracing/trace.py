@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from ..errors import TracingError
+from ..integrations.transformers import inference_settings
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,13 @@ class Traced:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards."""
+    """Put every submodule in eval mode and restore each one's own flag afterwards (and run
+    transformers models without a KV cache, which could be neither traced nor compared)."""
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        yield
+        with inference_settings(model):
+            yield
     finally:
         for m, was_training in flags:
             m.training = was_training

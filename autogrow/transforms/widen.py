@@ -16,6 +16,7 @@ from ..checkpoint.recipe import record_step
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..graph.build import REDUCE, Analysis
+from ..integrations.transformers import apply_config, grown_config, is_hf_model
 from ..rules import RuleRegistry, default_registry
 from ..tracing import prepare_inputs
 from ..verify import run
@@ -126,7 +127,10 @@ def widen(
     if verify and reference is None:
         reference = run(model, inputs)
     old_params = dict(model.named_parameters(remove_duplicate=False))  # before inplace edits
+    config_changes = _config_changes(model, graph, widths, tensors)  # raises before any change
     result, undo = (_apply_inplace if inplace else _apply_copy)(model, tensors, attrs)
+    if config_changes is not None:
+        undo = _chain(apply_config(result, config_changes), undo)
     if verify:
         try:
             verify_outputs(result, inputs, reference, what="widened")
@@ -141,6 +145,36 @@ def widen(
     if optimizer is not None:
         return result, grow_optimizer(optimizer, old_params, result, axis_maps)
     return result
+
+
+def _config_changes(
+    model: nn.Module, graph: WidthGraph, widths: dict[int, int], tensors: dict[str, torch.Tensor]
+) -> dict[str, int] | None:
+    """For a transformers model: the config fields that describe the grown model."""
+    if not is_hf_model(model):
+        return None
+    store = graph.store
+    ratios = {
+        new_size(store, a.heads, widths) / a.heads.size for a in graph.analysis.attention
+    }
+    if len(ratios) > 1:
+        raise ConstraintError(
+            f"attention layers of {type(model).__name__} would get different head counts "
+            f"(x{sorted(ratios)}), which its config cannot describe; widen every layer by the "
+            "same factor (a float factor does)"
+        )
+    named = _named_tensors(model)
+    grown = {id(named[n]): t.shape for n, t in tensors.items() if n in named}
+    shapes = {n: tuple(grown.get(id(t), t.shape)) for n, t in named.items()}
+    return grown_config(model, shapes, ratios.pop() if ratios else None)
+
+
+def _chain(first: Any, second: Any) -> Any:
+    def undo() -> None:
+        first()
+        second()
+
+    return undo
 
 
 def _check_options(factor: Any, symmetry: str, noise: float) -> None:
