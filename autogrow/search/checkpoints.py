@@ -1,0 +1,91 @@
+"""Trial checkpoints as Optuna artifacts: ``autogrow.save`` directories packed in a tar file.
+
+An artifact store holds single files, so the checkpoint directory (``model.safetensors`` +
+``recipe.json``) and ``probe.safetensors`` (a fixed input batch and the model's outputs on
+it, so anyone can check that a loaded model reproduces the saved one) go into one
+uncompressed tar. Nothing here pickles or unpickles: weights are safetensors, metadata JSON.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+PROBE = "probe.safetensors"
+
+
+def _io() -> Any:
+    import autogrow
+
+    return autogrow
+
+
+def save_checkpoint(
+    model: nn.Module, directory: Path, probe_inputs: torch.Tensor, extra: Mapping[str, Any]
+) -> Path:
+    """``autogrow.save(model, directory, extra=extra)`` plus the probe outputs; returns it."""
+    _io().save(model, directory, extra=dict(extra))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = model(probe_inputs)
+    model.train(was_training)
+    save_file(
+        {"inputs": probe_inputs.contiguous(), "outputs": outputs.contiguous()},
+        str(directory / PROBE),
+    )
+    return directory
+
+
+def upload(
+    trial: Any,
+    store: Any,
+    model: nn.Module,
+    probe_inputs: torch.Tensor,
+    extra: Mapping[str, Any],
+    name: str,
+) -> str:
+    """Save ``model``, pack it as ``<name>.tar`` and upload it to ``trial``; the artifact id."""
+    from optuna.artifacts import upload_artifact
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(model, Path(tmp) / "checkpoint", probe_inputs, extra)
+        archive = Path(tmp) / f"{name}.tar"
+        with tarfile.open(archive, "w") as tar:
+            for f in sorted(ckpt.iterdir()):
+                tar.add(f, arcname=f.name)
+        return upload_artifact(artifact_store=store, file_path=str(archive), study_or_trial=trial)
+
+
+def download(store: Any, artifact_id: str, directory: Path) -> Path:
+    """Fetch an artifact and unpack it into ``directory`` (created); returns ``directory``.
+
+    Extraction uses tarfile's ``"data"`` filter: no absolute paths, links out or devices.
+    """
+    from optuna.artifacts import download_artifact
+
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / "checkpoint.tar"
+    download_artifact(artifact_store=store, file_path=str(archive), artifact_id=artifact_id)
+    with tarfile.open(archive) as tar:
+        tar.extractall(directory, filter="data")
+    archive.unlink()
+    return directory
+
+
+def load_model(store: Any, artifact_id: str) -> nn.Module:
+    """The model stored as artifact ``artifact_id``, rebuilt by ``autogrow.load`` (no pickle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _io().load(download(store, artifact_id, Path(tmp)))
+
+
+def load_probe(directory: Path) -> dict[str, torch.Tensor]:
+    """The probe batch and outputs saved next to a checkpoint (``inputs``, ``outputs``)."""
+    return load_file(str(Path(directory) / PROBE))

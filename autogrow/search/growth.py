@@ -1,0 +1,149 @@
+"""Growth sites, plan sampling and applying a plan with ``autogrow.widen``/``autogrow.deepen``.
+
+A *site* is a place in the **seed** model where growth may happen: a widenable width group
+(named by a module in it) or an insertion point. Sites are named after the seed, so Optuna's
+parameter names and choices stay the same whatever parent a trial grows. Deepening renames
+modules (a ``Sequential`` renumbers its children), so each site's module carries a plain
+attribute with the site's name; copies made by growth keep it, and the site resolves to the
+first module that has it. A checkpoint records the site → module-name map (user attribute
+``sites``) so that a loaded model can be tagged again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import FrozenGroupError, GroupNotFoundError
+from .space import Growth
+
+SITE_ATTR = "_autogrow_site"
+
+
+@dataclass(frozen=True)
+class Sites:
+    """The seed's growth sites: width groups that may widen, places where depth may go.
+
+    >>> Sites(("1", "3"), ("2",)).widen
+    ('1', '3')
+    """
+
+    widen: tuple[str, ...]
+    deepen: tuple[str, ...]
+
+
+def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
+    """Resolve ``growth.widen``/``growth.deepen`` on the seed (defaults: see :class:`Growth`)."""
+    import autogrow
+
+    graph = autogrow.analyze(model, inputs)
+    widenable = [g for g in graph.groups if g.widenable]
+    if growth.widen is None:
+        widen = tuple(g.name for g in widenable)
+    else:
+        by_module = {m: g for g in graph.groups for m in g.modules}
+        names = {g.name: g for g in graph.groups}
+        for name in growth.widen:
+            group = names.get(name) or by_module.get(name)
+            if group is None:
+                raise GroupNotFoundError(
+                    f"Growth.widen names {name!r}, which is neither a width group nor a module "
+                    f"of the seed; widenable groups: {[g.name for g in widenable]}"
+                )
+            if not group.widenable:
+                raise FrozenGroupError(
+                    f"Growth.widen names {name!r}, whose group {group.name!r} is frozen "
+                    f"({group.frozen}); widenable groups: {[g.name for g in widenable]}"
+                )
+        widen = tuple(growth.widen)
+    if growth.deepen is None:
+        points = autogrow.insertion_points(model, inputs)
+        blocks = [p.where for p in points if p.kind == "block"]
+        if blocks:
+            deepen = tuple(blocks)
+        else:
+            deepen = tuple(p.where for p in points if _is_activation(model.get_submodule(p.where)))
+    else:
+        for name in growth.deepen:
+            model.get_submodule(name)  # raises AttributeError naming the module if absent
+        deepen = tuple(growth.deepen)
+    return Sites(widen if "widen" in growth.kinds else (), deepen)
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("torch.nn.modules.activation")
+
+
+def tag(model: nn.Module, site_map: Mapping[str, str]) -> nn.Module:
+    """Mark each site's current module (``site_map``: site → qualified name); returns model."""
+    for site, name in site_map.items():
+        setattr(model.get_submodule(name), SITE_ATTR, site)
+    return model
+
+
+def site_map(model: nn.Module) -> dict[str, str]:
+    """site → qualified name of the first module carrying that site's mark.
+
+    >>> net = tag(nn.Sequential(nn.Linear(2, 2)), {"fc": "0"})
+    >>> site_map(net)
+    {'fc': '0'}
+    """
+    found: dict[str, str] = {}
+    for name, m in model.named_modules():
+        site = getattr(m, SITE_ATTR, None)
+        if site is not None and site not in found:
+            found[site] = name
+    return found
+
+
+def sample_plan(trial: Any, growth: Growth, sites: Sites) -> list[dict[str, Any]]:
+    """Draw a growth plan with define-by-run ``suggest_*`` calls; names depend only on the seed.
+
+    Parameters: ``n_ops``; per operation ``i``: ``op{i}`` (widen/deepen), then ``op{i}_widen``
+    (a width site) with ``op{i}_factor``, or ``op{i}_deepen`` (an insertion site).
+    """
+    kinds = [k for k in growth.kinds if getattr(sites, k)]
+    n = trial.suggest_int("n_ops", growth.min_ops, growth.max_ops)
+    plan: list[dict[str, Any]] = []
+    for i in range(n):
+        kind = trial.suggest_categorical(f"op{i}", kinds)
+        if kind == "widen":
+            site = trial.suggest_categorical(f"op{i}_widen", list(sites.widen))
+            factor = trial.suggest_categorical(f"op{i}_factor", [float(f) for f in growth.factors])
+            plan.append({"op": "widen", "site": site, "factor": factor})
+        else:
+            site = trial.suggest_categorical(f"op{i}_deepen", list(sites.deepen))
+            plan.append({"op": "deepen", "site": site})
+    return plan
+
+
+def apply_plan(
+    model: nn.Module, plan: Sequence[Mapping[str, Any]], inputs: tuple, seed: int
+) -> nn.Module:
+    """Grow ``model`` (tagged with its sites) by each operation in turn; verified, not in place.
+
+    Raises the :class:`autogrow.AutogrowError` of a refused operation, naming the operation.
+    """
+    import autogrow
+
+    for i, op in enumerate(plan):
+        where = site_map(model).get(op["site"])
+        if where is None:
+            raise GroupNotFoundError(
+                f"growth operation {i} ({op}): no module carries site {op['site']!r}; the "
+                "parent checkpoint's site map is incomplete"
+            )
+        try:
+            if op["op"] == "widen":
+                model = autogrow.widen(
+                    model, {where: float(op["factor"])}, example_inputs=inputs, seed=seed + i
+                )
+            else:
+                model = autogrow.deepen(model, after=where, example_inputs=inputs)
+        except autogrow.AutogrowError as e:
+            e.args = (f"growth operation {i} ({op['op']} {op['site']!r} at {where!r}): {e}",)
+            raise
+    return model
