@@ -30,8 +30,11 @@ STATE_POWERS: dict[type[torch.optim.Optimizer], dict[str, int | None]] = {
 }
 
 
-def check_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, int | None]:
-    """Raise :class:`~autogrow.InvalidArgumentError` unless autogrow can grow ``optimizer``.
+def check_optimizer(
+    optimizer: torch.optim.Optimizer, model: nn.Module | Mapping[str, torch.Tensor] | None = None
+) -> dict[str, int | None]:
+    """Raise :class:`~autogrow.InvalidArgumentError` unless autogrow can grow ``optimizer``
+    (over parameters of ``model``, when given).
 
     Returns the powers of the shares for each state entry of its class.
 
@@ -60,7 +63,30 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, int | None]:
                 f"{type(optimizer).__name__} state entries {unknown} are not known to autogrow "
                 f"(it grows {sorted(powers)}); pass optimizer=None and build a fresh optimizer."
             )
+    if model is not None:
+        names = _names(model)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in names:
+                    raise InvalidArgumentError(
+                        f"the optimizer holds a parameter of shape {tuple(p.shape)} that is not "
+                        "in the model being grown; give widen an optimizer over that model's "
+                        "parameters only"
+                    )
     return powers
+
+
+def _names(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[int, str]:
+    """Parameter id -> qualified name (a tied parameter goes by its first name)."""
+    named = (
+        model.named_parameters(remove_duplicate=False)
+        if isinstance(model, nn.Module)
+        else model.items()
+    )
+    out: dict[int, str] = {}
+    for name, t in named:
+        out.setdefault(id(t), name)
+    return out
 
 
 def grow_optimizer(
@@ -100,22 +126,12 @@ def grow_optimizer(
     >>> opt2.state[wide[0].weight]["exp_avg"].shape, opt2.state[wide[0].weight]["step"]
     (torch.Size([6, 2]), tensor(1.))
     """
-    powers = check_optimizer(optimizer)
-    old_named = (
-        dict(old.named_parameters(remove_duplicate=False)) if isinstance(old, nn.Module) else old
-    )
-    name_of: dict[int, str] = {}
-    for name, t in old_named.items():
-        name_of.setdefault(id(t), name)  # a tied parameter goes by its first name
+    powers = check_optimizer(optimizer, old)
+    name_of = _names(old)
     new_named = dict(new.named_parameters(remove_duplicate=False))
 
     def counterpart(p: torch.Tensor) -> tuple[str, torch.Tensor]:
-        name = name_of.get(id(p))
-        if name is None:
-            raise InvalidArgumentError(
-                f"the optimizer holds a parameter of shape {tuple(p.shape)} that is not in the "
-                "model being grown; give widen an optimizer over that model's parameters only"
-            )
+        name = name_of[id(p)]
         if name not in new_named:
             raise InvalidArgumentError(
                 f"parameter {name!r} of the optimizer has no counterpart in the grown model"

@@ -103,7 +103,7 @@ def widen(
         # Imported here: optimizer.py builds on this module's grow_tensor.
         from .optimizer import check_optimizer, grow_optimizer
 
-        check_optimizer(optimizer)  # before anything is changed
+        check_optimizer(optimizer, model)  # before anything is changed
     inputs = prepare_inputs(model, example_inputs)
     graph = analyze_traced(model, inputs, registry or default_registry, reference=verify)
     widths = plan_widths(graph, factor)

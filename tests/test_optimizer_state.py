@@ -1,0 +1,346 @@
+"""widen(optimizer=): the optimizer state grows with the model (docs/training-state.md).
+
+Formulas pinned here: along an axis whose units were replicated (rows copied) a replica's first
+moment is its outgoing share ``s`` times the old one and its second moment ``s**2`` times;
+along an axis contracted with replicated units (where the weight took the share) moments are
+copied; step counts are kept. The vision and transformer tests check the reason for these
+formulas: a moment grown this way equals what the grown model's own gradient gives.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from models import make
+from torch import nn
+
+import autogrow
+from autogrow.transforms.mapping import UnitMap
+from autogrow.transforms.optimizer import grow_optimizer
+from autogrow.transforms.widen import AxisMap
+
+ADAM_KEYS = {"step", "exp_avg", "exp_avg_sq"}
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(8, model[0].in_features, generator=gen)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _hand_wide_mlp(old: nn.Sequential, source: list[int], share: list[float]) -> nn.Sequential:
+    """The Net2Wider student of ``old`` for a given hidden-unit mapping, written out by hand."""
+    wide = nn.Sequential(nn.Linear(2, len(source)), nn.ReLU(), nn.Linear(len(source), 1))
+    with torch.no_grad():
+        wide[0].weight.copy_(old[0].weight[source])
+        wide[0].bias.copy_(old[0].bias[source])
+        wide[2].weight.copy_(old[2].weight[:, source] * torch.tensor(share))
+        wide[2].bias.copy_(old[2].bias)
+    return wide
+
+
+# ----------------------------------------------------------------------------------------------
+# hand-computed: Linear(2, 3) -> ReLU -> Linear(3, 1) widened to 4 hidden units
+# ----------------------------------------------------------------------------------------------
+
+SOURCE = [0, 1, 2, 1]  # new unit 3 replicates old unit 1
+SHARE = [1.0, 0.25, 1.0, 0.75]  # unit 1's outgoing weight split 1/4 : 3/4
+
+
+def _known_mappings() -> dict[str, list[AxisMap]]:
+    m = UnitMap(torch.tensor(SOURCE), torch.tensor(SHARE, dtype=torch.float64))
+    return {
+        "0.weight": [AxisMap(0, m, reduce=False)],
+        "0.bias": [AxisMap(0, m, reduce=False)],
+        "2.weight": [AxisMap(1, m, reduce=True)],
+    }
+
+
+def _expected_copy_axis(t: torch.Tensor, power: int) -> torch.Tensor:
+    """Rows of fc1's state: [r0, (1/4)^p r1, r2, (3/4)^p r1]."""
+    return torch.stack(
+        [t[0], 0.25**power * t[1], t[2], 0.75**power * t[1]]
+    )  # written out, not indexed through SOURCE
+
+
+def _expected_reduce_axis(t: torch.Tensor) -> torch.Tensor:
+    """Columns of fc2's state: copied, [c0, c1, c2, c1]."""
+    return torch.stack([t[:, 0], t[:, 1], t[:, 2], t[:, 1]], dim=1)
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, amsgrad=True),
+    ],
+    ids=["sgd", "sgd-nesterov-wd", "adam", "adamw", "adamw-amsgrad"],
+)
+def test_hand_computed_state_for_a_known_mapping(make_opt):
+    old = _mlp()
+    opt = make_opt(old.parameters())
+    _train(old, opt, steps=3)
+    wide = _hand_wide_mlp(old, SOURCE, SHARE)
+
+    new_opt = grow_optimizer(opt, old, wide, _known_mappings())
+
+    assert type(new_opt) is type(opt)
+    assert new_opt.defaults == opt.defaults
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    assert {k: v for k, v in new_opt.param_groups[0].items() if k != "params"} == hyper
+    assert new_opt.param_groups[0]["params"] == list(wide.parameters())
+    for name, p in old.named_parameters():
+        q = wide.get_parameter(name)
+        before, after = opt.state[p], new_opt.state[q]
+        assert after.keys() == before.keys()
+        for key, value in before.items():
+            if key == "step":
+                assert torch.equal(after[key], value)  # step counts kept
+                assert after[key] is not value
+                continue
+            power = 2 if key.endswith("_sq") else 1
+            expected = {
+                "0.weight": lambda t, pw=power: _expected_copy_axis(t, pw),
+                "0.bias": lambda t, pw=power: _expected_copy_axis(t, pw),
+                "2.weight": _expected_reduce_axis,
+                "2.bias": lambda t: t,
+            }[name](value)
+            assert after[key].shape == q.shape
+            torch.testing.assert_close(after[key], expected, rtol=1e-6, atol=0)
+
+
+def test_widen_grows_adam_state_with_the_mapping_it_used():
+    old = _mlp()
+    opt = torch.optim.AdamW(old.parameters(), lr=1e-2, amsgrad=True)
+    _train(old, opt, steps=3)
+
+    wide, new_opt = autogrow.widen(old, {"0": 4}, optimizer=opt, symmetry="none", seed=0)
+
+    # Read the mapping off the weights: the new unit 3 copies old unit r, both take share 1/2.
+    (r,) = [j for j in range(3) if torch.equal(wide[0].weight[3], old[0].weight[j])]
+    source = [0, 1, 2, r]
+    share = torch.ones(4)
+    share[[r, 3]] = 0.5
+    for key, power in [("exp_avg", 1), ("exp_avg_sq", 2), ("max_exp_avg_sq", 2)]:
+        for name in ("0.weight", "0.bias"):
+            before = opt.state[old.get_parameter(name)][key]
+            expected = before[source] * share.view(-1, *[1] * (before.ndim - 1)) ** power
+            after = new_opt.state[wide.get_parameter(name)][key]
+            torch.testing.assert_close(after, expected, rtol=1e-6, atol=0)
+        before = opt.state[old[2].weight][key]
+        torch.testing.assert_close(new_opt.state[wide[2].weight][key], before[:, source])
+        torch.testing.assert_close(new_opt.state[wide[2].bias][key], opt.state[old[2].bias][key])
+    assert all(torch.equal(new_opt.state[q]["step"], torch.tensor(3.0)) for q in wide.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# vision model and transformer: the grown state is what the grown model's gradient gives
+# ----------------------------------------------------------------------------------------------
+
+
+def _vit() -> nn.Module:
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+        num_classes=5,
+    )  # fmt: skip
+    nn.init.normal_(vit.heads.head.weight, std=0.5)  # zero-initialised: no gradient upstream
+    return vit
+
+
+def _cnn() -> tuple[nn.Module, tuple]:
+    model, example, _ = make("small_cnn")
+    return model, example
+
+
+def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    target = torch.arange(out.shape[0]) % out.shape[1]
+    return nn.functional.cross_entropy(out, target)
+
+
+def _one_zero_lr_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """One step with lr=0: the state records this batch's gradient, the weights stay put."""
+    opt.zero_grad()
+    _loss(model, x).backward()
+    opt.step()
+
+
+def _gradients(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    _loss(model, x).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+CASES = {
+    # name: (model factory, input, widen options)
+    "cnn-split": (_cnn, None, {"symmetry": "split"}),
+    "vit-none": (_vit, torch.randn(2, 3, 32, 32), {"symmetry": "none"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_grown_state_equals_the_grown_models_own_gradient(case, kind):
+    factory, x, options = CASES[case]
+    built = factory()
+    model, x = built if isinstance(built, tuple) else (built, x)
+    x = x[0] if isinstance(x, tuple) else x
+    model.eval()  # BatchNorm: gradients without running-statistics updates
+    if kind == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(0.8, 0.9), weight_decay=0)
+    _one_zero_lr_step(model, opt, x)
+
+    wide, new_opt = autogrow.widen(
+        model, 2.0, optimizer=opt, example_inputs=(x,), seed=0, **options
+    )
+    grads = _gradients(wide, x)
+
+    grown = nonzero = 0
+    for name, q in wide.named_parameters():
+        state = new_opt.state[q]
+        g = grads[name]
+        if kind == "sgd":
+            assert state.keys() == {"momentum_buffer"}
+            moments = [(state["momentum_buffer"], g)]  # first step: the buffer is the gradient
+        else:
+            assert state.keys() == ADAM_KEYS
+            assert torch.equal(state["step"], torch.tensor(1.0))
+            moments = [(state["exp_avg"], 0.2 * g), (state["exp_avg_sq"], 0.1 * g * g)]
+        nonzero += bool(g.abs().max() > 0)
+        for moment, expected in moments:
+            assert moment.shape == q.shape, name
+            scale = expected.abs().max().item()
+            assert (moment - expected).abs().max().item() <= 1e-4 * scale + 1e-12, name
+        grown += q.shape != model.get_parameter(name).shape
+    assert grown > 0
+    assert nonzero == len(grads)  # every comparison is between non-trivial tensors
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_continues_after_growth(case):
+    factory, x, _ = CASES[case]
+    built = factory()
+    model, x = built if isinstance(built, tuple) else (built, x)
+    x = x[0] if isinstance(x, tuple) else x
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        _loss(model, x).backward()
+        opt.step()
+
+    wide, new_opt = autogrow.widen(model, 2.0, optimizer=opt, example_inputs=(x,), seed=0)
+    for _ in range(3):
+        new_opt.zero_grad()
+        loss = _loss(wide, x)
+        loss.backward()
+        new_opt.step()
+        assert torch.isfinite(loss)
+    assert all(torch.equal(new_opt.state[q]["step"], torch.tensor(5.0)) for q in wide.parameters())
+    assert all(torch.equal(opt.state[p]["step"], torch.tensor(2.0)) for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# contract: what is left alone, what is refused
+# ----------------------------------------------------------------------------------------------
+
+
+def test_inplace_leaves_the_old_optimizer_untouched():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, steps=2)
+    old_params = list(model.parameters())
+    snapshot = {id(p): opt.state[p]["momentum_buffer"].clone() for p in old_params}
+
+    wide, new_opt = autogrow.widen(model, 2.0, optimizer=opt, inplace=True, seed=0)
+
+    assert wide is model and wide[0].out_features == 6
+    assert opt.param_groups[0]["params"] == old_params  # still the old parameters
+    for p in old_params:
+        assert torch.equal(opt.state[p]["momentum_buffer"], snapshot[id(p)])
+    assert new_opt.param_groups[0]["params"] == list(wide.parameters())
+    _train(wide, new_opt, steps=2)  # stepping the new one does not touch the old state
+    for p in old_params:
+        assert torch.equal(opt.state[p]["momentum_buffer"], snapshot[id(p)])
+
+
+def test_unchanged_parameters_keep_a_copy_of_their_state_and_groups_stay_as_they_were():
+    model = _mlp()
+    frozen_out = model[2]
+    opt = torch.optim.Adam(
+        [{"params": model[0].parameters(), "lr": 1e-2}, {"params": [frozen_out.bias], "lr": 1e-3}]
+    )
+    _train(model, opt, steps=2)  # model[2].weight is trained by nobody: not in the optimizer
+
+    wide, new_opt = autogrow.widen(model, 2.0, optimizer=opt, seed=0)
+
+    assert [g["lr"] for g in new_opt.param_groups] == [1e-2, 1e-3]
+    assert new_opt.param_groups[0]["params"] == [wide[0].weight, wide[0].bias]
+    assert new_opt.param_groups[1]["params"] == [wide[2].bias]
+    assert wide[2].weight not in new_opt.state
+    old_bias, new_bias = opt.state[frozen_out.bias], new_opt.state[wide[2].bias]
+    for key in ADAM_KEYS:
+        assert torch.equal(new_bias[key], old_bias[key])
+        assert new_bias[key].data_ptr() != old_bias[key].data_ptr()
+
+
+def test_sgd_without_momentum_has_no_state_to_grow():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _train(model, opt, steps=1)
+    wide, new_opt = autogrow.widen(model, 2.0, optimizer=opt, seed=0)
+    assert len(opt.state) == 0 and len(new_opt.state) == 0
+    _train(wide, new_opt, steps=1)
+
+
+def test_unsupported_optimizer_is_refused_before_the_model_changes():
+    model = _mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(autogrow.InvalidArgumentError, match=r"torch\.optim\.rmsprop\.RMSprop"):
+        autogrow.widen(model, 2.0, optimizer=opt, inplace=True)
+    assert model[0].out_features == 3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_unknown_state_entry_is_refused_by_name():
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _train(model, opt, steps=1)
+    opt.state[model[0].weight]["my_ema"] = torch.zeros(3, 2)
+    with pytest.raises(autogrow.InvalidArgumentError, match="my_ema"):
+        autogrow.widen(model, 2.0, optimizer=opt)
+
+
+def test_parameter_outside_the_model_is_refused_before_the_model_changes():
+    model = _mlp()
+    stray = nn.Parameter(torch.zeros(5))
+    opt = torch.optim.SGD([*model.parameters(), stray], lr=0.1, momentum=0.9)
+    with pytest.raises(autogrow.InvalidArgumentError, match=r"shape \(5,\).*not in the model"):
+        autogrow.widen(model, 2.0, optimizer=opt, inplace=True)
+    assert model[0].out_features == 3
+
+
+def test_without_optimizer_widen_returns_just_the_model():
+    model = _mlp()
+    assert isinstance(autogrow.widen(model, 2.0, seed=0), nn.Sequential)
