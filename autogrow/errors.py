@@ -8,43 +8,154 @@ from __future__ import annotations
 
 
 class AutogrowError(Exception):
-    """Base class of every error autogrow raises on purpose."""
+    """Base class of every error autogrow raises on purpose.
+
+    Catch it to handle any refusal (the message says what failed, where, and what to do):
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> try:
+    ...     autogrow.widen(net, 0.5)
+    ... except autogrow.AutogrowError as e:
+    ...     print(type(e).__name__, isinstance(e, ValueError))
+    InvalidArgumentError True
+    """
 
 
 class InvalidArgumentError(AutogrowError, ValueError):
-    """An argument is malformed: a factor <= 1 or NaN, a non-Module, a bad option value."""
+    """An argument is malformed: a factor <= 1 or NaN, a non-Module, a bad option value.
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> autogrow.widen(net, 2.0, symmetry="mirror")
+    Traceback (most recent call last):
+    ...
+    autogrow.errors.InvalidArgumentError: symmetry must be one of ('split', 'none'), got 'mirror'
+    """
 
 
 class TracingError(AutogrowError):
-    """Neither torch.fx symbolic tracing nor torch.export could capture the model."""
+    """Neither torch.fx symbolic tracing nor torch.export could capture the model.
+
+    Typically ``forward`` branches on tensor *values* (``if x.sum() > 0:``); branching on
+    shapes is fine. The message gives both tracers' reasons:
+
+    ```python
+    class Gate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.lin(x) if x.sum() > 0 else x
+
+    autogrow.analyze(Gate(), (torch.randn(1, 2),))
+    # TracingError: cannot trace Gate.
+    #   torch.fx symbolic_trace failed: TraceError: symbolically traced variables cannot be
+    #   used as inputs to control flow
+    #   torch.export fallback failed: GuardOnDataDependentSymNode: ...
+    ```
+    """
 
 
 class ExampleInputsError(AutogrowError):
-    """Example inputs were not given and cannot be inferred from the model's entry layer."""
+    """Example inputs were not given and cannot be inferred from the model's entry layer.
+
+    >>> import torch, autogrow
+    >>> try:
+    ...     autogrow.analyze(torch.nn.Sequential(torch.nn.ReLU()))
+    ... except autogrow.ExampleInputsError as e:
+    ...     print(str(e).split(":")[0])
+    cannot infer example inputs for Sequential
+    """
 
 
 class UnsupportedOpError(AutogrowError):
-    """A width group that must change passes through an op autogrow has no rule for."""
+    """A width group that must change passes through an op autogrow has no rule for.
+
+    Exported for this purpose; this version freezes the groups an op without a rule touches
+    (listed in ``analyze(model).blocked``), so a request for them raises
+    :class:`FrozenGroupError` instead:
+
+    ```python
+    try:
+        autogrow.widen(model, {"fc1": 128})
+    except (autogrow.UnsupportedOpError, autogrow.FrozenGroupError) as e:
+        print(e)  # names the op, the module and the source line; register a rule for it
+    ```
+    """
 
 
 class HardcodedSizeError(AutogrowError):
-    """Forward code hard-codes a size (``x.view(-1, 400)``) that widening would change."""
+    """Forward code hard-codes a size (``x.view(-1, 400)``) that widening would change.
+
+    >>> import torch, autogrow
+    >>> class Flat(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(144, 2)
+    ...     def forward(self, x):
+    ...         return self.fc(self.conv(x).view(-1, 144))
+    >>> try:
+    ...     autogrow.widen(Flat(), 2.0, example_inputs=(torch.randn(1, 3, 8, 8),))
+    ... except autogrow.HardcodedSizeError as e:
+    ...     print("hard-codes the size 144" in str(e))
+    True
+    """
 
 
 class ConstraintError(AutogrowError):
-    """A requested width cannot satisfy the group's constraints."""
+    """A requested width cannot satisfy the group's constraints.
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> try:
+    ...     autogrow.widen(net, {"0": 6})
+    ... except autogrow.ConstraintError as e:
+    ...     print(e)
+    '0': new width 6 is smaller than the current 8; autogrow only grows
+    """
 
 
 class FrozenGroupError(ConstraintError):
-    """A width change was requested for a group that is frozen (model input/output, ...)."""
+    """A width change was requested for a group that is frozen (model input/output, ...).
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> try:
+    ...     autogrow.widen(net, {"2": 4})  # the output layer's group: the number of classes
+    ... except autogrow.FrozenGroupError as e:
+    ...     print(str(e).split(".")[0])
+    group '2' (requested as '2', modules 2) is frozen: model output
+    """
 
 
 class GroupNotFoundError(ConstraintError, KeyError):
-    """A key of the ``factor`` dict names neither a width group nor a module in one."""
+    """A key of the ``factor`` dict names neither a width group nor a module in one.
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> try:
+    ...     autogrow.widen(net, {"nope": 16})
+    ... except autogrow.GroupNotFoundError as e:
+    ...     print(str(e).split(".")[0])
+    'nope' names no width group and no module with parameters in one
+    """
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
 
 class VerificationError(AutogrowError):
-    """The transformed model's outputs differ from the original's beyond the tolerance."""
+    """The transformed model's outputs differ from the original's beyond the tolerance.
+
+    Raised by ``widen``/``deepen`` with ``verify=True`` (the model is then left unchanged);
+    a wrong user rule is the usual cause:
+
+    ```python
+    try:
+        wide = autogrow.widen(model, 2.0, registry=my_registry)
+    except autogrow.VerificationError as e:
+        print(e)  # the widened model differs from the original: max relative error ...
+    ```
+    """
