@@ -14,7 +14,16 @@ from .terms import Atom, AxisStore, Term
 
 @dataclass
 class Member:
-    """One parameter axis in a group: ``layout`` is its axis term, e.g. ``(32 a7)``."""
+    """One parameter axis in a group: ``layout`` is its axis term, e.g. ``(32 a7)``.
+
+    ``role`` is ``"copy"`` (the axis indexes the group's units: rows of the producing layer,
+    norm parameters) or ``"reduce"`` (summed over by the consuming layer: its outgoing weights).
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> [(m.param, m.dim, m.role) for m in autogrow.analyze(net).group("0").members]
+    [('0.weight', 0, 'copy'), ('0.bias', 0, 'copy'), ('2.weight', 1, 'reduce')]
+    """
 
     param: str
     dim: int
@@ -24,7 +33,28 @@ class Member:
 
 @dataclass
 class WidthGroup:
-    """A set of axes that carry the same units and therefore share one mapping."""
+    """A set of axes that carry the same units and therefore share one mapping.
+
+    Attributes:
+        name: the module that produces the group's units (``:1``, ``:2``, ... for further
+            groups of that module; ``:in`` for a group no module produces, such as a model
+            input). Usable as a key of ``widen``'s ``factor`` dict.
+        id: the atom id; layouts print the group as ``a<id>``.
+        width: the number of units.
+        frozen: why the group cannot change width (model input or output, an op without a
+            rule, ...), or ``None``.
+        uniform: why every unit must be replicated equally often (a norm or mean averages
+            over it), or ``None``.
+        members: the parameter axes in the group (:class:`Member`).
+        modules: qualified names of the modules owning the members.
+
+    >>> import torch, autogrow
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    >>> g = autogrow.analyze(net).group("0")
+    >>> g.name, g.width, g.widenable, g.modules
+    ('0', 8, True, ['0', '1', '2'])
+    """
 
     name: str
     id: int
@@ -36,9 +66,24 @@ class WidthGroup:
 
     @property
     def widenable(self) -> bool:
+        """``True`` unless the group is frozen.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> [(g.name, g.widenable) for g in autogrow.analyze(net).groups]
+        [('0:in', False), ('0', True), ('2', False)]
+        """
         return self.frozen is None
 
     def constraints(self) -> list[str]:
+        """``"uniform"`` if set, and ``"layout ..."`` for layouts other than the plain atom.
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> autogrow.analyze(net).group("0").constraints()
+        ['uniform']
+        """
         out = []
         if self.uniform:
             out.append("uniform")
@@ -48,6 +93,13 @@ class WidthGroup:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The group as plain data (members as dicts), for JSON.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> sorted(autogrow.analyze(net).group("0").to_dict())
+        ['frozen', 'members', 'modules', 'name', 'uniform', 'width']
+        """
         return {
             "name": self.name,
             "width": self.width,
@@ -80,10 +132,30 @@ class WidthGraph:
     # -- lookups ---------------------------------------------------------------------------
     @property
     def store(self) -> AxisStore:
+        """The analysis' ``AxisStore`` (axis terms, their union-find and ties).
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> type(graph.store).__name__
+        'AxisStore'
+        """
         return self.analysis.store
 
     def group(self, key: str) -> WidthGroup | None:
-        """The group named ``key``, or the group of the output units of module ``key``."""
+        """The group named ``key``, or the group of the output units of module ``key``.
+
+        Returns ``None`` if ``key`` is neither.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+        ...                           torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+        >>> graph = autogrow.analyze(net, (torch.randn(1, 3, 16, 16),))
+        >>> graph.group("1").name, graph.group("1").width  # the BatchNorm names its conv's group
+        ('0', 8)
+        >>> graph.group("nope") is None
+        True
+        """
         named = self._by_name.get(key)
         candidates = self.module_groups(key)
         if candidates and candidates[0].widenable and (named is None or not named.widenable):
@@ -91,7 +163,14 @@ class WidthGraph:
         return named or (candidates[0] if candidates else None)
 
     def module_groups(self, module: str) -> list[WidthGroup]:
-        """Groups of a module's output units (its parameters' copy axes), widenable first."""
+        """Groups of a module's output units (its parameters' copy axes), widenable first.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> [g.name for g in graph.module_groups("2")]
+        ['2']
+        """
         found: dict[int, WidthGroup] = {}
         for info in self.analysis.params.values():
             if info.name.rsplit(".", 1)[0] != module and not (
@@ -106,11 +185,31 @@ class WidthGraph:
         return sorted(found.values(), key=lambda g: (not g.widenable, g.id))
 
     def by_id(self, atom_id: int) -> WidthGroup | None:
+        """The group whose ``id`` is ``atom_id`` (the ``7`` of ``a7`` in a layout), or ``None``.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> g = graph.group("0")
+        >>> graph.by_id(g.id) is g
+        True
+        """
         return self._by_id.get(atom_id)
 
     @property
     def nx(self) -> nx.Graph:
-        """Atoms (width spaces) and parameter axes as a networkx graph."""
+        """Groups and parameter axes as a networkx graph.
+
+        One node per group (``kind="group"``, ``width``, ``frozen``) and one per parameter axis
+        (``"param:dim"``; ``kind="param_axis"``, ``role``), an edge (``layout``) from each group
+        to each axis it appears in.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> sorted(graph.nx.neighbors("0"))
+        ['0.bias:0', '0.weight:0', '2.weight:1']
+        """
         g = nx.Graph()
         for grp in self.groups:
             g.add_node(grp.name, kind="group", width=grp.width, frozen=grp.frozen is not None)
@@ -122,7 +221,19 @@ class WidthGraph:
 
     # -- output ----------------------------------------------------------------------------
     def table(self, *, all_groups: bool = False) -> str:
-        """A readable table of the groups (frozen ones summarised unless ``all_groups``)."""
+        """A readable table of the groups (frozen ones summarised unless ``all_groups``).
+
+        ``str(graph)`` is ``graph.table()``.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> print(graph.table())
+        group  width  status     constraints  modules
+        -----  -----  ---------  -----------  -------
+        0      8      widenable               0, 2
+        1 widenable groups, 2 frozen, 0 ops without a rule
+        """
         rows = [("group", "width", "status", "constraints", "modules")]
         shown = [g for g in self.groups if all_groups or g.widenable]
         for g in shown:
@@ -152,13 +263,36 @@ class WidthGraph:
         return f"WidthGraph({len(self.groups)} groups, {len(self.blocked)} blocked ops)"
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"groups": [group.to_dict(), ...], "blocked": [...]}``.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> [g["name"] for g in graph.to_dict()["groups"]]
+        ['0:in', '0', '2']
+        """
         return {"groups": [g.to_dict() for g in self.groups], "blocked": self.blocked}
 
     def to_json(self, **kwargs: Any) -> str:
+        """``json.dumps(graph.to_dict(), **kwargs)``.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> graph.to_json()[:40]
+        '{"groups": [{"name": "0:in", "width": 4,'
+        """
         return json.dumps(self.to_dict(), **kwargs)
 
     def to_dot(self) -> str:
-        """Graphviz DOT: one box per group, one ellipse per parameter axis."""
+        """Graphviz DOT: one box per group, one ellipse per parameter axis.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> graph.to_dot().splitlines()[0]
+        'graph width_groups {'
+        """
         lines = ["graph width_groups {", "  rankdir=LR;", "  node [fontsize=10];"]
         for g in self.groups:
             color = "lightblue" if g.widenable else "lightgrey"
