@@ -1,0 +1,262 @@
+"""The growth search end to end on tiny digits searches: trials, workers, resume, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+import autogrow
+from autogrow.search import Growth, SearchSpace, Training, checkpoints, load_space
+from autogrow.search.data import digits
+from autogrow.search.runner import artifact_store, counts, open_study, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A search-space file for worker processes: 300 training digits, 1 epoch per trial.
+# ``DELAY`` slows every batch down so that a test can interrupt a trial mid-training.
+SPACE_FILE = """
+import time
+from autogrow.search import Growth, SearchSpace, Training
+from autogrow.search.data import digits
+
+DELAY = {delay}
+
+class Slow:
+    def __init__(self, loader):
+        self.loader = loader
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(DELAY)
+            yield batch
+
+def data():
+    train, val = digits(batch_size=64, subset=300)
+    return Slow(train), val
+
+space = SearchSpace(
+    name="tiny",
+    seed="autogrow.search.models:mlp",
+    seed_kwargs={{"in_features": 64, "hidden": [8, 8], "num_classes": 10}},
+    input_shape=(2, 1, 8, 8),
+    data=data,
+    training=Training(epochs={epochs}, seed_epochs={epochs}, lr=0.1),
+    growth=Growth(factors=(1.5, 2.0), max_ops=1),
+    pruner="none",
+)
+"""
+
+
+def write_space(tmp_path: Path, delay: float = 0.0, epochs: int = 1) -> Path:
+    path = tmp_path / "tiny_space.py"
+    path.write_text(SPACE_FILE.format(delay=delay, epochs=epochs))
+    return path
+
+
+def tiny_space(**kw) -> SearchSpace:
+    base = dict(
+        name="tiny",
+        seed="autogrow.search.models:mlp",
+        seed_kwargs={"in_features": 64, "hidden": [8, 8], "num_classes": 10},
+        input_shape=(2, 1, 8, 8),
+        data=lambda: digits(batch_size=64, subset=300),
+        training=Training(epochs=1, seed_epochs=2, lr=0.1),
+        growth=Growth(factors=(1.5, 2.0), max_ops=2),
+    )
+    return SearchSpace(**{**base, **kw})
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def by_number(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
+    return {t.number: t for t in study.get_trials(deepcopy=False)}
+
+
+def retried_by(study: optuna.Study) -> dict[int, list[int]]:
+    """original trial number -> the trials that retried it."""
+    out: dict[int, list[int]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "retry_of" in t.user_attrs:
+            out.setdefault(t.user_attrs["retry_of"], []).append(t.number)
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_tiny_search_end_to_end_records_lineage_and_plots(tmp_path, capsys):
+    study = run(tiny_space(), 5, run_dir=tmp_path / "run", progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    root = trials[0].user_attrs
+    assert root["role"] == "root" and root["parent"] is None and root["depth"] == 0
+    assert root["cumulative_steps"] == root["train_steps"] == 2 * 5  # 2 epochs x 5 batches
+    for t in trials[1:]:
+        a = t.user_attrs
+        parent = trials[a["parent"]].user_attrs
+        assert a["depth"] == parent["depth"] + 1
+        assert a["train_steps"] == 5
+        assert a["cumulative_steps"] == parent["cumulative_steps"] + 5
+        assert 1 <= len(a["plan"]) <= 2
+        assert a["params"] > 0 and 0.0 <= a["accuracy"] <= 1.0
+        assert t.values == [a["accuracy"]]
+        # the parameter names depend only on the seed: ops, sites, factors
+        assert set(t.params) <= {"n_ops", "op0", "op0_widen", "op0_factor", "op0_deepen"} | {
+            "op1",
+            "op1_widen",
+            "op1_factor",
+            "op1_deepen",
+        }
+    grown = [t for t in trials[1:] if t.user_attrs["params"] > root["params"]]
+    assert grown, "no child grew"
+    out = capsys.readouterr().out
+    assert "best architecture" in out and "Linear(64→" in out
+    for name in ("history.png", "pareto.png", "lineage.png", "steps.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 1000
+
+
+def test_every_checkpoint_loads_and_reproduces_saved_outputs_without_pickle(tmp_path, monkeypatch):
+    study = run(tiny_space(), 4, run_dir=tmp_path / "run", progress=False, summary=False)
+    store = artifact_store(tmp_path / "run")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load unpickled something")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        folder = checkpoints.download(store, t.user_attrs["checkpoint"], tmp_path / str(t.number))
+        model = autogrow.load(folder).eval()
+        probe = checkpoints.load_probe(folder)
+        with torch.no_grad():
+            out = model(probe["inputs"])
+        assert torch.equal(out, probe["outputs"]), f"trial {t.number}"
+        assert sum(p.numel() for p in model.parameters()) == t.user_attrs["params"]
+        with tarfile.open(next((tmp_path / "run" / "artifacts").glob("*"))) as tar:
+            assert all(not n.endswith((".pt", ".pkl", ".pth")) for n in tar.getnames())
+
+
+class HardcodedFlatten(nn.Module):
+    """Hidden width 8 hard-coded in forward: widening it must be refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 8)
+        self.fc2 = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))).view(-1, 8))
+
+
+def hardcoded() -> nn.Module:
+    return HardcodedFlatten()
+
+
+def test_refused_growth_fails_the_trial_with_its_reason_and_the_study_goes_on(tmp_path):
+    space = tiny_space(
+        seed=f"{__name__}:hardcoded",
+        seed_kwargs={},
+        growth=Growth(widen=["fc1"], deepen=[], factors=(2.0,), max_ops=1),
+    )
+    study = run(space, 3, run_dir=tmp_path / "run", progress=False, summary=False)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE  # the root trains the seed
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and len(trials) == 3
+    for t in failed:
+        assert "HardcodedSizeError" in t.user_attrs["fail_reason"]
+        assert "widen 'fc1'" in t.user_attrs["fail_reason"]
+    assert counts(study)["finished"] == 3
+
+
+def test_max_params_fails_children_over_the_limit(tmp_path):
+    space = tiny_space(max_params=700)  # the seed has 690 parameters
+    study = run(space, 3, run_dir=tmp_path / "run", progress=False, summary=False)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE
+    for t in trials[1:]:
+        assert t.state == TrialState.FAIL
+        assert "max_params=700" in t.user_attrs["fail_reason"]
+
+
+def test_two_local_workers_complete_one_study_without_lost_or_duplicated_trials(tmp_path):
+    space = load_space(write_space(tmp_path))
+    study = run(space, 6, run_dir=tmp_path / "run", workers=2, progress=False, summary=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == len(trials)
+    assert 6 <= len(trials) <= 7  # at most one extra trial per worker at the very end
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    arts = [t.user_attrs["checkpoint"] for t in trials]
+    assert len(set(arts)) == len(arts)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2, workers
+    assert (tmp_path / "run" / "journal.log").is_file()
+
+
+def test_resume_after_ctrl_c_finishes_the_study_and_retries_the_interrupted_trial(tmp_path):
+    space_file = write_space(tmp_path, delay=0.15, epochs=2)
+    run_dir = tmp_path / "run"
+    code = f"""
+        from autogrow.search import load_space, run
+        run(load_space({str(space_file)!r}), 4, run_dir={str(run_dir)!r}, progress=False,
+            summary=False)
+    """
+    proc = subprocess.Popen(python(code), env=env())
+    try:
+
+        def training_second_trial() -> bool:
+            if not (run_dir / "run.json").is_file() or not (run_dir / "journal.log").is_file():
+                return False
+            t = by_number(open_study(run_dir)).get(1)
+            return t is not None and t.state == TrialState.RUNNING and "progress" in t.user_attrs
+
+        wait_for(training_second_trial, 120, "trial 1 to finish its first epoch")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) != 0
+    finally:
+        proc.kill()
+    study = open_study(run_dir)
+    assert by_number(study)[1].state == TrialState.FAIL
+    assert counts(study)["waiting"] == 1  # queued again before the worker stopped
+
+    resumed = subprocess.run(python(code), env=env(), timeout=300)
+    assert resumed.returncode == 0
+    study = open_study(run_dir)
+    trials = by_number(study)
+    assert counts(study)["finished"] == 4
+    retry = [trials[n] for n in retried_by(study)[1]]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].user_attrs["resumed_at_epoch"] == 1  # from trial 1's epoch checkpoint
+    assert retry[0].params == trials[1].params
+    assert retry[0].user_attrs["parent"] == trials[1].user_attrs["parent"]
+    assert [t.state for t in trials.values()].count(TrialState.FAIL) == 1
+    config = json.loads((run_dir / "run.json").read_text())
+    assert config["n_trials"] == 4
