@@ -42,7 +42,29 @@ class Dynamic(int):
 
 @dataclass
 class TensorValue:
-    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer."""
+    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer.
+
+    A rule receives its tensor arguments as ``TensorValue``s and returns one per output, with
+    ``shape`` equal to the traced one (see ``docs/inference.md``, writing a rule).
+
+    >>> import torch, autogrow
+    >>> seen = []
+    >>> def record(call, ctx):  # an elementwise rule: the output carries the input's axes
+    ...     x = call.args["input"]
+    ...     seen.append((x.shape, x.ndim, x.dim(-1), x.param))
+    ...     return autogrow.TensorValue(list(x.terms), call.out.shape)
+    >>> registry = autogrow.default_registry.copy()
+    >>> _ = registry.rule("erfc", signature="input", names=(torch.special.erfc,))(record)
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.lin = torch.nn.Linear(3, 4)
+    ...     def forward(self, x):
+    ...         return torch.special.erfc(self.lin(x))
+    >>> _ = autogrow.analyze(Net(), (torch.randn(2, 3),), registry=registry)
+    >>> seen
+    [((2, 4), 2, 1, None)]
+    """
 
     terms: list[Term]
     shape: tuple[int, ...]
@@ -50,16 +72,47 @@ class TensorValue:
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions, ``len(shape)``.
+
+        >>> TensorValue([], (2, 8)).ndim
+        2
+        """
         return len(self.shape)
 
     def dim(self, d: int) -> int:
-        """A possibly negative dimension index, made non-negative."""
+        """A possibly negative dimension index, made non-negative.
+
+        >>> TensorValue([], (2, 8)).dim(-1)
+        1
+        """
         return d + self.ndim if d < 0 else d
 
 
 @dataclass
 class Call:
-    """One op as a rule sees it: canonical name, arguments bound by name, and where it is."""
+    """One op as a rule sees it: canonical name, arguments bound by name, and where it is.
+
+    ``args`` holds the op's arguments bound by the rule's signature (tensors as
+    :class:`TensorValue`), ``out`` the recorded output (shape and dtype), ``module`` the
+    qualified name of the innermost module the op belongs to, ``source`` the source line.
+
+    >>> import torch, autogrow
+    >>> seen = []
+    >>> def spy(call, ctx):
+    ...     seen.append((call.name, sorted(call.args), call.out.shape, call.where()))
+    ...     return autogrow.TensorValue(list(call.args["input"].terms), call.out.shape)
+    >>> registry = autogrow.default_registry.copy()
+    >>> _ = registry.rule("my_erfc", signature="input", names=(torch.special.erfc,))(spy)
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.lin = torch.nn.Linear(3, 4)
+    ...     def forward(self, x):
+    ...         return torch.special.erfc(self.lin(x))
+    >>> _ = autogrow.analyze(Net(), (torch.randn(2, 3),), registry=registry)
+    >>> seen
+    [('my_erfc', ['input'], (2, 4), "op 'my_erfc'")]
+    """
 
     name: str
     node: fx.Node
@@ -72,7 +125,11 @@ class Call:
 
     def where(self, full: bool = False) -> str:
         """'op conv2d in module layer1.0.conv1 (file.py:12: code)' for messages; ``full``
-        looks the source line up if it is not known yet (costs a second trace, once)."""
+        looks the source line up if it is not known yet (costs a second trace, once).
+
+        >>> Call("conv2d", None, {}, None, module="layer1.0.conv1").where()
+        "op 'conv2d' in module 'layer1.0.conv1'"
+        """
         if full and self.source is None and self.locate is not None:
             self.source, self.locate = self.locate(self.node), None
         text = f"op '{self.name}'"
@@ -101,7 +158,18 @@ def _signature(spec: str) -> inspect.Signature:
 @dataclass
 class RuleRegistry:
     """Maps op names, callables and module types to rules. ``default_registry`` is the built-in
-    one; pass your own (a ``copy()``) to keep registrations out of global state."""
+    one; pass your own (a ``copy()``) to keep registrations out of global state.
+
+    >>> import torch, autogrow
+    >>> registry = autogrow.default_registry.copy()
+    >>> @registry.rule("my_erfc", signature="input", names=(torch.special.erfc,))
+    ... def erfc_rule(call, ctx):  # elementwise: the output carries the input's units
+    ...     return autogrow.TensorValue(list(call.args["input"].terms), call.out.shape)
+    >>> registry.binding(torch.special.erfc)[0]
+    'my_erfc'
+    >>> autogrow.default_registry.binding(torch.special.erfc) is None  # the default is untouched
+    True
+    """
 
     rules: dict[str, Rule] = field(default_factory=dict)
     bindings: dict[Any, tuple[str, inspect.Signature]] = field(default_factory=dict)
@@ -109,6 +177,13 @@ class RuleRegistry:
     module_rules: dict[type, Rule] = field(default_factory=dict)
 
     def copy(self) -> RuleRegistry:
+        """An independent copy (the four dicts are copied; the rules themselves are shared).
+
+        >>> import autogrow
+        >>> mine = autogrow.default_registry.copy()
+        >>> mine is not autogrow.default_registry and mine.rules == autogrow.default_registry.rules
+        True
+        """
         return RuleRegistry(
             dict(self.rules), dict(self.bindings), dict(self.adapters), dict(self.module_rules)
         )
