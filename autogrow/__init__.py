@@ -40,13 +40,51 @@ def register_rule(target: Any, rule: Callable, *, signature: str = "*args, **kwa
     ``rule(call, ctx)`` receives the call with its arguments bound by ``signature`` and returns
     the output's :class:`TensorValue` (one axis term per dimension). For a registry that is not
     shared, use ``autogrow.default_registry.copy()`` and pass ``registry=`` to analyze/widen.
+
+    Example (not run here: it changes the process-wide default registry):
+
+    ```python
+    import torch.nn.functional as F
+
+    def glu_rule(call, ctx):
+        x = call.args["input"]
+        d = x.dim(call.args["dim"])
+        a, b = ctx.store.split(x.terms[d], [x.shape[d] // 2] * 2, call.where())
+        ctx.unify(a, b, call)  # out[i] = a[i] * sigmoid(b[i]): both halves carry the same units
+        return autogrow.TensorValue([*x.terms[:d], a, *x.terms[d + 1 :]], call.out.shape)
+
+    autogrow.register_rule(F.glu, glu_rule, signature="input, dim=-1")
+    ```
     """
     name = f"user:{getattr(target, '__qualname__', target)}"
     default_registry.rule(name, signature=signature, names=(target,))(rule)
 
 
 def register_module_rule(module_type: type, rule: Callable) -> None:
-    """Register ``rule`` for a module type; its modules become leaves of the fx trace."""
+    """Register ``rule`` for a module type; its modules become leaves of the fx trace.
+
+    The rule's ``call.args`` are ``{"args": (...), "kwargs": {...}}``; ``call.module`` is the
+    module's qualified name. Example (not run here: it changes the default registry):
+
+    ```python
+    class Scale(nn.Module):  # y = x * weight[c], one scale per channel
+        def __init__(self, channels):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+
+        def forward(self, x):
+            return x * self.weight[:, None, None]
+
+    def scale_rule(call, ctx):
+        x = call.args["args"][0]
+        w = ctx.param(f"{call.module}.weight")
+        ctx.unify(w.terms[0], x.terms[1], call)
+        ctx.role(w, 0, "copy", call)
+        return autogrow.TensorValue(list(x.terms), call.out.shape)
+
+    autogrow.register_module_rule(Scale, scale_rule)
+    ```
+    """
     default_registry.register_module_rule(module_type, rule)
 
 
