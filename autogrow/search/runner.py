@@ -138,15 +138,30 @@ def make_storage(storage: str | None, run_dir: Path, heartbeat: int = 30) -> Any
             f"storage must be an RDB URL such as postgresql://user:password@host/db, got "
             f"{storage!r} (leave it out for the journal file under the run directory)"
         )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-    return optuna.storages.RDBStorage(
-        storage,
-        heartbeat_interval=heartbeat,
-        grace_period=3 * heartbeat,
-        heartbeat_stale_trial_callback=callback,
-    )
+        return optuna.storages.RDBStorage(
+            _with_driver(storage),
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the psycopg2 driver of the postgres extra when psycopg 3 is absent.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3.
+
+    >>> _with_driver("sqlite:///x.db")
+    'sqlite:///x.db'
+    """
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def artifact_store(run_dir: Path) -> Any:
