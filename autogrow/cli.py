@@ -242,7 +242,7 @@ def example_inputs(shape: str | None, dtype: str) -> tuple[torch.Tensor, ...] | 
     if shape is None:
         return None
     try:
-        dims = tuple(int(s) for s in shape.replace("x", ",").split(",") if s.strip())
+        dims = tuple(int(s) for s in shape.split(","))
     except ValueError:
         dims = ()
     if not dims or any(d < 1 for d in dims):
