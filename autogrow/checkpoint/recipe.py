@@ -25,7 +25,15 @@ RECIPE_ATTR = "autogrow_recipe"
 
 
 class CheckpointError(AutogrowError):
-    """A checkpoint cannot be written, read or rebuilt (missing factory, bad files, mismatch)."""
+    """A checkpoint cannot be written, read or rebuilt (missing factory, bad files, mismatch).
+
+    >>> import tempfile, autogrow
+    >>> try:
+    ...     autogrow.save("not a model", tempfile.mkdtemp())
+    ... except autogrow.CheckpointError as e:
+    ...     print(e)
+    save expects an nn.Module, got str
+    """
 
 
 @dataclass(frozen=True)
