@@ -129,7 +129,10 @@ def test_dtype_training_flag_and_frozen_parameters_are_restored(tmp_path):
 
 def test_load_never_unpickles(tmp_path, monkeypatch, resnet):
     model, x = resnet
-    grown = autogrow.deepen(autogrow.widen(model, 1.25, example_inputs=(x[:1],)), n=1)
+    inputs = (x[:1],)
+    grown = autogrow.deepen(
+        autogrow.widen(model, 1.25, example_inputs=inputs), example_inputs=inputs
+    )
     path = autogrow.save(grown, tmp_path)
 
     def forbidden(*args, **kwargs):
