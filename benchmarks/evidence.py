@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="how many of --seeds the symmetry study uses (default 1)")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/evidence.md")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     for name in args.only:
         body = BLOCKS[name](args)

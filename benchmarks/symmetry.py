@@ -16,7 +16,7 @@ MNIST-5k); conv1 and fc1 are widened 64 -> 128 with each of
 and trained 3 epochs (SGD, momentum 0.9, batch 32) at each learning rate. Replicas are the
 units whose incoming weights (weight row and bias) are equal right after widening; their
 divergence is measured as the mean pairwise cosine similarity of their incoming weights
-(1.0: still identical units), for conv1 and fc1, at 8 points per epoch.
+(1.0: still identical units), for conv1 and fc1, at 4 points per epoch.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def run_seed(data: Data, seed: int, lrs: list[float], epochs: int = 3) -> dict:
                     cos[k].append(mean_cosine(incoming(model, name), groups[k]))
 
             hist = train(student, data, lr=lr, epochs=epochs, seed=seed + 1000,
-                         evals_per_epoch=8, on_eval=on_eval)  # fmt: skip
+                         evals_per_epoch=4, on_eval=on_eval)  # fmt: skip
             out[f"{variant} @ lr {lr:g}"] = {
                 **hist.as_dict(),
                 "cos": cos,
