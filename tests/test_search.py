@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from optuna.trial import TrialState
 from torch import nn
@@ -260,3 +261,26 @@ def test_resume_after_ctrl_c_finishes_the_study_and_retries_the_interrupted_tria
     assert [t.state for t in trials.values()].count(TrialState.FAIL) == 1
     config = json.loads((run_dir / "run.json").read_text())
     assert config["n_trials"] == 4
+
+
+@pytest.mark.slow  # torchvision ResNet-18: tracing and growing it take ~20 s on 2 cores
+def test_imagefolder_template_runs_on_a_tiny_generated_image_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for c, name in enumerate(("cats", "dogs")):
+            folder = tmp_path / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(16, 16, 3, generator=gen) * 127 + 128 * c).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    monkeypatch.setenv("AUTOGROW_DATA", str(tmp_path / "images"))
+    monkeypatch.setenv("AUTOGROW_IMAGE_SIZE", "32")
+    space = load_space(ROOT / "search_spaces" / "imagefolder_template.py")
+    study = run(space, 2, run_dir=tmp_path / "run", progress=False, summary=False)
+    root, child = study.get_trials()
+    assert root.state == TrialState.COMPLETE and root.user_attrs["role"] == "root"
+    assert child.state == TrialState.COMPLETE, child.user_attrs.get("fail_reason")
+    assert child.user_attrs["params"] > root.user_attrs["params"]
+    assert root.user_attrs["train_steps"] == 3  # 3 seed epochs of one 8-image batch
