@@ -119,7 +119,10 @@ def report(study: optuna.Study, run_dir: str | Path, *, top: int = 10, console: 
         console.print("plots: " + ", ".join(str(p) for p in paths))
     config = _read_config(run_dir)
     storage = (config or {}).get("storage") or f"{run_dir / 'journal.log'}"
-    console.print(f"dashboard: optuna-dashboard {storage}")
+    console.print(
+        f"dashboard: pip install optuna-dashboard; optuna-dashboard {storage} "
+        f"--artifact-dir {run_dir / 'artifacts'}"
+    )
 
 
 def _read_config(run_dir: Path) -> dict[str, Any] | None:
