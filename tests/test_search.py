@@ -284,3 +284,21 @@ def test_imagefolder_template_runs_on_a_tiny_generated_image_folder(tmp_path, mo
     assert child.state == TrialState.COMPLETE, child.user_attrs.get("fail_reason")
     assert child.user_attrs["params"] > root.user_attrs["params"]
     assert root.user_attrs["train_steps"] == 3  # 3 seed epochs of one 8-image batch
+
+
+def test_cli_search_then_show_prints_the_best_architecture(tmp_path, capsys):
+    from autogrow.cli import main
+
+    space_file = write_space(tmp_path)
+    run_dir = tmp_path / "run"
+    argv = ["search", str(space_file), "--trials", "3", "--run-dir", str(run_dir)]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "best architecture" in out and "Linear(64→" in out
+    assert counts(open_study(run_dir))["finished"] == 3
+    assert main(["show", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "study tiny: best trials" in shown and f"optuna-dashboard {run_dir}" in shown
+    # the same study name with --from-scratch: refused, the study was grown, not scratch
+    assert main([*argv, "--no-progress", "--study", "tiny", "--from-scratch"]) == 2
+    assert "was created with from_scratch=False" in capsys.readouterr().err

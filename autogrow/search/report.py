@@ -95,7 +95,7 @@ def report(study: optuna.Study, run_dir: str | Path, *, top: int = 10, console: 
     """Print the summary table, the best architecture and the state counts; write the plots."""
     from rich.console import Console
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # paths and commands stay copy-pasteable
     run_dir = Path(run_dir)
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
