@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -363,9 +364,14 @@ def _supervise(study: optuna.Study, config: dict[str, Any], workers: int, bar: A
                 recover(study, local_running=True, interrupted=False)
             bar.update_from()
     except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the workers too (same process group); give them a
+        # moment, then pass SIGINT on to any that did not get it. Each queues its trial again.
+        deadline = time.monotonic() + 5
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for p in procs:
             if p.poll() is None:
-                p.send_signal(2)  # SIGINT: each worker queues its trial again and stops
+                p.send_signal(signal.SIGINT)
         for p in procs:
             p.wait()
         raise
