@@ -59,7 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``autogrow`` command (all subcommands registered)."""
+    """The argument parser of the ``autogrow`` command (all subcommands registered).
+
+    >>> args = build_parser().parse_args(["widen", "torchvision:resnet18", "--factor", "1.5"])
+    >>> args.model, args.factor, args.func.__name__
+    ('torchvision:resnet18', 1.5, 'widen_command')
+    """
     parser = argparse.ArgumentParser(
         prog="autogrow",
         description=__doc__.split("\n\n")[0],
@@ -278,7 +283,14 @@ def _load_args(args: argparse.Namespace) -> tuple[nn.Module, tuple | None]:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    """``autogrow inspect``: the width-group table and the insertion points."""
+    """``autogrow inspect``: the width-group table and the insertion points.
+
+    >>> inspect_command(build_parser().parse_args(["inspect", "torch.nn:Linear", "--kwargs",
+    ...     '{"in_features": 3, "out_features": 2}', "--json"]))  # doctest: +ELLIPSIS
+    {
+      "groups": [...
+    0
+    """
     model, inputs = _load_args(args)
     graph = analyze(model, inputs)
     points = insertion_points(model, inputs)
@@ -337,7 +349,12 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 
 def widen_command(args: argparse.Namespace) -> int:
-    """``autogrow widen``: grow, report parameters and error, save."""
+    """``autogrow widen``: grow, report parameters and error, save.
+
+    ```bash
+    autogrow widen torchvision:resnet18 --factor 1.5 --seed 0 --out wide/
+    ```
+    """
     model, inputs = _load_args(args)
     factor: Any = args.factor if args.factor is not None else _width_dict(args.width)
     grown = widen(
@@ -355,7 +372,12 @@ def widen_command(args: argparse.Namespace) -> int:
 
 
 def deepen_command(args: argparse.Namespace) -> int:
-    """``autogrow deepen``: insert identity blocks/layers, report, save."""
+    """``autogrow deepen``: insert identity blocks/layers, report, save.
+
+    ```bash
+    autogrow deepen wide/ --after layer2 -n 2 --out deeper/
+    ```
+    """
     model, inputs = _load_args(args)
     grown = deepen(
         model, after=args.after, n=args.n, example_inputs=inputs, verify=not args.no_verify

@@ -56,11 +56,21 @@ class Step:
     inputs: tuple[Mapping[str, Any], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (see :meth:`from_json`).
+
+        >>> Step("widen", {"factor": 2.0}, ({"shape": [1, 4], "dtype": "float32"},)).to_json()
+        {'op': 'widen', 'args': {'factor': 2.0}, 'inputs': [{'shape': [1, 4], 'dtype': 'float32'}]}
+        """
         inputs = None if self.inputs is None else [dict(i) for i in self.inputs]
         return {"op": self.op, "args": _plain(self.args), "inputs": inputs}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Step:
+        """The step :meth:`to_json` wrote.
+
+        >>> Step.from_json({"op": "deepen", "args": {"n": 1}, "inputs": None}).args
+        {'n': 1}
+        """
         inputs = data.get("inputs")
         return cls(
             str(data["op"]),
@@ -88,6 +98,11 @@ class Recipe:
     steps: tuple[Step, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """Plain JSON data, as stored in ``recipe.json`` (see :meth:`from_json`).
+
+        >>> Recipe("torch.nn:Linear", {"in_features": 2, "out_features": 2}).to_json()["factory"]
+        'torch.nn:Linear'
+        """
         return {
             "factory": self.factory,
             "factory_kwargs": _plain(self.factory_kwargs),
@@ -96,6 +111,11 @@ class Recipe:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Recipe:
+        """The recipe :meth:`to_json` wrote (other keys of ``data`` are ignored).
+
+        >>> Recipe.from_json({"factory": "models:MLP", "steps": []})
+        Recipe(factory='models:MLP', factory_kwargs={}, steps=())
+        """
         return cls(
             data.get("factory"),
             _plain(data.get("factory_kwargs") or {}),
@@ -103,11 +123,20 @@ class Recipe:
         )
 
     def then(self, step: Step) -> Recipe:
-        """A new recipe with ``step`` appended (this one is left as it is)."""
+        """A new recipe with ``step`` appended (this one is left as it is).
+
+        >>> r = Recipe("models:MLP")
+        >>> len(r.then(Step("deepen", {"after": [["fc1", "identity"]]})).steps), len(r.steps)
+        (1, 0)
+        """
         return Recipe(self.factory, self.factory_kwargs, (*self.steps, step))
 
     def with_factory(self, factory: str, kwargs: Mapping[str, Any]) -> Recipe:
-        """A new recipe with the same steps from another seed factory."""
+        """A new recipe with the same steps from another seed factory.
+
+        >>> Recipe().with_factory("models:MLP", {"d_in": 6}).factory_kwargs
+        {'d_in': 6}
+        """
         return Recipe(factory, _plain(kwargs), self.steps)
 
 
@@ -134,12 +163,23 @@ def recipe_of(model: nn.Module) -> Recipe:
 
 
 def set_recipe(model: nn.Module, recipe: Recipe) -> None:
-    """Attach ``recipe`` to ``model`` as a plain attribute (not a parameter, buffer or module)."""
+    """Attach ``recipe`` to ``model`` as a plain attribute (not a parameter, buffer or module).
+
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 2); set_recipe(net, Recipe("torch.nn:Linear"))
+    >>> recipe_of(net).factory, list(net.state_dict())
+    ('torch.nn:Linear', ['weight', 'bias'])
+    """
     setattr(model, RECIPE_ATTR, recipe)
 
 
 def input_spec(inputs: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
-    """Shape and dtype of each input, or None unless every input is a tensor."""
+    """Shape and dtype of each input, or None unless every input is a tensor.
+
+    >>> import torch
+    >>> input_spec((torch.zeros(2, 3),)), input_spec((torch.zeros(1), "mask"))
+    (({'shape': [2, 3], 'dtype': 'float32'},), None)
+    """
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         return None
     return tuple(
@@ -150,13 +190,25 @@ def input_spec(inputs: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
 def record_step(
     parent: nn.Module, child: nn.Module, op: str, args: Mapping[str, Any], inputs: Sequence[Any]
 ) -> None:
-    """Give ``child`` the recipe of ``parent`` plus one step (``parent`` may be ``child``)."""
+    """Give ``child`` the recipe of ``parent`` plus one step (``parent`` may be ``child``).
+
+    >>> import torch
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> record_step(a, b, "widen", {"factor": 2.0}, (torch.zeros(1, 2),))
+    >>> len(recipe_of(a).steps), recipe_of(b).steps[0].op
+    (0, 'widen')
+    """
     step = Step(op, _plain(args), input_spec(inputs))
     set_recipe(child, recipe_of(parent).then(step))
 
 
 def factory_name(factory: str | Callable[..., Any]) -> str:
-    """``"package.module:qualname"`` for a factory given by name or as an importable callable."""
+    """``"package.module:qualname"`` for a factory given by name or as an importable callable.
+
+    >>> import torch
+    >>> factory_name(torch.nn.Linear), factory_name("torchvision.models:resnet18")
+    ('torch.nn.modules.linear:Linear', 'torchvision.models:resnet18')
+    """
     if isinstance(factory, str):
         module, sep, attr = factory.partition(":")
         if not sep or not module or not attr:
@@ -177,7 +229,11 @@ def factory_name(factory: str | Callable[..., Any]) -> str:
 
 
 def resolve_factory(name: str) -> Callable[..., Any]:
-    """Import the callable named ``"package.module:attr.path"``."""
+    """Import the callable named ``"package.module:attr.path"``.
+
+    >>> resolve_factory("torch.nn:Linear")
+    <class 'torch.nn.modules.linear.Linear'>
+    """
     module_name, _, attr = factory_name(name).partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
