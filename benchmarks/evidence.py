@@ -43,10 +43,11 @@ def _commit() -> str:
         return "unknown"
 
 
-def _stamp(seeds: list[int], seconds: float, command: str) -> str:
+def _stamp(args: argparse.Namespace, seeds: list[int], seconds: float, command: str) -> str:
+    commit = args.commit  # taken when the run started
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"*Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_commit()} with "
+        f"*Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit} with "
         f"`{command}`: seeds {seeds}, {seconds / 60:.1f} min wall time on "
         f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads, load average "
         f"{load:.1f} at the end; other jobs shared the machine), torch {torch.__version__}, "
@@ -60,7 +61,7 @@ def net2net_block(args: argparse.Namespace) -> str:
     results, evals = out["results"], out["evals_per_epoch"]
     cmd = f"python -m benchmarks.net2net_mnist --seeds {' '.join(map(str, args.seeds))}"
     return "\n\n".join([
-        _stamp(args.seeds, time.perf_counter() - t0, cmd),
+        _stamp(args, args.seeds, time.perf_counter() - t0, cmd),
         "Validation loss (mean ± sample standard deviation over seeds) before training and "
         "after each epoch; final validation accuracy; the Keras port's numbers (full MNIST):",
         net2net_mnist.table(results, evals),
@@ -84,7 +85,7 @@ def tiny_resnet_block(args: argparse.Namespace) -> str:
     else:
         summary = "**Net2Wider did not reach the scratch model's final accuracy in any seed.**"
     return "\n\n".join([
-        _stamp(args.seeds, time.perf_counter() - t0, cmd),
+        _stamp(args, args.seeds, time.perf_counter() - t0, cmd),
         out["table"],
         summary,
         "![TinyResNet grown vs scratch](figures/evidence_tiny_resnet.png)",
@@ -97,7 +98,7 @@ def symmetry_block(args: argparse.Namespace) -> str:
     out = symmetry.main(["--seeds", *map(str, seeds)])
     cmd = f"python -m benchmarks.symmetry --seeds {' '.join(map(str, seeds))}"
     return "\n\n".join([
-        _stamp(seeds, time.perf_counter() - t0, cmd),
+        _stamp(args, seeds, time.perf_counter() - t0, cmd),
         out["table"],
         "![Replica divergence](figures/evidence_symmetry.png)",
     ])  # fmt: skip
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.commit = _commit()
     t0 = time.perf_counter()
     for name in args.only:
         body = BLOCKS[name](args)
