@@ -80,7 +80,7 @@ class WidthGroup:
 
         >>> import torch, autogrow
         >>> from torch import nn
-    >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
         >>> autogrow.analyze(net).group("0").constraints()
         ['uniform']
         """
