@@ -35,6 +35,15 @@ class TiedLM(nn.Module):
         return self.out(self.down(F.relu(self.up(self.embed(ids)))))
 
 
+def tiny_gpt2() -> nn.Module:
+    """A two-layer GPT-2 whose lm_head is tied to the token embedding (transformers' way)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16)
+    config.bos_token_id = config.eos_token_id = 0
+    return GPT2LMHeadModel(config)
+
+
 def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(x)
@@ -113,6 +122,19 @@ def test_tied_weights_stay_tied(tmp_path):
     loaded = autogrow.load(autogrow.save(wide, tmp_path))
     assert loaded.out.weight is loaded.embed.weight and loaded.up.out_features == 12
     assert_same_model(wide, loaded, torch.randint(0, 20, (2, 5)))
+
+
+def test_transformers_model_round_trip(tmp_path):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    model = autogrow.seed_model(tiny_gpt2).eval()
+    grown = autogrow.widen(model, 2.0, example_inputs=(ids[:1],), seed=0)
+    loaded = autogrow.load(autogrow.save(grown, tmp_path))
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert loaded.config.n_embd == grown.config.n_embd == 64
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(ids).logits, grown.eval()(ids).logits)
 
 
 def test_dtype_training_flag_and_frozen_parameters_are_restored(tmp_path):

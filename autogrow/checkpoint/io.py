@@ -226,7 +226,7 @@ def build(recipe: Recipe, *, where: str = "the recipe") -> nn.Module:
         ) from e
     for i, step in enumerate(recipe.steps):
         try:
-            _replay(model, step)
+            model = _replay(model, step)
         except AutogrowError as e:
             raise CheckpointError(
                 f"{where}: replaying step {i + 1} of {len(recipe.steps)} ({step.op} "
@@ -235,7 +235,9 @@ def build(recipe: Recipe, *, where: str = "the recipe") -> nn.Module:
     return model
 
 
-def _replay(model: nn.Module, step: Step) -> None:
+def _replay(model: nn.Module, step: Step) -> nn.Module:
+    # Not inplace: widen(inplace=True) re-assigns one name of a tied parameter only
+    # (transformers' lm_head/wte), while the copy path keeps ties through deepcopy.
     inputs = _example_inputs(model, step.inputs)
     args = step.args
     if step.op == "widen":
@@ -245,20 +247,18 @@ def _replay(model: nn.Module, step: Step) -> None:
                 "record; register the rules in autogrow.default_registry before loading"
             )
         factor = args["factor"]
-        widen(
+        return widen(
             model,
             dict(factor) if isinstance(factor, Mapping) else factor,
             example_inputs=inputs,
             seed=args["seed"],
             symmetry=args["symmetry"],
-            inplace=True,
             verify=False,
         )
     elif step.op == "deepen":
         after = [InsertionPoint(where, kind, "", True) for where, kind in args["after"]]
-        deepen(model, after=after, n=args["n"], example_inputs=inputs, inplace=True, verify=False)
-    else:
-        raise CheckpointError(f"unknown step {step.op!r}; a newer autogrow wrote this checkpoint?")
+        return deepen(model, after=after, n=args["n"], example_inputs=inputs, verify=False)
+    raise CheckpointError(f"unknown step {step.op!r}; a newer autogrow wrote this checkpoint?")
 
 
 def _example_inputs(model: nn.Module, spec: Any) -> tuple[torch.Tensor, ...] | None:
