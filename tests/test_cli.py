@@ -99,6 +99,11 @@ def test_user_errors_print_one_line_and_exit_2(args, message, capsys):
     assert "Traceback" not in err and err.count("\n") == 1
 
 
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "inspect" in capsys.readouterr().out
+
+
 def test_debug_shows_the_exception():
     with pytest.raises(autogrow.InvalidArgumentError, match="factor must be"):
         cli.main(["--debug", "widen", "models:MLP", "--factor", "0.5"])
