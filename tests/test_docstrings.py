@@ -83,3 +83,20 @@ def test_doctests_pass(module_name: str) -> None:
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} doctest example(s) failed in {module_name}"
+
+
+def test_api_page_extension_fences_doctest_blocks() -> None:
+    """docs/hooks/doctest_blocks.py turns bare ``>>>`` runs into code blocks for mkdocstrings."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "hooks" / "doctest_blocks.py"
+    spec = importlib.util.spec_from_file_location("doctest_blocks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "Words.\n\n>>> 1 + 1\n2\n\nMore.\n\n```python\n>>> inside a fence\n```"
+    assert module.fence_doctests(text).split("\n") == [
+        "Words.", "", "```pycon", ">>> 1 + 1", "2", "```", "", "More.", "",
+        "```python", ">>> inside a fence", "```",
+    ]  # fmt: skip
