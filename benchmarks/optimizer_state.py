@@ -6,8 +6,9 @@ repository root) trains a small model for ``--before`` steps, widens it x2 with
 
 * **grown**: the optimizer widen returns (state grown as in docs/training-state.md);
 * **fresh**: a new optimizer of the same class and hyperparameters, empty state (step 0);
-* **like weights**: an ablation, the state grown with the *weights'* formula (outgoing axes take
-  the shares, rows copied), the other reading of "divide along outgoing axes";
+* **other rule**: an ablation, each state entry grown with the rule autogrow does *not* use
+  for it: SGD's momentum like a gradient (the share on the replicated axis), Adam's moments like
+  the weights (the share on the outgoing axis);
 * **not grown**: the small model simply continues (a reference for the loss trend).
 
 Every variant sees the same minibatches after growth. The loss printed is the mean
@@ -41,7 +42,7 @@ from autogrow.transforms import optimizer as optimizer_module
 from autogrow.transforms.widen import grow_tensor
 
 CHECKPOINTS = (0, 1, 2, 3, 5, 10, 20, 30, 50, 100)  # steps after growth where the loss is measured
-VARIANTS = ("grown", "fresh", "like weights", "not grown")
+VARIANTS = ("grown", "fresh", "other rule", "not grown")
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +99,13 @@ def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return F.cross_entropy(model(x), y).item()
 
 
-def state_like_weights():
-    """Patch optimizer growth to map moments like weights (the ablation)."""
+def other_rule():
+    """Patch optimizer growth to swap the two rules (the ablation)."""
 
-    def like_weights(t, axes, *, power=1, gradient=False):
-        return grow_tensor(t, axes, power=power, gradient=False)
+    def swapped(t, axes, *, power=1, gradient=False):
+        return grow_tensor(t, axes, power=power, gradient=not gradient)
 
-    return mock.patch.object(optimizer_module, "grow_tensor", like_weights)
+    return mock.patch.object(optimizer_module, "grow_tensor", swapped)
 
 
 def run(task: str, opt_name: str, seed: int, before: int, after: int) -> dict[str, list[float]]:
@@ -126,8 +127,8 @@ def run(task: str, opt_name: str, seed: int, before: int, after: int) -> dict[st
     runs["grown"] = autogrow.widen(model, 2.0, optimizer=opt, example_inputs=example, seed=seed)
     wide = copy.deepcopy(runs["grown"][0])
     runs["fresh"] = (wide, _fresh_like(opt, wide))
-    with state_like_weights():
-        runs["like weights"] = autogrow.widen(
+    with other_rule():
+        runs["other rule"] = autogrow.widen(
             model, 2.0, optimizer=opt, example_inputs=example, seed=seed
         )
     small = copy.deepcopy(model)
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--before", type=int, default=300)
     parser.add_argument("--after", type=int, default=100)
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     args = parser.parse_args()
     torch.set_num_threads(1)  # more threads only contend on a shared 2-core machine
     marks = [c for c in CHECKPOINTS if c <= args.after]
@@ -172,7 +174,7 @@ def main() -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     start = time.perf_counter()
-    for task in TASKS:
+    for task in args.tasks:
         for opt_name in OPTIMIZERS:
             per_seed = [run(task, opt_name, s, args.before, args.after) for s in args.seeds]
             for variant in VARIANTS:

@@ -1,10 +1,12 @@
 """widen(optimizer=): the optimizer state grows with the model (docs/training-state.md).
 
-Formulas pinned here: along an axis whose units were replicated (rows copied) a replica's first
-moment is its outgoing share ``s`` times the old one and its second moment ``s**2`` times;
-along an axis contracted with replicated units (where the weight took the share) moments are
-copied; step counts are kept. The vision and transformer tests check the reason for these
-formulas: a moment grown this way equals what the grown model's own gradient gives.
+Formulas pinned here: Adam's moments grow like gradients: along an axis whose units were
+replicated (rows copied) a replica's first moment is its outgoing share ``s`` times the old one
+and its second moment ``s**2`` times; along an axis contracted with replicated units (where the
+weight took the share) they are copied; step counts are kept. SGD's momentum buffer grows like
+the weights (the share on the contracted axis). The vision and transformer tests check the
+reasons: Adam's grown moments equal what the grown model's own gradient gives, and stepping
+along the grown momentum gives the same function as stepping the old model along its own.
 """
 
 from __future__ import annotations
@@ -71,16 +73,23 @@ def _known_mappings() -> dict[str, list[AxisMap]]:
     }
 
 
-def _expected_copy_axis(t: torch.Tensor, power: int) -> torch.Tensor:
-    """Rows of fc1's state: [r0, (1/4)^p r1, r2, (3/4)^p r1]."""
-    return torch.stack(
-        [t[0], 0.25**power * t[1], t[2], 0.75**power * t[1]]
-    )  # written out, not indexed through SOURCE
+def _rows(t: torch.Tensor, power: int) -> torch.Tensor:
+    """[r0, (1/4)^p r1, r2, (3/4)^p r1] (p=0: copied rows); written out, not via SOURCE."""
+    return torch.stack([t[0], 0.25**power * t[1], t[2], 0.75**power * t[1]])
 
 
-def _expected_reduce_axis(t: torch.Tensor) -> torch.Tensor:
-    """Columns of fc2's state: copied, [c0, c1, c2, c1]."""
-    return torch.stack([t[:, 0], t[:, 1], t[:, 2], t[:, 1]], dim=1)
+def _columns(t: torch.Tensor, power: int) -> torch.Tensor:
+    """[c0, (1/4)^p c1, c2, (3/4)^p c1] (p=0: copied columns)."""
+    return torch.stack([t[:, 0], 0.25**power * t[:, 1], t[:, 2], 0.75**power * t[:, 1]], dim=1)
+
+
+def _expected(name: str, key: str, t: torch.Tensor) -> torch.Tensor:
+    if name == "2.bias":
+        return t  # not widened
+    if key == "momentum_buffer":  # like the weights: fc1 rows copied, fc2 columns x share
+        return _rows(t, 0) if name.startswith("0.") else _columns(t, 1)
+    power = 2 if key.endswith("_sq") else 1  # like gradients: fc1 rows x share^p, fc2 copied
+    return _rows(t, power) if name.startswith("0.") else _columns(t, 0)
 
 
 @pytest.mark.parametrize(
@@ -116,13 +125,7 @@ def test_hand_computed_state_for_a_known_mapping(make_opt):
                 assert torch.equal(after[key], value)  # step counts kept
                 assert after[key] is not value
                 continue
-            power = 2 if key.endswith("_sq") else 1
-            expected = {
-                "0.weight": lambda t, pw=power: _expected_copy_axis(t, pw),
-                "0.bias": lambda t, pw=power: _expected_copy_axis(t, pw),
-                "2.weight": _expected_reduce_axis,
-                "2.bias": lambda t: t,
-            }[name](value)
+            expected = _expected(name, key, value)
             assert after[key].shape == q.shape
             torch.testing.assert_close(after[key], expected, rtol=1e-6, atol=0)
 
@@ -197,18 +200,18 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_grown_state_equals_the_grown_models_own_gradient(case, kind):
+def _case(case: str) -> tuple[nn.Module, torch.Tensor, dict]:
     factory, x, options = CASES[case]
     built = factory()
     model, x = built if isinstance(built, tuple) else (built, x)
     x = x[0] if isinstance(x, tuple) else x
-    model.eval()  # BatchNorm: gradients without running-statistics updates
-    if kind == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(0.8, 0.9), weight_decay=0)
+    return model.eval(), x, options  # eval: BatchNorm gives gradients without stat updates
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grown_adam_moments_equal_the_grown_models_own_gradient(case):
+    model, x, options = _case(case)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(0.8, 0.9), weight_decay=0)
     _one_zero_lr_step(model, opt, x)
 
     wide, new_opt = autogrow.widen(
@@ -220,13 +223,9 @@ def test_grown_state_equals_the_grown_models_own_gradient(case, kind):
     for name, q in wide.named_parameters():
         state = new_opt.state[q]
         g = grads[name]
-        if kind == "sgd":
-            assert state.keys() == {"momentum_buffer"}
-            moments = [(state["momentum_buffer"], g)]  # first step: the buffer is the gradient
-        else:
-            assert state.keys() == ADAM_KEYS
-            assert torch.equal(state["step"], torch.tensor(1.0))
-            moments = [(state["exp_avg"], 0.2 * g), (state["exp_avg_sq"], 0.1 * g * g)]
+        assert state.keys() == ADAM_KEYS
+        assert torch.equal(state["step"], torch.tensor(1.0))
+        moments = [(state["exp_avg"], 0.2 * g), (state["exp_avg_sq"], 0.1 * g * g)]
         nonzero += bool(g.abs().max() > 0)
         for moment, expected in moments:
             assert moment.shape == q.shape, name
@@ -235,6 +234,28 @@ def test_grown_state_equals_the_grown_models_own_gradient(case, kind):
         grown += q.shape != model.get_parameter(name).shape
     assert grown > 0
     assert nonzero == len(grads)  # every comparison is between non-trivial tensors
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_stepping_along_the_grown_momentum_moves_the_function_as_before(case):
+    model, x, options = _case(case)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    _one_zero_lr_step(model, opt, x)  # the buffer is now this batch's gradient
+    wide, new_opt = autogrow.widen(
+        model, 2.0, optimizer=opt, example_inputs=(x,), seed=0, **options
+    )
+    eps = 2.0
+    with torch.no_grad():
+        before = model(x)
+        for p in model.parameters():
+            p.sub_(eps * opt.state[p]["momentum_buffer"])
+        for q in wide.parameters():
+            assert new_opt.state[q]["momentum_buffer"].shape == q.shape
+            q.sub_(eps * new_opt.state[q]["momentum_buffer"])
+        moved, wide_moved = model(x), wide(x)
+    change = (moved - before).abs().max().item()
+    assert change > 1e-2 * before.abs().max().item()  # the step really changes the function
+    assert (wide_moved - moved).abs().max().item() <= 1e-4 * moved.abs().max().item()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,13 +1,15 @@
 """Growing an optimizer's state with the model: the same unit mapping as the weights.
 
-After Net2WiderNet the wide model's gradient at the growth point is the old gradient mapped
-*dually* to the weights (see ``docs/training-state.md``): along an axis whose units were
-replicated (rows copied, ``copy``) each replica's gradient is the old one times the replica's
-outgoing share ``s``; along an axis contracted with replicated units (``reduce``, where the weight
-itself was multiplied by ``s``) the gradient is copied unchanged. Optimizer state made of running
-averages of gradients is grown the same way, so it stays consistent with the gradients that
-training produces next: first moments (SGD ``momentum_buffer``, Adam ``exp_avg``) take ``s``,
-second moments (``exp_avg_sq``, ``max_exp_avg_sq``) take ``s²``; step counts are kept.
+Two kinds of state (derivation and measurements in ``docs/training-state.md``):
+
+* SGD's ``momentum_buffer`` is a velocity (the step is ``-lr * buffer``): it is grown like the
+  weights (copied along axes whose units were replicated, times the replica's outgoing share
+  ``s`` along axes contracted with them), so the grown model keeps moving as the old one did.
+* Adam's moments are gradient statistics (the step ``exp_avg / sqrt(exp_avg_sq)`` ignores their
+  scale) that get mixed with the grown model's next gradients, which are the old gradients mapped
+  *dually* to the weights: times ``s`` along replicated axes, copied along contracted ones. So
+  ``exp_avg`` takes ``s`` and ``exp_avg_sq``/``max_exp_avg_sq`` take ``s²`` along the
+  replicated axes, and are copied along the contracted ones. Step counts are kept.
 """
 
 from __future__ import annotations
@@ -22,34 +24,41 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from .widen import AxisMap, grow_tensor
 
-# Per supported optimizer class: state entry -> power of the shares (None: copied as is).
-STATE_POWERS: dict[type[torch.optim.Optimizer], dict[str, int | None]] = {
-    torch.optim.SGD: {"momentum_buffer": 1},
-    torch.optim.Adam: {"step": None, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2},
-    torch.optim.AdamW: {"step": None, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2},
+Rule = tuple[int, bool] | None  # (power of the shares, grown like a gradient); None: copied
+_ADAM: dict[str, Rule] = {
+    "step": None,
+    "exp_avg": (1, True),
+    "exp_avg_sq": (2, True),
+    "max_exp_avg_sq": (2, True),
+}
+# Per supported optimizer class: how each state entry grows.
+STATE_RULES: dict[type[torch.optim.Optimizer], dict[str, Rule]] = {
+    torch.optim.SGD: {"momentum_buffer": (1, False)},  # a velocity: grown like the weights
+    torch.optim.Adam: _ADAM,
+    torch.optim.AdamW: _ADAM,
 }
 
 
 def check_optimizer(
     optimizer: torch.optim.Optimizer, model: nn.Module | Mapping[str, torch.Tensor] | None = None
-) -> dict[str, int | None]:
+) -> dict[str, Rule]:
     """Raise :class:`~autogrow.InvalidArgumentError` unless autogrow can grow ``optimizer``
     (over parameters of ``model``, when given).
 
-    Returns the powers of the shares for each state entry of its class.
+    Returns how each state entry of its class grows: (power of the shares, like a gradient).
 
     >>> import torch
     >>> p = torch.nn.Parameter(torch.zeros(2))
     >>> check_optimizer(torch.optim.SGD([p], lr=0.1, momentum=0.9))
-    {'momentum_buffer': 1}
+    {'momentum_buffer': (1, False)}
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise InvalidArgumentError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    powers = STATE_POWERS.get(type(optimizer))
+    powers = STATE_RULES.get(type(optimizer))
     if powers is None:
-        supported = ", ".join(f"torch.optim.{c.__name__}" for c in STATE_POWERS)
+        supported = ", ".join(f"torch.optim.{c.__name__}" for c in STATE_RULES)
         raise InvalidArgumentError(
             f"cannot grow the state of a {type(optimizer).__module__}."
             f"{type(optimizer).__qualname__} optimizer: autogrow knows the state of {supported} "
@@ -101,9 +110,8 @@ def grow_optimizer(
     ``named_parameters(remove_duplicate=False)`` taken before an in-place change) and replaced by
     the parameter of that name in ``new``. Param groups keep their hyperparameters and order;
     parameters that are not in ``optimizer`` stay out of the new one. State entries are grown
-    with ``mappings[name]`` (first moments with the shares, second moments with their squares,
-    along the axes whose units were replicated; see the module docstring) or, for parameters
-    without a mapping, cloned. ``optimizer`` itself is left untouched.
+    with ``mappings[name]`` as the module docstring says or, for parameters without a mapping,
+    cloned. ``optimizer`` itself is left untouched.
 
     Args:
         optimizer: a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over parameters of ``old``.
@@ -160,12 +168,13 @@ def grow_optimizer(
     return result
 
 
-def _grow_entry(value: object, axes: Sequence[AxisMap], power: int | None) -> object:
+def _grow_entry(value: object, axes: Sequence[AxisMap], rule: Rule) -> object:
     if not isinstance(value, torch.Tensor):
         return copy.deepcopy(value)  # e.g. momentum_buffer=None before the first step
-    if power is None or not axes or value.ndim == 0:
+    if rule is None or not axes or value.ndim == 0:
         return value.detach().clone()
-    return grow_tensor(value.detach(), axes, power=power, gradient=True)
+    power, gradient = rule
+    return grow_tensor(value.detach(), axes, power=power, gradient=gradient)
 
 
 def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict[str, object]:
