@@ -280,7 +280,7 @@ def fmt(hit: dict | None, key: str, minus: int = 0) -> str:
     return "not reached" if hit is None else f"{hit[key] - minus:.0f}"
 
 
-def print_table(rows: list[dict], grow_at: int, steps: int) -> None:
+def print_table(rows: list[dict], grow_at: int) -> None:
     print(f"\nsteps to the wide-from-scratch final validation loss (growth at step {grow_at})")
     head = (
         "seed  target  scratch steps  grown steps (after growth)  scratch s  grown s  "
@@ -344,22 +344,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grow-at", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=FIGURES / "gpt2_growth.png")
+    parser.add_argument("--report", type=Path, help="a saved gpt2_growth.json: only report it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="transformers")
 
+    out = RESULTS / "gpt2_growth.json"
+    if args.report is not None:  # tables and figure again from a saved run, no training
+        saved = json.loads(args.report.read_text())
+        report(saved["results"], int(saved["meta"]["args"]["grow_at"]), args.figure)
+        return
     docs = stdlib_docstrings()
     train_data, val = byte_streams(docs)
     print(
         f"corpus: {len(docs)} stdlib docstrings (Python {platform.python_version()}): "
         f"{train_data.numel()} training bytes, {val.numel()} validation bytes"
     )
-    results = [one_seed(s, args.steps, args.grow_at, train_data, val) for s in args.seeds]
-    rows = [summarise(r, args.grow_at) for r in results]
-    print_table(rows, args.grow_at, args.steps)
-    plot(results, args.grow_at, args.figure)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "gpt2_growth.json"
     meta = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -367,8 +367,20 @@ def main(argv: list[str] | None = None) -> None:
         "val_bytes": val.numel(),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows, "results": results}, indent=1))
-    print(f"wrote {out}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        results.append(one_seed(seed, args.steps, args.grow_at, train_data, val))
+        # after every seed, so that an interrupted run keeps what it measured
+        out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        print(f"  wrote {out} (--report {out} redraws the table and figure)", flush=True)
+    report(results, args.grow_at, args.figure)
+
+
+def report(results: list[dict], grow_at: int, figure: Path) -> None:
+    """Print the table and draw the figure for the runs of one or more seeds."""
+    print_table([summarise(r, grow_at) for r in results], grow_at)
+    plot(results, grow_at, figure)
 
 
 if __name__ == "__main__":
