@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..integrations.transformers import freeze_head_sizes, is_hf_model
+from ..integrations.transformers import constrain, is_hf_model
 from ..rules import RuleRegistry, default_registry
 from ..tracing import prepare_inputs, trace
 from ..tracing.trace import trace_export
@@ -55,7 +55,7 @@ def analyze_traced(
             alternative.traced.reference_output = traced.reference_output
             analysis = alternative
     if is_hf_model(model):
-        freeze_head_sizes(analysis)
+        constrain(analysis, model)
     return WidthGraph(analysis)
 
 

@@ -62,14 +62,58 @@ def inference_settings(model: nn.Module) -> Iterator[None]:
             config.use_cache = old
 
 
-def freeze_head_sizes(analysis: Any) -> None:
-    """A transformers config has one head size for queries, keys and values: keep it."""
+def constrain(analysis: Any, model: nn.Module) -> None:
+    """What a transformers config can describe, stated on the width graph's axes.
+
+    * One head size for queries, keys and values: value head sizes stay.
+    * Where the config derives the head size from the hidden size (BERT, GPT-2, ViT: doubling
+      the head count alone changes no parameter shape), heads and hidden size must grow by the
+      same integer factor (a ratio tie), so ×1.5 keeps both and widens the FFN.
+    """
+    store = analysis.store
     for axes in analysis.attention:
-        analysis.store.freeze(
+        store.freeze(
             axes.v_dim,
             f"per-head value size at attention in module '{axes.module}' "
             "(a transformers config describes one head_dim)",
         )
+    if not analysis.attention or not _head_size_derived(model):
+        return
+    hidden = _residual_atom(analysis)
+    if hidden is None:
+        return
+    for axes in analysis.attention:
+        for atom in store.leaf_atoms(axes.heads):
+            store.ratio_ties.add_edge(
+                atom.id, hidden.id, why=f"{type(model.config).__name__} head size = hidden / heads"
+            )
+
+
+def _head_size_derived(model: nn.Module) -> bool:
+    config = model.config
+    fields = [k for k in HEAD_COUNTS if type(getattr(config, k, None)) is int]
+    if not fields or any(type(getattr(config, k, None)) is int for k in HEAD_SIZES):
+        return False
+    probe = copy.deepcopy(config)
+    setattr(probe, fields[0], getattr(config, fields[0]) * 2)
+    try:
+        return _shapes(_build_on_meta(model, probe)) == _shapes(_build_on_meta(model, config))
+    except Exception:  # noqa: BLE001 - the doubled count does not divide the hidden size
+        return False
+
+
+def _residual_atom(analysis: Any) -> Any:
+    """The residual stream: the normalised (uniform) atom that the most parameter axes use."""
+    store = analysis.store
+    counts: dict[int, int] = {}
+    for info in analysis.params.values():
+        for term in info.terms:
+            for atom in store.leaf_atoms(term):
+                if store.info(atom).uniform and store.info(atom).frozen is None:
+                    counts[atom.id] = counts.get(atom.id, 0) + 1
+    if not counts:
+        return None
+    return store.atom(max(counts, key=counts.__getitem__))
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -152,16 +196,21 @@ def grown_config(
     check = copy.deepcopy(config)
     for name, value in changes.items():
         setattr(check, name, value)
-    built = _shapes(_build_on_meta(model, check))
-    wrong = [k for k, s in new_shapes.items() if k in built and built[k] != s]
-    if wrong:
+    try:
+        built = _shapes(_build_on_meta(model, check))
+    except Exception as e:  # noqa: BLE001 - the config class rejects the combination
+        why = f"{type(config).__name__} rejects {changes}: {type(e).__name__}: {e}"
+    else:
+        wrong = [k for k, s in new_shapes.items() if k in built and built[k] != s]
+        if not wrong:
+            return changes
         shown = ", ".join(f"{k} {tuple(new_shapes[k])} vs {built[k]}" for k in wrong[:3])
-        raise ConstraintError(
-            f"no {type(config).__name__} describes the widened {type(model).__name__}: with "
-            f"{changes or 'no changes'} the config builds different shapes ({shown}). Widen "
-            "every layer by the same factor (a float factor does) so one config fits."
-        )
-    return changes
+        why = f"with {changes or 'no changes'} the config builds different shapes ({shown})"
+    raise ConstraintError(
+        f"no {type(config).__name__} describes the widened {type(model).__name__}: {why}. "
+        "Use an integer factor, or a dict of widths that grows every layer alike (see "
+        "autogrow.analyze(model) for the groups)."
+    )
 
 
 def apply_config(model: nn.Module, changes: dict[str, int]) -> Callable[[], None]:
@@ -199,3 +248,66 @@ def _is_size(value: Any) -> bool:
     if type(value) in (int, float):
         return True
     return type(value) is tuple and all(type(v) is int for v in value)
+
+
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers")
+
+
+def layer_stacks(model: nn.Module) -> dict[str, str]:
+    """The layer stacks of a transformers model: ``nn.ModuleList`` name → the config field
+    that states its length (an empty dict for other models)."""
+    if not is_hf_model(model):
+        return {}
+    counts = {k: v for k, v in _int_fields(model.config).items() if k in LAYER_COUNTS}
+    stacks: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.ModuleList) or not len(m):
+            continue
+        if len({type(layer) for layer in m}) != 1 or any(name.startswith(f"{s}.") for s in stacks):
+            continue
+        field = next((k for k, v in counts.items() if v == len(m)), None)
+        if field is not None:
+            stacks[name] = field
+    return stacks
+
+
+def sync_layer_count(
+    model: nn.Module, stacks: dict[str, str], inserted: list[tuple[str, int | None, int]]
+) -> Callable[[], None]:
+    """After ``n`` layers were inserted at ``index`` of ``container`` (for each entry) of the
+    ``stacks`` found before insertion (:func:`layer_stacks`): set the config's layer count, the
+    per-layer config lists (``layer_types``) and each layer's ``layer_idx`` (caches and masks
+    index by it). Returns an undo function."""
+    config = getattr(model, "config", None)
+    undo: list[tuple[Any, str, Any]] = []
+
+    def put(obj: Any, attr: str, value: Any) -> None:
+        undo.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    by_stack: dict[str, list[tuple[int, int]]] = {}
+    for container, index, n in inserted:
+        if index is not None:
+            by_stack.setdefault(container, []).append((index, n))
+    for container, field in stacks.items():
+        layers = model.get_submodule(container)
+        if container not in by_stack:
+            continue
+        old_count = getattr(config, field)
+        sources = list(range(old_count))
+        for index, n in sorted(by_stack[container], reverse=True):
+            sources[index:index] = [index - 1] * n
+        put(config, field, len(layers))
+        for attr, value in list(vars(config).items()):
+            if isinstance(value, list) and len(value) == old_count and not attr.startswith("_"):
+                put(config, attr, [value[i] for i in sources])
+        for i, layer in enumerate(layers):
+            for m in layer.modules():
+                if type(getattr(m, "layer_idx", None)) is int and m.layer_idx != i:
+                    put(m, "layer_idx", i)
+
+    def restore() -> None:
+        for obj, attr, value in reversed(undo):
+            setattr(obj, attr, value)
+
+    return restore

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..checkpoint.recipe import record_step
 from ..errors import InvalidArgumentError, UnsupportedOpError
+from ..integrations.transformers import layer_stacks, sync_layer_count
 from ..tracing import eval_mode, prepare_inputs
 from ..verify import verify as verify_outputs
 from .identity import identity_batchnorm, identity_conv, identity_linear, identity_prelu
@@ -185,8 +186,16 @@ def _block_candidate(model: nn.Module, name: str, rec: _Record) -> bool:
     if not any(True for _ in module.children()) or not any(True for _ in module.parameters()):
         return False
     x = call.args[0] if call.args else None
-    y = call.output
+    y = _hidden(call.output)
     return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+
+
+def _hidden(output: Any) -> Any:
+    """A block's output, or the first element of a tuple (transformers layers return
+    ``(hidden_states, ...)``)."""
+    if isinstance(output, tuple) and output and not hasattr(output, "_fields"):
+        return output[0]
+    return output
 
 
 def _zero_branch(block: nn.Module, names: Sequence[str]) -> None:
@@ -199,7 +208,7 @@ def _zero_branch(block: nn.Module, names: Sequence[str]) -> None:
             m.weight.zero_()
             if m.bias is not None:
                 m.bias.zero_()
-            width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            width = _out_width(m)
             for _, nxt in modules[index[name] + 1 :]:
                 if any(True for _ in nxt.children()):
                     continue
@@ -209,6 +218,17 @@ def _zero_branch(block: nn.Module, names: Sequence[str]) -> None:
                     if getattr(nxt, "running_mean", None) is not None:
                         nxt.running_mean.zero_()
                 break
+
+
+def _is_branch_end(m: nn.Module) -> bool:
+    """A Linear/Conv, or transformers' Conv1D (a Linear whose weight is stored transposed)."""
+    return isinstance(m, _PARAMETRIC) or (hasattr(m, "nf") and hasattr(m, "weight"))
+
+
+def _out_width(m: nn.Module) -> int:
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    return m.nf if hasattr(m, "nf") else m.out_channels  # type: ignore[return-value]
 
 
 def _norm_width(m: nn.Module) -> int:
@@ -222,12 +242,17 @@ def _norm_width(m: nn.Module) -> int:
 def _identity_error(block: nn.Module, zero: Sequence[str], call: _Call) -> float:
     trial = copy.deepcopy(block)
     _zero_branch(trial, zero)
-    y = call.output
+    y = _hidden(call.output)
     try:
         with eval_mode(trial), torch.no_grad():
             out = trial(y, *call.args[1:], **call.kwargs)
     except Exception:  # noqa: BLE001 - a block that cannot take its own output is not usable
         return float("inf")
+    if isinstance(call.output, tuple) and isinstance(out, tuple) and len(out) == len(call.output):
+        # the other outputs (a position bias passed along) must come out unchanged too
+        if any(_differs(a, b) for a, b in zip(out[1:], call.output[1:])):
+            return float("inf")
+    out = _hidden(out)
     if not isinstance(out, torch.Tensor) or out.shape != y.shape:
         return float("inf")
     scale = y.abs().max().item()
@@ -235,18 +260,29 @@ def _identity_error(block: nn.Module, zero: Sequence[str], call: _Call) -> float
     return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape != b.shape or not torch.equal(a, b)
+    return type(a) is not type(b)
+
+
 def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
     """The branch-ending Linear/Convs whose zeroing makes ``block`` the identity, or None."""
-    candidates = [n for n, m in block.named_modules() if isinstance(m, _PARAMETRIC)]
+    candidates = [n for n, m in block.named_modules() if _is_branch_end(m)]
     chosen: list[str] = []
     current = _identity_error(block, chosen, call)
-    for name in reversed(candidates):
-        if current <= _BLOCK_TOL:
-            break
-        err = _identity_error(block, [*chosen, name], call)
-        if err < current * (1 - 1e-3):
-            chosen.append(name)
-            current = err
+    improved = True
+    while improved and current > _BLOCK_TOL:  # again: one zeroing can help only after another
+        improved = False
+        for name in reversed(candidates):
+            if current <= _BLOCK_TOL:
+                break
+            if name in chosen:
+                continue
+            err = _identity_error(block, [*chosen, name], call)
+            if err < current * (1 - 1e-3):
+                chosen.append(name)
+                current, improved = err, True
     if current > _BLOCK_TOL:
         return None
     if not chosen:  # already the identity (a zeroed copy, zero_init_residual): copy as is
@@ -258,8 +294,15 @@ def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
     return tuple(sorted(chosen, key=candidates.index))
 
 
-def _block_point(model: nn.Module, name: str, rec: _Record) -> InsertionPoint | None:
-    zero = _zero_set(model, name, rec)
+def _block_point(
+    model: nn.Module, name: str, rec: _Record, *, outermost: bool = False
+) -> InsertionPoint | None:
+    """``outermost``: a transformers layer is a block even though it holds residual blocks
+    (its attention and MLP sublayers), because the model's config counts layers."""
+    if outermost and _block_candidate(model, name, rec):
+        zero = _find_zero_set(model.get_submodule(name), rec.calls[name])
+    else:
+        zero = _zero_set(model, name, rec)
     if zero is None:
         return None
     block = model.get_submodule(name)
@@ -533,8 +576,11 @@ def deepen(
     inputs = prepare_inputs(model, example_inputs)
     rec = _Record(model, inputs)
     plans = _default_plans(model, rec) if targets is None else _plans(model, rec, targets)
+    stacks = layer_stacks(model)
     result = model if inplace else copy.deepcopy(model)
     undo = _apply(result, plans, n)
+    inserted = [(p.container, p.index, n) for p in plans if p.point.kind == "block"]
+    undo = _then(sync_layer_count(result, stacks, inserted), undo)
     if verify:
         try:
             verify_outputs(result, inputs, rec.output, what="deepened")
@@ -545,6 +591,14 @@ def deepen(
     after_arg = [[p.point.where, p.point.kind] for p in plans]
     record_step(model, result, "deepen", {"after": after_arg, "n": n}, inputs)
     return result
+
+
+def _then(first: Any, second: Any) -> Any:
+    def undo() -> None:
+        first()
+        second()
+
+    return undo
 
 
 def _normalise_after(after: Any) -> list[str | InsertionPoint] | None:
@@ -607,7 +661,9 @@ def _plan_for(model: nn.Module, rec: _Record, name: str, module: nn.Module, kind
         elif name and _block_candidate(model, name, rec):
             block_name = name
         if block_name is not None:
-            point = _block_point(model, block_name, rec)
+            stacks = layer_stacks(model)
+            outermost = name in stacks or name.rpartition(".")[0] in stacks
+            point = _block_point(model, block_name, rec, outermost=outermost)
             if point is not None:
                 return _block_plan(model, block_name, point)
         if kind == "block":
@@ -658,6 +714,22 @@ def _block_plan(model: nn.Module, block_name: str, point: InsertionPoint) -> _Pl
 
 def _default_plans(model: nn.Module, rec: _Record) -> list[_Plan]:
     plans = []
+    stacks = layer_stacks(model)
+    for stack in stacks:  # transformers: after the last layer of each stack
+        last = f"{stack}.{len(model.get_submodule(stack)) - 1}"
+        point = _block_point(model, last, rec, outermost=True)
+        if point is not None:
+            plans.append(_block_plan(model, last, point))
+    if plans:
+        return plans
+    if stacks:  # identity layers elsewhere would leave a model its config cannot describe
+        raise UnsupportedOpError(
+            f"no layer of {type(model).__name__}'s {', '.join(stacks)} becomes the identity when "
+            "its output projections are zeroed, so a copied layer would change the function. "
+            "This is the case for post-LayerNorm layers (BERT, RoBERTa: LayerNorm(x + f(x))) "
+            "whose LayerNorm weights are no longer 1 and biases 0. Pass after=... to insert "
+            "identity layers instead (the config will not describe them)."
+        )
     for name in _run_ends(model, rec):
         point = _block_point(model, name, rec)
         if point is not None:
