@@ -206,3 +206,13 @@ def test_deepen_refuses_post_layernorm_layers_with_trained_norms(kind):
     model = _model(kind)  # LayerNorm weights and biases redrawn, as after training
     with pytest.raises(autogrow.UnsupportedOpError, match="post-LayerNorm"):
         autogrow.deepen(model, example_inputs=_inputs(kind))
+
+
+def test_inplace_widen_keeps_tied_embeddings_tied():
+    model = _model("gpt2")
+    x = _inputs("gpt2")
+    reference = _out(model, x)
+    grown = autogrow.widen(model, 2.0, example_inputs=x, inplace=True, seed=0)
+    assert grown is model and grown.config.n_embd == 128
+    assert grown.lm_head.weight is grown.transformer.wte.weight
+    assert relative_error(_out(grown, x), reference) < 1e-4

@@ -355,15 +355,20 @@ def _apply_copy(model: nn.Module, tensors: dict[str, torch.Tensor], attrs: list)
 
 def _apply_inplace(model: nn.Module, tensors: dict[str, torch.Tensor], attrs: list) -> tuple:
     originals = _named_tensors(model)
+    # Every name of a tied tensor (transformers' lm_head / wte) must get the new one.
+    aliases = {n: [a for a, t in originals.items() if t is originals[n]] for n in tensors}
     old_attrs = [(m, a, getattr(model.get_submodule(m), a)) for m, a, _ in attrs]
     for name, t in tensors.items():
-        _set(model, name, _new_value(model, name, t))
+        value = _new_value(model, name, t)
+        for alias in aliases[name]:
+            _set(model, alias, value)
     for module, attr, value in attrs:
         setattr(model.get_submodule(module), attr, value)
 
     def undo() -> None:
         for name in tensors:
-            _set(model, name, originals[name])
+            for alias in aliases[name]:
+                _set(model, alias, originals[name])
         for module, attr, value in old_attrs:
             setattr(model.get_submodule(module), attr, value)
 
