@@ -6,6 +6,7 @@ Optuna is imported when a command runs, not when the parser is built.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -68,17 +69,24 @@ def search_command(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(args.space)
-    run(
-        space,
-        args.trials,
-        storage=args.storage,
-        study_name=args.study,
-        run_dir=args.run_dir,
-        workers=args.workers,
-        from_scratch=args.from_scratch,
-        heartbeat=args.heartbeat,
-        progress=not args.no_progress,
-    )
+    try:
+        run(
+            space,
+            args.trials,
+            storage=args.storage,
+            study_name=args.study,
+            run_dir=args.run_dir,
+            workers=args.workers,
+            from_scratch=args.from_scratch,
+            heartbeat=args.heartbeat,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the running trials were queued again; run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
