@@ -33,11 +33,12 @@ def _finish_order(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(done, key=lambda t: (t.datetime_complete or t.datetime_start, t.number))
 
 
-def search_curve(study: optuna.Study) -> list[tuple[int, float]]:
+def search_curve(study: optuna.Study, *, children_only: bool = False) -> list[tuple[int, float]]:
     """(training steps spent by the whole search so far, best accuracy so far), per trial.
 
     Trials in the order they finished; every finished trial's ``train_steps`` count (pruned
-    and failed ones too), only completed trials' accuracies.
+    and failed ones too), only completed trials' accuracies (with ``children_only``, only
+    those of trials that grew a parent, not the roots).
 
     >>> search_curve(optuna.create_study())
     []
@@ -45,7 +46,9 @@ def search_curve(study: optuna.Study) -> list[tuple[int, float]]:
     total, best, out = 0, float("-inf"), []
     for t in _finish_order(study):
         total += int(t.user_attrs.get("train_steps", 0))
-        if t.state == TrialState.COMPLETE and "accuracy" in t.user_attrs:
+        if children_only and t.user_attrs.get("parent") is None:
+            pass
+        elif t.state == TrialState.COMPLETE and "accuracy" in t.user_attrs:
             best = max(best, float(t.user_attrs["accuracy"]))
         if best > float("-inf"):
             out.append((total, best))
