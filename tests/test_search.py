@@ -210,10 +210,10 @@ def test_max_params_fails_children_over_the_limit(tmp_path):
 
 def test_two_local_workers_complete_one_study_without_lost_or_duplicated_trials(tmp_path):
     space = load_space(write_space(tmp_path))
-    study = run(space, 6, run_dir=tmp_path / "run", workers=2, progress=False, summary=False)
+    study = run(space, 4, run_dir=tmp_path / "run", workers=2, progress=False, summary=False)
     trials = study.get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == len(trials)
-    assert 6 <= len(trials) <= 7  # at most one extra trial per worker at the very end
+    assert 4 <= len(trials) <= 5  # at most one extra trial per worker at the very end
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     arts = [t.user_attrs["checkpoint"] for t in trials]
     assert len(set(arts)) == len(arts)
@@ -223,11 +223,11 @@ def test_two_local_workers_complete_one_study_without_lost_or_duplicated_trials(
 
 
 def test_resume_after_ctrl_c_finishes_the_study_and_retries_the_interrupted_trial(tmp_path):
-    space_file = write_space(tmp_path, delay=0.15, epochs=2)
+    space_file = write_space(tmp_path, delay=0.15, epochs=3)
     run_dir = tmp_path / "run"
     code = f"""
         from autogrow.search import load_space, run
-        run(load_space({str(space_file)!r}), 4, run_dir={str(run_dir)!r}, progress=False,
+        run(load_space({str(space_file)!r}), 3, run_dir={str(run_dir)!r}, progress=False,
             summary=False)
     """
     proc = subprocess.Popen(python(code), env=env())
@@ -237,6 +237,7 @@ def test_resume_after_ctrl_c_finishes_the_study_and_retries_the_interrupted_tria
             if not (run_dir / "run.json").is_file() or not (run_dir / "journal.log").is_file():
                 return False
             t = by_number(open_study(run_dir)).get(1)
+            # after epoch 1 of 3: at least one more epoch (~1 s) to interrupt
             return t is not None and t.state == TrialState.RUNNING and "progress" in t.user_attrs
 
         wait_for(training_second_trial, 120, "trial 1 to finish its first epoch")
@@ -252,15 +253,19 @@ def test_resume_after_ctrl_c_finishes_the_study_and_retries_the_interrupted_tria
     assert resumed.returncode == 0
     study = open_study(run_dir)
     trials = by_number(study)
-    assert counts(study)["finished"] == 4
+    assert counts(study)["finished"] == 3
     retry = [trials[n] for n in retried_by(study)[1]]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].user_attrs["resumed_at_epoch"] == 1  # from trial 1's epoch checkpoint
+    # resumed from trial 1's last epoch checkpoint
+    assert (
+        retry[0].user_attrs["resumed_at_epoch"] == trials[1].user_attrs["progress"]["epochs_done"]
+    )
+    assert retry[0].user_attrs["resumed_at_epoch"] >= 1
     assert retry[0].params == trials[1].params
     assert retry[0].user_attrs["parent"] == trials[1].user_attrs["parent"]
     assert [t.state for t in trials.values()].count(TrialState.FAIL) == 1
     config = json.loads((run_dir / "run.json").read_text())
-    assert config["n_trials"] == 4
+    assert config["n_trials"] == 3
 
 
 @pytest.mark.slow  # torchvision ResNet-18: tracing and growing it take ~20 s on 2 cores

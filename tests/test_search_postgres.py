@@ -45,7 +45,7 @@ def postgres_url():
 def test_postgres_workers_retry_the_trial_of_a_killed_worker(tmp_path, postgres_url):
     import optuna
 
-    space_file = write_space(tmp_path, delay=0.15, epochs=2)
+    space_file = write_space(tmp_path, delay=0.15, epochs=3)
     run_dir = tmp_path / "run"
     # Create the tables and the study once, before the workers race to do it.
     storage = make_storage(postgres_url, run_dir, heartbeat=1)
@@ -90,7 +90,11 @@ def test_postgres_workers_retry_the_trial_of_a_killed_worker(tmp_path, postgres_
     retries = [trials[n] for n in retried_by(study).get(dead[0].number, [])]
     assert len(retries) == 1, retries
     assert retries[0].state == TrialState.COMPLETE
-    assert retries[0].user_attrs["resumed_at_epoch"] == 1  # from the dead trial's checkpoint
+    # resumed from the dead trial's last epoch checkpoint
+    assert (
+        retries[0].user_attrs["resumed_at_epoch"] == dead[0].user_attrs["progress"]["epochs_done"]
+    )
+    assert retries[0].user_attrs["resumed_at_epoch"] >= 1
     assert retries[0].params == dead[0].params
     assert counts(study)["finished"] in (6, 7)  # two live workers: at most one extra at the end
     states = [t.state for t in trials.values()]
