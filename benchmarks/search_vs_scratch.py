@@ -149,6 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in results.items():
         ax.step(*zip(*r["curve"]), where="post", label=f"{name} search (best {r['best']:.4f})")
+    if s["child_curve"]:
+        ax.step(
+            *zip(*s["child_curve"]),
+            where="post",
+            color="C1",
+            ls="--",
+            label=f"scratch search, children only (best {s['best_child']:.4f})",
+        )
     ax.axhline(s["best"], color="0.6", ls=":", lw=1)
     ax.set(
         xlabel="training steps spent by the search",
