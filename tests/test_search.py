@@ -307,3 +307,19 @@ def test_cli_search_then_show_prints_the_best_architecture(tmp_path, capsys):
     # the same study name with --from-scratch: refused, the study was grown, not scratch
     assert main([*argv, "--no-progress", "--study", "tiny", "--from-scratch"]) == 2
     assert "was created with from_scratch=False" in capsys.readouterr().err
+
+
+def test_multi_objective_search_returns_accuracy_and_params_and_a_pareto_front(tmp_path):
+    space = tiny_space(objectives=("accuracy", "params"))
+    study = run(space, 4, run_dir=tmp_path / "run", progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    for t in trials:
+        assert t.values == [t.user_attrs["accuracy"], float(t.user_attrs["params"])]
+    front = {t.number for t in study.best_trials}
+    assert front and all(
+        not (u.values[0] >= t.values[0] and u.values[1] <= t.values[1] and u.values != t.values)
+        for t in study.best_trials
+        for u in trials
+    )
+    assert (tmp_path / "run" / "pareto.png").is_file()
