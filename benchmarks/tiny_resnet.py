@@ -6,13 +6,13 @@ tables and writes ``docs/figures/evidence_tiny_resnet.png`` and ``benchmarks/out
 The model: a 3x3 stride-2 stem, two torchvision ``BasicBlock``s at width ``w`` (14x14), a
 stride-2 ``BasicBlock`` to ``2w`` and one more at ``2w`` (7x7), global average pooling, a
 linear classifier. The teacher (``w = 8``) is trained for 3 epochs (SGD, momentum 0.9,
-lr 0.05, batch 64). Then, for the same number of steps (6 epochs):
+lr 0.02, batch 64). Then, for the same number of steps (6 epochs):
 
-* **scratch**: the wide model (``w = 16``) from a fresh initialisation, lr 0.05;
-* **net2wider**: ``autogrow.widen(teacher, 2.0)`` (the same architecture as scratch), lr 0.005;
-* **random-pad**: the fresh wide model with the teacher's weights in its leading slices, lr 0.005;
+* **scratch**: the wide model (``w = 16``) from a fresh initialisation, lr 0.02;
+* **net2wider**: ``autogrow.widen(teacher, 2.0)`` (the same architecture as scratch), lr 0.002;
+* **random-pad**: the fresh wide model with the teacher's weights in its leading slices, lr 0.002;
 * **net2deeper**: ``autogrow.deepen(teacher)`` (a zeroed copy of the last block of each stage),
-  lr 0.005, and **random-init** (the same, the new blocks re-initialised), lr 0.005.
+  lr 0.002, and **random-init** (the same, the new blocks re-initialised), lr 0.002.
 
 The number reported is the *step ratio*: the optimiser steps the grown student needs to reach
 (on the validation set, evaluated 4 times per epoch) the final accuracy of the wide model
@@ -49,7 +49,7 @@ TEACHER_WIDTH, STUDENT_WIDTH = 8, 16
 TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 6
 EVALS_PER_EPOCH = 4
 BATCH = 64
-LR_SCRATCH, LR_STUDENT = 0.05, 0.005
+LR_SCRATCH, LR_STUDENT = 0.02, 0.002
 
 
 class TinyResNet(nn.Module):
