@@ -50,7 +50,7 @@ def _stamp(args: argparse.Namespace, seeds: list[int], seconds: float, command: 
         f"*Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit} with "
         f"`{command}`: seeds {seeds}, {seconds / 60:.1f} min wall time on "
         f"{os.cpu_count()} CPU cores (torch threads: {torch.get_num_threads()}, load average "
-        f"{load:.1f} at the end; other jobs shared the machine), torch {torch.__version__}, "
+        f"{load:.1f} at the end), torch {torch.__version__}, "
         f"Python {platform.python_version()}.*"
     )
 
