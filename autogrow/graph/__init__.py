@@ -26,7 +26,23 @@ def analyze(
 
     The model is traced (torch.fx, or torch.export where fx cannot follow the code) and run
     once in eval mode on ``example_inputs`` for shapes; its parameters and training flags are
-    left as they were.
+    left as they were. Ops without a rule do not raise: they are listed in ``graph.blocked``
+    and the axes they touch are frozen.
+
+    Args:
+        model: the model to analyse.
+        example_inputs: the positional arguments of ``model.forward``, e.g. ``(x,)``. When
+            None, they are inferred from the first ``Conv1d/2d/3d`` (a ``1×C×224(×224)``
+            tensor), ``Linear`` (``1×in_features``) or ``Embedding`` (16 token ids).
+        registry: the rules to use; None means ``autogrow.default_registry``.
+
+    Returns:
+        The :class:`WidthGraph`: width groups, blocked ops and the axis graph.
+
+    Raises:
+        InvalidArgumentError: ``model`` is not an ``nn.Module`` or ``example_inputs`` not a tuple.
+        ExampleInputsError: no ``example_inputs`` and no entry layer to infer them from.
+        TracingError: neither torch.fx nor torch.export could trace the model on these inputs.
 
     >>> import torch, autogrow
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),

@@ -92,6 +92,23 @@ def widen(
             parameters with its state grown by the same mapping (docs/training-state.md).
             The given optimizer is left untouched, also with ``inplace=True``.
 
+    Returns:
+        The widened model (a deep copy, or ``model`` itself with ``inplace=True``) whose
+        parameters, buffers and size attributes (``in_features``, ``out_channels``,
+        ``num_features``, ``normalized_shape``, ``num_heads``, ...) are replaced; with
+        ``optimizer``, the pair ``(model, optimizer)``.
+
+    Raises:
+        InvalidArgumentError: a factor that is not a finite number > 1, an unknown
+            ``symmetry``, a negative ``noise``, a model that is not a module.
+        GroupNotFoundError: a dict key names neither a width group nor a module in one.
+        FrozenGroupError: a dict key names a frozen group (the message says why it is frozen).
+        ConstraintError: a width the group's constraints do not allow (uniform groups need
+            multiples, widths only grow), or nothing would change.
+        HardcodedSizeError: ``forward`` writes a size as a literal that widening would change.
+        VerificationError: the widened model differs from the original beyond the tolerance.
+        TracingError, ExampleInputsError: as for :func:`autogrow.analyze`.
+
     >>> import torch, autogrow
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> wide = autogrow.widen(net, 2.0, seed=0)
