@@ -29,6 +29,7 @@ from ..integrations.transformers import layer_stacks, sync_layer_count
 from ..tracing import eval_mode, prepare_inputs
 from ..verify import verify as verify_outputs
 from .identity import identity_batchnorm, identity_conv, identity_linear, identity_prelu
+from .widen import chain_undo
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PARAMETRIC = (nn.Linear, *_CONV_TYPES)
@@ -580,7 +581,7 @@ def deepen(
     result = model if inplace else copy.deepcopy(model)
     undo = _apply(result, plans, n)
     inserted = [(p.container, p.index, n) for p in plans if p.point.kind == "block"]
-    undo = _then(sync_layer_count(result, stacks, inserted), undo)
+    undo = chain_undo(sync_layer_count(result, stacks, inserted), undo)
     if verify:
         try:
             verify_outputs(result, inputs, rec.output, what="deepened")
@@ -591,14 +592,6 @@ def deepen(
     after_arg = [[p.point.where, p.point.kind] for p in plans]
     record_step(model, result, "deepen", {"after": after_arg, "n": n}, inputs)
     return result
-
-
-def _then(first: Any, second: Any) -> Any:
-    def undo() -> None:
-        first()
-        second()
-
-    return undo
 
 
 def _normalise_after(after: Any) -> list[str | InsertionPoint] | None:

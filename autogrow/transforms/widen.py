@@ -147,7 +147,7 @@ def widen(
     config_changes = _config_changes(model, graph, widths, tensors)  # raises before any change
     result, undo = (_apply_inplace if inplace else _apply_copy)(model, tensors, attrs)
     if config_changes is not None:
-        undo = _chain(apply_config(result, config_changes), undo)
+        undo = chain_undo(apply_config(result, config_changes), undo)
     if verify:
         try:
             verify_outputs(result, inputs, reference, what="widened")
@@ -186,7 +186,10 @@ def _config_changes(
     return grown_config(model, shapes, ratios.pop() if ratios else None)
 
 
-def _chain(first: Any, second: Any) -> Any:
+def chain_undo(first: Any, second: Any) -> Any:
+    """One undo function that runs ``first`` then ``second`` (widen and deepen both stack
+    a transformers config undo on top of the tensor undo)."""
+
     def undo() -> None:
         first()
         second()
