@@ -168,14 +168,29 @@ class Canvas:
         self.ax.add_patch(Rectangle((x - w / 2, y - h / 2), w, h, fill=False, ec=INK, lw=1.0))
         text = label if sub is None else f"{label}\n{sub}"
         self.ax.text(
-            x, y + sh / 2, text, ha="center", va="center", fontsize=8.5, color=INK, linespacing=1.1,
+            x,
+            y + sh / 2,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            color=INK,
+            linespacing=1.1,
             bbox=dict(boxstyle="round,pad=0.18", fc="white", ec="none", alpha=0.85),
         )
 
     def add(self, x, y, parts, r=0.2):
         self.ax.add_patch(Circle((x, y), r, facecolor=self.color(parts[0][0]), ec=INK, lw=1.0))
-        self.ax.text(x, y - 0.01, "+", ha="center", va="center", fontsize=14, color="white",
-                     fontweight="bold")
+        self.ax.text(
+            x,
+            y - 0.01,
+            "+",
+            ha="center",
+            va="center",
+            fontsize=14,
+            color="white",
+            fontweight="bold",
+        )
 
     def wire(self, points, parts, arrow=True, lw=1.7):
         """An orthogonal wire through ``points``, coloured by the group it carries."""
@@ -184,25 +199,54 @@ class Canvas:
         self.ax.plot(xs[:-1], ys[:-1], color=c, lw=lw, solid_capstyle="butt")
         style = "-|>" if arrow else "-"
         self.ax.annotate(
-            "", xy=points[-1], xytext=points[-2],
-            arrowprops=dict(arrowstyle=style, color=c, lw=lw, shrinkA=0, shrinkB=0,
-                            mutation_scale=11),
+            "",
+            xy=points[-1],
+            xytext=points[-2],
+            arrowprops=dict(
+                arrowstyle=style, color=c, lw=lw, shrinkA=0, shrinkB=0, mutation_scale=11
+            ),
         )
 
     def frame(self, x0, y0, x1, y1, label):
-        self.ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="#888888",
-                                    lw=0.9, ls=(0, (4, 3))))
-        self.ax.text(x0 + 0.08, y1 - 0.06, label, ha="left", va="top", fontsize=8.5,
-                     color="#555555", style="italic")
+        self.ax.add_patch(
+            Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="#888888", lw=0.9, ls=(0, (4, 3)))
+        )
+        self.ax.text(
+            x0 + 0.08,
+            y1 - 0.06,
+            label,
+            ha="left",
+            va="top",
+            fontsize=8.5,
+            color="#555555",
+            style="italic",
+        )
 
 
 def finish(fig, ax, canvas: Canvas, legend: list[tuple[str, str]], path: Path, note: str) -> None:
-    handles = [Patch(facecolor=c, edgecolor=INK, label=t, hatch=None if c != FROZEN else "///")
-               for c, t in legend]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.01), fontsize=8.5,
-              frameon=False, ncol=1, handlelength=2.2)
-    ax.text(0.0, 1.0, note, transform=ax.transAxes, ha="left", va="bottom", fontsize=8.5,
-            color="#444444")
+    handles = [
+        Patch(facecolor=c, edgecolor=INK, label=t, hatch=None if c != FROZEN else "///")
+        for c, t in legend
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0.0, -0.01),
+        fontsize=8.5,
+        frameon=False,
+        ncol=1,
+        handlelength=2.2,
+    )
+    ax.text(
+        0.0,
+        1.0,
+        note,
+        transform=ax.transAxes,
+        ha="left",
+        va="bottom",
+        fontsize=8.5,
+        color="#444444",
+    )
     ax.set_aspect("equal")
     ax.axis("off")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +256,7 @@ def finish(fig, ax, canvas: Canvas, legend: list[tuple[str, str]], path: Path, n
 
 
 def _short(module: str, prefix: str) -> str:
-    return module[len(prefix):] if module.startswith(prefix) else module
+    return module[len(prefix) :] if module.startswith(prefix) else module
 
 
 # -- ResNet: residual additions tie groups ----------------------------------------------------
@@ -224,8 +268,9 @@ def resnet_figure(path: Path) -> autogrow.WidthGraph:
     layouts = Layouts(graph)
 
     def keep(a):  # modules with a weight, and the additions
-        return a["kind"] == "add" or (a["kind"] == "module" and "relu" not in a["module"]
-                                      and "pool" not in a["module"])
+        return a["kind"] == "add" or (
+            a["kind"] == "module" and "relu" not in a["module"] and "pool" not in a["module"]
+        )
 
     flow = flow_graph(model, keep)
     parts = output_parts(flow, layouts)
@@ -270,8 +315,10 @@ def resnet_figure(path: Path) -> autogrow.WidthGraph:
     cv.wire([(xs[ds0] + 0.6, yd), (xs[ds1] - 0.6, yd)], parts[by_module[ds0]])
     cv.wire([(xs[ds1] + 0.6, yd), (xs["add0"], yd), (xs["add0"], y - 0.2)], parts[by_module[ds1]])
     cv.wire([(xs["add0"] + 0.2, y), (xs[row1[0]] - w2, y)], parts[adds["layer2.0"]])
-    cv.wire([(xs["add0"], y + 0.2), (xs["add0"], ytop), (xs["add1"], ytop), (xs["add1"], y + 0.2)],
-            parts[adds["layer2.0"]])
+    cv.wire(
+        [(xs["add0"], y + 0.2), (xs["add0"], ytop), (xs["add1"], ytop), (xs["add1"], y + 0.2)],
+        parts[adds["layer2.0"]],
+    )
     for a, b in pairwise(row1):
         cv.wire([(xs[a] + w2, y), (xs[b] - w2, y)], parts[by_module[a]])
     cv.wire([(xs[row1[-1]] + w2, y), (xs["add1"] - 0.2, y)], parts[by_module[row1[-1]]])
@@ -286,25 +333,39 @@ def resnet_figure(path: Path) -> autogrow.WidthGraph:
         cv.box(xs[m], y if m not in (ds0, ds1) else yd, label, parts[n], strip=strip, w=wide)
     cv.add(xs["add0"], y, parts[adds["layer2.0"]])
     cv.add(xs["add1"], y, parts[adds["layer2.1"]])
-    ax.text(xs["out"] - 0.5, y, "to layer3.0.conv1\nand .downsample.0", ha="left", va="center",
-            fontsize=8.5, color=INK)
+    ax.text(
+        xs["out"] - 0.5,
+        y,
+        "to layer3.0.conv1\nand .downsample.0",
+        ha="left",
+        va="center",
+        fontsize=8.5,
+        color=INK,
+    )
 
     aliases = {}
     legend = []
-    for key, alias in ((source, "stage-1 stream"), (by_module["layer2.0.conv1"], "layer2.0 inner"),
-                       (adds["layer2.0"], "stage-2 stream"),
-                       (by_module["layer2.1.conv1"], "layer2.1 inner")):
+    for key, alias in (
+        (source, "stage-1 stream"),
+        (by_module["layer2.0.conv1"], "layer2.0 inner"),
+        (adds["layer2.0"], "stage-2 stream"),
+        (by_module["layer2.1.conv1"], "layer2.1 inner"),
+    ):
         g = parts[key][0][0]
         aliases[g.id] = alias
         legend.append((cv.color(g), group_label(graph, g, alias)))
     # Print the layouts the picture is drawn from.
     for m in ("layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv1"):
-        print(f"  {m}.weight  out {layouts.text[(f'{m}.weight', 0)]:>6}   "
-              f"in {layouts.text[(f'{m}.weight', 1)]:>6}")
-    note = ("ResNet-18, layer2: fill = group of a module's output channels, bottom strip = "
-            "group of a convolution's input channels (ReLUs omitted).\nThe additions tie "
-            "conv2/bn2 of both blocks, the downsample branch and the skip path into one group: "
-            "the stage-2 stream.")
+        print(
+            f"  {m}.weight  out {layouts.text[(f'{m}.weight', 0)]:>6}   "
+            f"in {layouts.text[(f'{m}.weight', 1)]:>6}"
+        )
+    note = (
+        "ResNet-18, layer2: fill = group of a module's output channels, bottom strip = "
+        "group of a convolution's input channels (ReLUs omitted).\nThe additions tie "
+        "conv2/bn2 of both blocks, the downsample branch and the skip path into one group: "
+        "the stage-2 stream."
+    )
     finish(fig, ax, cv, legend, path, note)
     return graph
 
@@ -341,8 +402,13 @@ def densenet_figure(path: Path, layers: int = 3) -> autogrow.WidthGraph:
         cv.color(parts[mods[f"{layer[k]}.conv1"]][0][0])
 
     row_gap, step, w, h = 1.75, 1.45, 1.05, 0.62
-    cols = {"cat": 0.0, "norm1": 1.25, "conv1": 1.25 + step, "norm2": 1.25 + 2 * step,
-            "conv2": 1.25 + 3 * step}
+    cols = {
+        "cat": 0.0,
+        "norm1": 1.25,
+        "conv1": 1.25 + step,
+        "norm2": 1.25 + 2 * step,
+        "conv2": 1.25 + 3 * step,
+    }
     ys = [-k * row_gap for k in range(layers + 1)]
     lane_x = [-0.95 - 0.28 * (layers - i) for i in range(layers + 1)]  # source 0 outermost
     bar_w, unit = 0.3, 0.0062  # the cat bars: height per channel
@@ -362,8 +428,9 @@ def densenet_figure(path: Path, layers: int = 3) -> autogrow.WidthGraph:
         p = parts[cat_of[k]]
         height = unit * sum(s for _, s in p)
         seg_y[k] = cv.segments(-bar_w / 2, ys[k] - height / 2, bar_w, height, p, vertical=True)
-        ax.add_patch(Rectangle((-bar_w / 2, ys[k] - height / 2), bar_w, height, fill=False,
-                               ec=INK, lw=1.0))
+        ax.add_patch(
+            Rectangle((-bar_w / 2, ys[k] - height / 2), bar_w, height, fill=False, ec=INK, lw=1.0)
+        )
         ax.text(0, ys[k] + height / 2 + 0.05, "cat", ha="center", va="bottom", fontsize=8.5)
 
     # wires from each source: out, down its lane, into its piece of every later cat
@@ -394,23 +461,51 @@ def densenet_figure(path: Path, layers: int = 3) -> autogrow.WidthGraph:
         for m in seq:
             strip = layouts.parts(f"{ln}{m}.weight", 1) if m.startswith("conv") else None
             cv.box(cols[m], y, m, parts[mods[ln + m]], strip=strip)
-        ax.text(cols["norm1"] - w / 2, y + h / 2 + 0.06,
-                f"denselayer{k + 1}.norm1.weight:  {layouts.named(ln + 'norm1.weight', 0, names)}",
-                ha="left", va="bottom", fontsize=8, family="monospace", color="#333333")
-        ax.text(cols["conv2"] + w / 2 + 0.55, y + 0.02, f"denselayer{k + 1}", ha="left",
-                va="center", fontsize=8.5, color="#555555", style="italic")
+        ax.text(
+            cols["norm1"] - w / 2,
+            y + h / 2 + 0.06,
+            f"denselayer{k + 1}.norm1.weight:  {layouts.named(ln + 'norm1.weight', 0, names)}",
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            family="monospace",
+            color="#333333",
+        )
+        ax.text(
+            cols["conv2"] + w / 2 + 0.55,
+            y + 0.02,
+            f"denselayer{k + 1}",
+            ha="left",
+            va="center",
+            fontsize=8.5,
+            color="#555555",
+            style="italic",
+        )
     # the next layer's input: every piece keeps its own group
     y = ys[layers]
     ln = f"{layer[layers]}."
     cv.wire([(bar_w / 2, y), (cols["norm1"] - w / 2, y)], parts[cat_of[layers]])
     cv.box(cols["norm1"], y, "norm1", parts[mods[ln + "norm1"]])
-    ax.text(cols["norm1"] - w / 2, y + h / 2 + 0.06,
-            f"denselayer{layers + 1}.norm1.weight:  {layouts.named(ln + 'norm1.weight', 0, names)}",
-            ha="left", va="bottom", fontsize=8, family="monospace", color="#333333")
-    ax.text(cols["norm1"] + w / 2 + 0.2, y,
-            f"denselayer{layers + 1}.conv1 reduces over the same\n[g0 | g1 | ... ] axis; layers "
-            f"{layers + 2}-6 and transition1\nread longer concatenations",
-            ha="left", va="center", fontsize=8.5, color=INK)
+    ax.text(
+        cols["norm1"] - w / 2,
+        y + h / 2 + 0.06,
+        f"denselayer{layers + 1}.norm1.weight:  {layouts.named(ln + 'norm1.weight', 0, names)}",
+        ha="left",
+        va="bottom",
+        fontsize=8,
+        family="monospace",
+        color="#333333",
+    )
+    ax.text(
+        cols["norm1"] + w / 2 + 0.2,
+        y,
+        f"denselayer{layers + 1}.conv1 reduces over the same\n[g0 | g1 | ... ] axis; layers "
+        f"{layers + 2}-6 and transition1\nread longer concatenations",
+        ha="left",
+        va="center",
+        fontsize=8.5,
+        color=INK,
+    )
 
     legend = [(cv.color(parts[source][0][0]), group_label(graph, parts[source][0][0], "g0"))]
     for k in range(layers):
@@ -419,17 +514,20 @@ def densenet_figure(path: Path, layers: int = 3) -> autogrow.WidthGraph:
             legend.append((cv.color(g), group_label(graph, g, alias)))
     for k in range(layers + 1):
         print(f"  {layer[k]}.norm1.weight  {layouts.text[(f'{layer[k]}.norm1.weight', 0)]}")
-    note = ("DenseNet-121, denseblock1 (first layers): fill = group of a module's output "
-            "channels, bottom strip = group of a convolution's input channels.\nEach layer's "
-            "new features (conv2) are a group of their own; a concatenation lays the groups "
-            "side by side, so the next layers' input axis is [g0 | g1 | g2 ...].")
+    note = (
+        "DenseNet-121, denseblock1 (first layers): fill = group of a module's output "
+        "channels, bottom strip = group of a convolution's input channels.\nEach layer's "
+        "new features (conv2) are a group of their own; a concatenation lays the groups "
+        "side by side, so the next layers' input axis is [g0 | g1 | g2 ...]."
+    )
     finish(fig, ax, cv, legend, path, note)
     return graph
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="output folder")
     args = parser.parse_args()
     torch.manual_seed(0)

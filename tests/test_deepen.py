@@ -6,6 +6,7 @@ on fresh inputs, hold more Linear/Conv layers, and leave the original untouched.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pprint import pformat
 
 import pytest
@@ -201,6 +202,24 @@ def test_default_on_plain_mlp_goes_after_the_last_hidden_activation():
     ]  # fmt: skip
     assert torch.equal(deep[4].weight, torch.eye(10))
     _assert_deeper_and_exact(model, deep, x)
+
+
+def test_sequential_with_named_children_gets_named_new_layers():
+    # Sequential.insert renumbers children and fails on an OrderedDict-built Sequential.
+    model = nn.Sequential(
+        OrderedDict(fc1=nn.Linear(6, 10), act=nn.ReLU(), fc2=nn.Linear(10, 3))
+    ).eval()
+    x = (torch.randn(8, 6),)
+    before = snapshot(model)
+    deep = autogrow.deepen(model, after=["act"], example_inputs=x)
+    assert list(deep._modules) == ["fc1", "act", "grown0", "grown1", "fc2"]
+    assert torch.equal(deep.grown0.weight, torch.eye(10))
+    assert list(model._modules) == ["fc1", "act", "fc2"]
+    assert_unchanged(model, before)
+    _assert_deeper_and_exact(model, deep, x)
+    deeper = autogrow.deepen(deep, after=["grown1"], example_inputs=x)
+    assert list(deeper._modules) == ["fc1", "act", "grown0", "grown1", "grown2", "grown3", "fc2"]
+    _assert_deeper_and_exact(model, deeper, x)
 
 
 def test_identity_layers_are_exact_in_train_mode_without_batchnorm():

@@ -189,8 +189,10 @@ def test_tied_embedding_division_moves_to_the_final_norm():
     # Tied: the matrix is copied, never divided; the final norm's affine carries the shares.
     wte_old, wte_new = model.transformer.wte.weight, big.transformer.wte.weight
     assert torch.equal(wte_new[:, :64], wte_old)
-    assert torch.allclose(big.transformer.ln_f.weight[:64] + big.transformer.ln_f.weight[64:],
-                          model.transformer.ln_f.weight)
+    assert torch.allclose(
+        big.transformer.ln_f.weight[:64] + big.transformer.ln_f.weight[64:],
+        model.transformer.ln_f.weight,
+    )
 
 
 def test_inplace_failure_restores_config_and_modules():

@@ -786,6 +786,26 @@ def _is_activation(m: nn.Module) -> bool:
     return type(m).__module__.startswith("torch.nn.modules.activation")
 
 
+def _insert(container: nn.Module, index: int, module: nn.Module) -> None:
+    """Insert ``module`` at ``index`` of a Sequential or ModuleList, keeping named children.
+
+    ``Sequential.insert`` renumbers children as ``"0", "1", ...`` and fails on a Sequential built
+    from an OrderedDict; there new layers are named ``grown0``, ``grown1``, ... (first unused).
+    """
+    names = list(container._modules)
+    if names == [str(i) for i in range(len(names))]:
+        container.insert(index, module)  # type: ignore[operator]
+        return
+    k = 0
+    while f"grown{k}" in container._modules:
+        k += 1
+    name = f"grown{k}"
+    items = list(container._modules.items())
+    items.insert(index, (name, module))
+    container._modules.clear()
+    container._modules.update(items)
+
+
 def _apply(result: nn.Module, plans: list[_Plan], n: int):
     """Insert every plan's modules into ``result``; returns an undo function."""
     saved: dict[int, tuple[nn.Module, dict]] = {}
@@ -820,7 +840,7 @@ def _apply(result: nn.Module, plans: list[_Plan], n: int):
             for offset, m in enumerate(modules):
                 if plan.point.kind != "block":  # copied blocks keep their own flags
                     m.train(training)
-                container.insert(plan.index + offset, m)
+                _insert(container, plan.index + offset, m)
 
     def undo() -> None:
         for m, modules in saved.values():

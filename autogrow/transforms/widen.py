@@ -171,9 +171,7 @@ def _config_changes(
     if not is_hf_model(model):
         return None
     store = graph.store
-    ratios = {
-        new_size(store, a.heads, widths) / a.heads.size for a in graph.analysis.attention
-    }
+    ratios = {new_size(store, a.heads, widths) / a.heads.size for a in graph.analysis.attention}
     if len(ratios) > 1:
         raise ConstraintError(
             f"attention layers of {type(model).__name__} would get different head counts "
