@@ -208,6 +208,17 @@ def test_max_params_fails_children_over_the_limit(tmp_path):
         assert "max_params=700" in t.user_attrs["fail_reason"]
 
 
+def test_from_scratch_trains_every_trial_from_random_weights_with_the_same_budget(tmp_path):
+    study = run(tiny_space(), 3, run_dir=tmp_path / "run", from_scratch=True, progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # seed_epochs=2 is for growth searches: the baseline's root gets one epoch like the rest
+    assert [t.user_attrs["train_steps"] for t in trials] == [5, 5, 5]
+    for t in trials[1:]:  # no inherited training
+        assert t.user_attrs["cumulative_steps"] == 5
+        assert t.user_attrs["from_scratch"] is True
+
+
 def test_two_local_workers_complete_one_study_without_lost_or_duplicated_trials(tmp_path):
     space = load_space(write_space(tmp_path))
     study = run(space, 4, run_dir=tmp_path / "run", workers=2, progress=False, summary=False)

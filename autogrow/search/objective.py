@@ -38,7 +38,9 @@ class GrowthObjective:
         space: the search space.
         store: an Optuna artifact store for checkpoints.
         from_scratch: train every child from random initialisation (the baseline), keeping
-            the grown architecture and the same per-trial budget.
+            the grown architecture; every trial, the root included, trains
+            ``training.epochs`` (``seed_epochs`` is for the roots of growth searches, which
+            train parents).
 
     .. code-block:: python
 
@@ -115,6 +117,8 @@ class GrowthObjective:
             plan: list[dict[str, Any]] = []
             depth, before = 0, 0
             lr, epochs = training.lr, training.seed_epochs or training.epochs
+            if self.from_scratch:  # every candidate of the baseline gets the same budget
+                epochs = training.epochs
         else:
             p = _trial(trial.study, parent)
             plan = sample_plan(trial, space.growth, self.sites)

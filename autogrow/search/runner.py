@@ -65,7 +65,7 @@ def run(
             shared file system (the same ``run_dir`` everywhere).
         workers: local worker processes (1: run in this process).
         from_scratch: the baseline: children keep the grown architecture but start from
-            random weights, with the same per-trial budget.
+            random weights; every trial, the root included, trains ``training.epochs``.
         heartbeat: RDB heartbeat interval in seconds (a trial is stale after 3 intervals).
         progress: show a progress bar.
         summary: print the summary table and write the plots under ``run_dir`` at the end.

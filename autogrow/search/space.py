@@ -29,7 +29,8 @@ class Training:
 
     Attributes:
         epochs: epochs per trial (the per-trial budget; ``--from-scratch`` children get the same).
-        seed_epochs: epochs of the root trials that train the seed model (default: ``epochs``).
+        seed_epochs: epochs of the root trials that train the seed model (default: ``epochs``);
+            a ``--from-scratch`` search trains every trial, the root included, ``epochs``.
         lr: learning rate of the seed and of children trained from scratch.
         lr_after_growth: learning rate of grown children. Net2Net trained students at 1/10 of
             the teacher's rate, which keeps them near the function they inherited.
