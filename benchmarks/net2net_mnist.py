@@ -11,8 +11,9 @@ fc 10`` (3x3 convs with ReLU, each followed by a 2x2 max-pool) trained 3 epochs 
 
 * wider students (conv1 and fc1 64 -> 128): **random-pad** (the paper's baseline: a freshly
   initialised wide model whose teacher-sized slices are overwritten with the teacher's weights,
-  so the new units and their outgoing weights are random) vs **Net2Wider**
-  (``autogrow.widen(teacher, {"0": 128, "7": 128})``);
+  so the new units and their outgoing weights are random; two variants: PyTorch's default
+  initialisation, and ``random-pad-keras``, the port's N(0, 0.1) weights and 0.1 biases for the
+  new units) vs **Net2Wider** (``autogrow.widen(teacher, {"0": 128, "7": 128})``);
 * deeper students (a 3x3 conv + ReLU after conv2, a 64x64 fc + ReLU after fc1): **random-init**
   (the same architecture, the new layers freshly initialised, the teacher's layers copied) vs
   **Net2Deeper** (``autogrow.deepen(teacher, after=["4", "8"])``: identity layers).
@@ -44,8 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "docs" / "figures"
 RESULTS = ROOT / "benchmarks" / "out"
 
-# Indices in the teacher's nn.Sequential: 0 conv1, 4 ReLU after conv2, 7 fc1, 8 ReLU after fc1.
-CONV1, CONV2_RELU, FC1, FC1_RELU = "0", "4", "7", "8"
+# Indices in the teacher's nn.Sequential: 0 conv1, 3 conv2, 4 ReLU after conv2, 7 fc1,
+# 8 ReLU after fc1, 9 fc2.
+CONV1, CONV2, CONV2_RELU, FC1, FC1_RELU, FC2 = "0", "3", "4", "7", "8", "9"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +208,29 @@ def random_pad(teacher: nn.Module, student: nn.Module) -> nn.Module:
     return student
 
 
+def keras_random_pad(teacher: nn.Module, student: nn.Module, seed: int) -> nn.Module:
+    """Random-pad as the Keras port draws it: :func:`random_pad`, then every new unit of the
+    widened layers (conv1, fc1) gets incoming and outgoing weights from N(0, 0.1) and bias 0.1.
+
+    Larger than PyTorch's default initialisation of the same tensors (uniform in ±1/√fan_in:
+    standard deviation 0.017 for conv2's new inputs, 0.05 for fc2's), so the student starts
+    further from the teacher.
+    """
+    student = random_pad(teacher, student)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer, after in ((CONV1, CONV2), (FC1, FC2)):
+            old = teacher.get_submodule(layer).out_channels if layer == CONV1 else (
+                teacher.get_submodule(layer).out_features)  # fmt: skip
+            w_in, w_out = student.get_submodule(layer), student.get_submodule(after)
+            new_in = w_in.weight[old:]
+            new_in.copy_(torch.randn(new_in.shape, generator=gen) * 0.1)
+            w_in.bias[old:] = 0.1
+            new_out = w_out.weight[:, old:]
+            new_out.copy_(torch.randn(new_out.shape, generator=gen) * 0.1)
+    return student
+
+
 # ----------------------------------------------------------------------------------------------
 # the Keras port's models
 # ----------------------------------------------------------------------------------------------
@@ -233,11 +258,12 @@ def _seeded(make: Callable[..., nn.Module], seed: int, *args: int) -> nn.Module:
 
 
 def grow_students(teacher: nn.Sequential, seed: int) -> dict[str, nn.Module]:
-    """The four students of the Keras port, all from ``teacher``."""
+    """The students of the Keras port (and random-pad with PyTorch's init), all from ``teacher``."""
     x = (torch.zeros(1, 1, 28, 28),)
     deeper = autogrow.deepen(teacher, after=[CONV2_RELU, FC1_RELU], example_inputs=x)
     return {
         "random-pad": random_pad(teacher, _seeded(cnn, seed, 128, 128)),
+        "random-pad-keras": keras_random_pad(teacher, _seeded(cnn, seed, 128, 128), seed),
         "net2wider": autogrow.widen(teacher, {CONV1: 128, FC1: 128}, example_inputs=x, seed=seed),
         "random-init": reinit(deeper, new_layers(deeper, teacher), seed),
         "net2deeper": deeper,
@@ -245,7 +271,7 @@ def grow_students(teacher: nn.Sequential, seed: int) -> dict[str, nn.Module]:
 
 
 def run_seed(data: Data, seed: int, epochs: int = 3, evals_per_epoch: int = 4) -> dict:
-    """Train the teacher and the four students for one seed; return their histories."""
+    """Train the teacher and the students for one seed; return their histories."""
     torch.manual_seed(seed)
     teacher = cnn()
     t0 = time.perf_counter()
@@ -262,10 +288,11 @@ def run_seed(data: Data, seed: int, epochs: int = 3, evals_per_epoch: int = 4) -
 # report
 # ----------------------------------------------------------------------------------------------
 
-METHODS = ["teacher", "random-pad", "net2wider", "random-init", "net2deeper"]
+METHODS = ["teacher", "random-pad", "random-pad-keras", "net2wider", "random-init", "net2deeper"]
 KERAS = {  # the Keras port's reported validation loss after epochs 1-3 (full MNIST)
     "teacher": (0.075, 0.041, 0.041),
-    "random-pad": (0.036, 0.034, 0.032),
+    "random-pad": None,  # the port draws its new units as random-pad-keras does
+    "random-pad-keras": (0.036, 0.034, 0.032),
     "net2wider": (0.032, 0.030, 0.030),
     "random-init": (0.061, 0.043, 0.041),
     "net2deeper": (0.032, 0.031, 0.029),
@@ -293,7 +320,7 @@ def table(results: dict, evals_per_epoch: int) -> str:
             cols.append(f"{mu:.4f} ± {sd:.4f}")
         mu, sd = mean_sd([results[s][m]["acc"][-1] * 100 for s in seeds])
         cols.append(f"{mu:.2f} ± {sd:.2f} %")
-        cols.append(" / ".join(f"{v:.3f}" for v in KERAS[m]))
+        cols.append(" / ".join(f"{v:.3f}" for v in KERAS[m]) if KERAS[m] else "")
         lines.append(f"| {m} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
@@ -323,8 +350,13 @@ def checks(results: dict, evals_per_epoch: int) -> list[str]:
     ]  # fmt: skip
     out.append(f"Net2Net students start at the teacher's final validation loss: largest "
                f"|difference| over seeds {max(gaps):.2e}")  # fmt: skip
-    wider = [ep(s, "net2wider")[-1] <= ep(s, "random-pad")[-1] for s in seeds]
-    out.append(f"Net2Wider ends no worse than random-pad: {sum(wider)}/{len(seeds)} seeds")
+    for pad, how in (("random-pad-keras", "the Keras port's N(0, 0.1)"),
+                     ("random-pad", "PyTorch's default initialisation")):  # fmt: skip
+        wider = [ep(s, "net2wider")[-1] <= ep(s, pad)[-1] for s in seeds]
+        gap = statistics.fmean(ep(s, "net2wider")[-1] - ep(s, pad)[-1] for s in seeds)
+        out.append(f"Net2Wider ends no worse than {pad} (new units: {how}): "
+                   f"{sum(wider)}/{len(seeds)} seeds (mean final loss difference "
+                   f"net2wider - {pad}: {gap:+.4f})")  # fmt: skip
     deeper = [all(a < b for a, b in zip(ep(s, "net2deeper")[1:], ep(s, "random-init")[1:]))
               for s in seeds]  # fmt: skip
     out.append(f"Net2Deeper below random-init after every epoch: {sum(deeper)}/{len(seeds)} seeds")
@@ -340,9 +372,10 @@ def plot(results: dict, path: Path) -> None:
 
     seeds = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    panels = [("wider", ["random-pad", "net2wider"]), ("deeper", ["random-init", "net2deeper"])]
-    colors = {"random-pad": "tab:orange", "net2wider": "tab:blue", "random-init": "tab:red",
-              "net2deeper": "tab:green"}  # fmt: skip
+    panels = [("wider", ["random-pad-keras", "random-pad", "net2wider"]),
+              ("deeper", ["random-init", "net2deeper"])]  # fmt: skip
+    colors = {"random-pad": "tab:orange", "random-pad-keras": "tab:purple", "net2wider": "tab:blue",
+              "random-init": "tab:red", "net2deeper": "tab:green"}  # fmt: skip
     for ax, (title, methods) in zip(axes, panels):
         teacher_end = statistics.fmean(results[s]["teacher"]["loss"][-1] for s in seeds)
         ax.axhline(teacher_end, color="grey", ls="--", lw=1, label="teacher, end (mean)")
