@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> None:
         "--json", default=str(ROOT / "benchmarks" / "out" / "search_vs_scratch.json")
     )
     parser.add_argument(
+        "--seed-epochs",
+        type=int,
+        default=None,
+        help="override the space's training.seed_epochs (the growth search's root budget); "
+        "with the per-trial epochs, both searches train every trial alike",
+    )
+    parser.add_argument(
         "--analyse-only", action="store_true", help="read the studies in --out, run nothing"
     )
     args = parser.parse_args(argv)
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[int, dict] = {}
     for seed in args.seeds:
         space = dataclasses.replace(base, seed_value=seed)
+        if args.seed_epochs is not None:
+            training = dataclasses.replace(space.training, seed_epochs=args.seed_epochs)
+            space = dataclasses.replace(space, training=training)
         runs[seed] = {}
         for name in ("growth", "scratch"):
             run_dir = out / f"seed{seed}" / name
@@ -127,7 +137,12 @@ def main(argv: list[str] | None = None) -> None:
         runs[seed]["comparison"] = compare(runs[seed]["growth"], runs[seed]["scratch"])
     minutes = (time.perf_counter() - wall) / 60
 
-    print(f"\nspace {args.space}, {args.trials} trials per search, seeds {args.seeds}\n")
+    t = dataclasses.replace(base.training, **({} if args.seed_epochs is None else
+                                             {"seed_epochs": args.seed_epochs}))  # fmt: skip
+    print(
+        f"\nspace {args.space}, {args.trials} trials per search, seeds {args.seeds}; epochs per "
+        f"trial {t.epochs}, growth root {t.seed_epochs or t.epochs}, scratch root {t.epochs}\n"
+    )
     header = (
         "seed  search   trials  completed  best acc  best trial  its params  lineage steps  "
         "search steps  steps to scratch's best  time (s)"
@@ -166,7 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
         json.dumps(
-            {"space": args.space, "trials": args.trials, "seeds": args.seeds, "runs": runs},
+            {
+                "space": args.space,
+                "trials": args.trials,
+                "seeds": args.seeds,
+                "seed_epochs": t.seed_epochs,
+                "epochs": t.epochs,
+                "runs": runs,
+            },
             indent=1,
         )
     )
