@@ -126,8 +126,8 @@ def replace_block(page: str, name: str, body: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--symmetry-seeds", type=int, default=1,
-                        help="how many of --seeds the symmetry study uses (default 1)")  # fmt: skip
+    parser.add_argument("--symmetry-seeds", type=int, default=None,
+                        help="how many of --seeds the symmetry study uses (default: all)")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/evidence.md")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
