@@ -198,9 +198,16 @@ def test_refused_growth_fails_the_trial_with_its_reason_and_the_study_goes_on(tm
     assert counts(study)["finished"] == 3
 
 
-def test_max_params_fails_children_over_the_limit(tmp_path):
+def test_max_params_fails_children_over_the_limit(tmp_path, caplog):
     space = tiny_space(max_params=700)  # the seed has 690 parameters
-    study = run(space, 3, run_dir=tmp_path / "run", progress=False, summary=False)
+    optuna.logging.enable_propagation()  # let caplog see Optuna's records
+    try:
+        study = run(space, 3, run_dir=tmp_path / "run", progress=False, summary=False)
+    finally:
+        optuna.logging.disable_propagation()
+    failed = [r for r in caplog.records if "max_params=700" in r.getMessage()]
+    assert failed, "Optuna logged no failed trial"
+    assert all(r.exc_info is None for r in failed)  # one line each, no traceback
     trials = study.get_trials()
     assert trials[0].state == TrialState.COMPLETE
     for t in trials[1:]:

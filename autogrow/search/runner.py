@@ -14,7 +14,9 @@ with several machines, at most one extra trial per worker can start at the very 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -307,8 +309,38 @@ def _alive(pid: int) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+class _NoTracebackForAutogrowErrors(logging.Filter):
+    """Drop the traceback Optuna logs with a caught AutogrowError.
+
+    A refused growth or a child over ``max_params`` is an expected outcome of a trial; the
+    one-line message and the trial's ``fail_reason`` say what happened.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], AutogrowError):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_refusals():
+    # Optuna logs failed trials from this module's logger; filter there, for every handler.
+    logger = logging.getLogger("optuna.study._optimize")
+    f = _NoTracebackForAutogrowErrors()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
 def _work(space: SearchSpace, config: dict[str, Any], worker_id: int, on_trial: Any = None) -> None:
     """Take trials until the study has ``n_trials`` finished ones (one worker's loop)."""
+    with _quiet_refusals():
+        _work_loop(space, config, worker_id, on_trial)
+
+
+def _work_loop(space: SearchSpace, config: dict[str, Any], worker_id: int, on_trial: Any) -> None:
     study = _load_study(space, config, worker_id)
     objective = GrowthObjective(
         space, artifact_store(Path(config["run_dir"])), from_scratch=config["from_scratch"]
