@@ -202,19 +202,29 @@ def plot(runs: dict[int, dict], args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), sharey=True, squeeze=False)
-    for ax, (seed, r) in zip(axes[0], runs.items()):
+    ncols = min(5, len(runs))
+    nrows = -(-len(runs) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), sharey=True, squeeze=False
+    )
+    for ax, (seed, r) in zip(axes.flat, runs.items()):
         for name, color in (("growth", "C0"), ("scratch", "C1")):
             x = r[name]
             ax.step(
-                *zip(*x["curve"]), where="post", color=color, label=f"{name} (best {x['best']:.3f})"
+                *zip(*x["curve"]),
+                where="post",
+                color=color,
+                label=f"{name} (best {x['best']:.3f})",
             )
         ax.axhline(r["scratch"]["best"], color="0.6", ls=":", lw=1)
         ratio = r["comparison"]["ratio"]
         ax.set_title(f"seed {seed}: ratio " + ("never" if ratio is None else f"{ratio:.2f}"))
         ax.set_xlabel("training steps spent by the search")
         ax.legend(loc="lower right", fontsize=8)
-    axes[0][0].set_ylabel("best validation accuracy so far")
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("best val. accuracy so far")
     fig.suptitle(f"growth vs from-scratch search, {Path(args.space).stem}, {args.trials} trials")
     fig.tight_layout()
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
