@@ -168,14 +168,21 @@ def main(argv: list[str] | None = None) -> None:
     met = sum(r is not None and r <= 1 / 3 for r in ratios)
     reached = [r for r in ratios if r is not None]
     if reached:
-        mean = statistics.fmean(reached)
-        sd = statistics.stdev(reached) if len(reached) > 1 else 0.0
         print(
-            f"\nstep ratio {mean:.2f} ± {sd:.2f} over the {len(reached)} seeds where growth "
-            f"reached the scratch best; target <= 0.33 met in {met}/{len(ratios)} seeds"
+            f"\nstep ratio: median {statistics.median(reached):.2f}, mean "
+            f"{statistics.fmean(reached):.2f}, range {min(reached):.2f} to {max(reached):.2f} over "
+            f"the {len(reached)} seeds where growth reached the scratch best; "
+            f"target <= 0.33 met in {met}/{len(ratios)} seeds"
         )
     else:
         print(f"\ngrowth never reached the scratch search's best; target met in 0/{len(ratios)}")
+    higher = sum(r["growth"]["best"] > r["scratch"]["best"] for r in runs.values())
+    gaps = [r["growth"]["best"] - r["scratch"]["best"] for r in runs.values()]
+    print(
+        f"best accuracy of the growth search above the scratch search's in {higher}/{len(runs)} "
+        f"seeds (difference: mean {statistics.fmean(gaps):+.4f}, range {min(gaps):+.4f} to "
+        f"{max(gaps):+.4f})"
+    )
     print(f"wall time {minutes:.1f} min")
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
