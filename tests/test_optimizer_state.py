@@ -365,3 +365,118 @@ def test_parameter_outside_the_model_is_refused_before_the_model_changes():
 def test_without_optimizer_widen_returns_just_the_model():
     model = _mlp()
     assert isinstance(autogrow.widen(model, 2.0, seed=0), nn.Sequential)
+
+
+# -- deepen(optimizer=) ------------------------------------------------------------------------
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, amsgrad=True),
+], ids=["sgd", "adam", "adamw-amsgrad"])  # fmt: skip
+def test_deepen_keeps_the_old_state_and_the_next_step_moves_old_layers_as_before(make_opt):
+    # With identity layers after a ReLU the old parameters get the same gradients in the
+    # deeper model, so one step of the carried optimizer moves them exactly as before.
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    opt = make_opt(model.parameters())
+    _train(model, opt, 3)
+    before = copy.deepcopy(opt.state_dict())
+    deep, deep_opt = autogrow.deepen(model, after=["1", "3"], optimizer=opt)
+    assert type(deep_opt) is type(opt) and deep_opt is not opt
+    old_names = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    new_names = ["0.weight", "0.bias", "4.weight", "4.bias", "8.weight", "8.bias"]
+    for o, d in zip(old_names, new_names):
+        p, q = model.get_parameter(o), deep.get_parameter(d)
+        assert _state_equal(opt.state[p], deep_opt.state[q])
+        assert all(opt.state[p][k] is not deep_opt.state[q][k] for k in opt.state[p])
+    params = deep_opt.param_groups[0]["params"]
+    assert len(params) == len(list(deep.parameters())) == 10
+    assert {id(p) for p in params} == {id(p) for p in deep.parameters()}
+    for name in ("2.weight", "2.bias", "6.weight", "6.bias"):  # the identity layers
+        assert deep.get_parameter(name) not in deep_opt.state
+
+    x = torch.randn(16, 4)
+    for net, o in ((model, opt), (deep, deep_opt)):
+        o.zero_grad()
+        net(x).pow(2).mean().backward()
+        o.step()
+    for o, d in zip(old_names, new_names):
+        torch.testing.assert_close(model.get_parameter(o), deep.get_parameter(d))
+    assert opt.state_dict()["state"].keys() == before["state"].keys()
+
+
+def test_deepen_puts_new_weights_and_biases_in_the_groups_of_the_layer_they_follow():
+    model = _mlp()
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+    )
+    deep, deep_opt = autogrow.deepen(model, optimizer=opt)
+    groups = [{id(p) for p in g["params"]} for g in deep_opt.param_groups]
+    assert [g["weight_decay"] for g in deep_opt.param_groups] == [0.1, 0.0]
+    new = deep[2]  # the identity Linear after the ReLU
+    assert id(new.weight) in groups[0] and id(new.bias) in groups[1]
+    assert sum(map(len, groups)) == len(list(deep.parameters()))
+
+
+def test_deepen_with_optimizer_inplace_and_frozen_parameters():
+    model = _mlp()
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    _train(model, opt, 2)
+    frozen = model[0].weight
+    deep, deep_opt = autogrow.deepen(model, optimizer=opt, inplace=True)
+    assert deep is model
+    assert len(opt.param_groups[0]["params"]) == 3  # the given optimizer is untouched
+    params = deep_opt.param_groups[0]["params"]
+    assert all(p is not frozen for p in params)  # not added just because it is not in opt
+    assert len(params) == 3 + 2
+    _train(deep, deep_opt, 2)
+
+
+def test_deepen_zeroed_blocks_train_with_the_carried_optimizer():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    opt.step()
+    deep, deep_opt = autogrow.deepen(model, after="layer4", optimizer=opt, example_inputs=(x,))
+    assert len(deep_opt.param_groups[0]["params"]) == len(list(deep.parameters()))
+    assert torch.equal(
+        deep_opt.state[deep.layer4[0].conv1.weight]["momentum_buffer"],
+        opt.state[model.layer4[0].conv1.weight]["momentum_buffer"],
+    )
+    assert deep.layer4[2].conv1.weight not in deep_opt.state
+    deep.train()
+    deep_opt.zero_grad()
+    deep(x).sum().backward()
+    deep_opt.step()
+    assert "momentum_buffer" in deep_opt.state[deep.layer4[2].conv1.weight]
+
+
+def test_deepen_refuses_an_unsupported_optimizer_before_changing_anything():
+    model = _mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.1)
+    with pytest.raises(autogrow.InvalidArgumentError, match="RMSprop"):
+        autogrow.deepen(model, optimizer=opt, inplace=True)
+    assert len(model) == 3
+
+
+def test_deepen_puts_new_layers_in_the_group_of_the_layer_before_them():
+    model = _mlp()
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters()}], lr=0.01
+    )
+    deep, deep_opt = autogrow.deepen(model, optimizer=opt)  # an identity Linear after the ReLU
+    first, second = ({id(p) for p in g["params"]} for g in deep_opt.param_groups)
+    assert {id(p) for p in deep[2].parameters()} <= first
+    assert [g["lr"] for g in deep_opt.param_groups] == [0.1, 0.01]
+    assert len(second) == 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -529,6 +529,32 @@ def insertion_points(
 After = str | InsertionPoint | Sequence[str | InsertionPoint] | None
 
 
+@overload
+def deepen(
+    model: nn.Module,
+    *,
+    after: After = ...,
+    n: int = ...,
+    example_inputs: tuple[Any, ...] | None = ...,
+    inplace: bool = ...,
+    verify: bool = ...,
+    optimizer: None = ...,
+) -> nn.Module: ...
+
+
+@overload
+def deepen(
+    model: nn.Module,
+    *,
+    after: After = ...,
+    n: int = ...,
+    example_inputs: tuple[Any, ...] | None = ...,
+    inplace: bool = ...,
+    verify: bool = ...,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[nn.Module, torch.optim.Optimizer]: ...
+
+
 def deepen(
     model: nn.Module,
     *,
@@ -537,7 +563,8 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = None,
     inplace: bool = False,
     verify: bool = True,
-) -> nn.Module:
+    optimizer: torch.optim.Optimizer | None = None,
+) -> nn.Module | tuple[nn.Module, torch.optim.Optimizer]:
     """Return a deeper model of the same class that computes the same function (Net2DeeperNet).
 
     Args:
@@ -558,6 +585,11 @@ def deepen(
             inferred from the first Conv/Linear/Embedding when omitted.
         inplace: modify and return ``model`` itself (restored if verification fails).
         verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
+        optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
+            deepen then returns ``(model, new_optimizer)``: the old layers keep their state
+            (cloned), the new layers join the param group of the layer they follow, without
+            state (see :func:`autogrow.transforms.optimizer.extend_optimizer`). The given
+            optimizer is left untouched, also with ``inplace=True``.
 
     >>> import torch, autogrow
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -577,8 +609,14 @@ def deepen(
     inputs = prepare_inputs(model, example_inputs)
     rec = _Record(model, inputs)
     plans = _default_plans(model, rec) if targets is None else _plans(model, rec, targets)
+    if optimizer is not None:
+        from .optimizer import check_optimizer, extend_optimizer
+
+        check_optimizer(optimizer, model)  # before anything is changed
     stacks = layer_stacks(model)
-    result = model if inplace else copy.deepcopy(model)
+    old_params = list(model.parameters())  # before an in-place change adds the new layers
+    memo: dict[int, Any] = {}
+    result = model if inplace else copy.deepcopy(model, memo)
     undo = _apply(result, plans, n)
     inserted = [(p.container, p.index, n) for p in plans if p.point.kind == "block"]
     undo = chain_undo(sync_layer_count(result, stacks, inserted), undo)
@@ -591,6 +629,9 @@ def deepen(
     # The resolved places (not ``after``): the default placement looks at the model's values.
     after_arg = [[p.point.where, p.point.kind] for p in plans]
     record_step(model, result, "deepen", {"after": after_arg, "n": n}, inputs)
+    if optimizer is not None:
+        copies = {id(p): memo.get(id(p), p) for p in old_params}
+        return result, extend_optimizer(optimizer, model, result, copies)
     return result
 
 

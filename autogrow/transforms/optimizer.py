@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -146,19 +146,89 @@ def grow_optimizer(
             )
         return name, new_named[name]
 
+    def replace(p: torch.Tensor) -> tuple[torch.Tensor, Sequence[AxisMap]]:
+        name, q = counterpart(p)
+        return q, mappings.get(name, ())
+
+    return _rebuild(optimizer, powers, replace, {})
+
+
+def extend_optimizer(
+    optimizer: torch.optim.Optimizer,
+    old: nn.Module,
+    new: nn.Module,
+    copies: Mapping[int, torch.Tensor],
+) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over a deepened model: old state kept, new layers added.
+
+    Each parameter of ``optimizer`` is replaced by its copy in ``new`` (``copies``: ``id`` of a
+    parameter of ``old`` to the same parameter in ``new``; the parameter itself after an
+    in-place change) with its state cloned, so the old layers keep their momentum and step
+    counts. The parameters of ``new`` that are copies of none of ``old``'s (the inserted
+    layers) join, without state, the param group of the nearest earlier parameter with as
+    many dimensions (the layer they follow: weights with weights, biases with biases, so
+    "no weight decay on biases and norms" groups stay right), else of the nearest later one,
+    else the first group. ``optimizer`` itself is left untouched.
+
+    Args:
+        optimizer: a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over parameters of ``old``.
+        old: the model before deepening.
+        new: the deepened model.
+        copies: ``id(p)`` of every parameter ``p`` of ``old`` to its counterpart in ``new``.
+
+    Usually called through ``autogrow.deepen(model, optimizer=opt)``:
+
+    >>> import torch, autogrow
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    >>> net(torch.randn(4, 2)).sum().backward(); opt.step()
+    >>> deep, opt2 = autogrow.deepen(net, optimizer=opt)
+    >>> len(opt2.param_groups[0]["params"]), "momentum_buffer" in opt2.state[deep[0].weight]
+    (6, True)
+    """
+    powers = check_optimizer(optimizer, old)
+    group_of: dict[int, int] = {}
+
+    def replace(p: torch.Tensor) -> tuple[torch.Tensor, Sequence[AxisMap]]:
+        return copies[id(p)], ()
+
+    kept = {id(q) for q in copies.values()}
+    for i, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            group_of[id(copies[id(p)])] = i
+    ordered = list(new.parameters())
+    added: dict[int, list[torch.Tensor]] = {}
+    for k, q in enumerate(ordered):
+        if id(q) in kept:
+            continue
+        earlier = (r for r in reversed(ordered[:k]) if id(r) in group_of and r.ndim == q.ndim)
+        later = (r for r in ordered[k + 1 :] if id(r) in group_of and r.ndim == q.ndim)
+        near = next(earlier, None)
+        near = next(later, None) if near is None else near
+        added.setdefault(0 if near is None else group_of[id(near)], []).append(q)
+    return _rebuild(optimizer, powers, replace, added)
+
+
+def _rebuild(
+    optimizer: torch.optim.Optimizer,
+    powers: Mapping[str, Rule],
+    replace: Callable[[torch.Tensor], tuple[torch.Tensor, Sequence[AxisMap]]],
+    added: Mapping[int, list[torch.Tensor]],
+) -> torch.optim.Optimizer:
+    """The optimizer of the same class over the replaced parameters (plus ``added[group]``)."""
     groups = []
     state: dict[torch.Tensor, dict[str, object]] = {}
-    for group in optimizer.param_groups:
+    for i, group in enumerate(optimizer.param_groups):
         params = []
         for p in group["params"]:
-            name, q = counterpart(p)
+            q, axes = replace(p)
             params.append(q)
             if p in optimizer.state:
-                axes = mappings.get(name, ())
                 state[q] = {
                     key: _grow_entry(value, axes, powers[key])
                     for key, value in optimizer.state[p].items()
                 }
+        params += added.get(i, [])
         hyper = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
         groups.append({**hyper, "params": params})
     result = type(optimizer)(groups, **_constructor_defaults(optimizer))
