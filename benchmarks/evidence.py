@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--symmetry-seeds", type=int, default=None,
-                        help="how many of --seeds the symmetry study uses (default: all)")  # fmt: skip
+                        help="how many of --seeds the symmetry study uses (all)")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/evidence.md")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
