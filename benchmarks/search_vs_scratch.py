@@ -118,14 +118,14 @@ def main(argv: list[str] | None = None) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = load_space(args.space)
+    if args.seed_epochs is not None:
+        training = dataclasses.replace(base.training, seed_epochs=args.seed_epochs)
+        base = dataclasses.replace(base, training=training)
     out = Path(args.out)
     wall = time.perf_counter()
     runs: dict[int, dict] = {}
     for seed in args.seeds:
         space = dataclasses.replace(base, seed_value=seed)
-        if args.seed_epochs is not None:
-            training = dataclasses.replace(space.training, seed_epochs=args.seed_epochs)
-            space = dataclasses.replace(space, training=training)
         runs[seed] = {}
         for name in ("growth", "scratch"):
             run_dir = out / f"seed{seed}" / name
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         runs[seed]["comparison"] = compare(runs[seed]["growth"], runs[seed]["scratch"])
     minutes = (time.perf_counter() - wall) / 60
 
-    t = dataclasses.replace(base.training, **({} if args.seed_epochs is None else
-                                             {"seed_epochs": args.seed_epochs}))  # fmt: skip
+    t = base.training
     print(
         f"\nspace {args.space}, {args.trials} trials per search, seeds {args.seeds}; epochs per "
         f"trial {t.epochs}, growth root {t.seed_epochs or t.epochs}, scratch root {t.epochs}\n"
