@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._version import __version__
 from .checkpoint import CheckpointError, seed_model
 from .checkpoint.io import load, save
 from .errors import (
@@ -27,11 +28,15 @@ from .errors import (
     VerificationError,
 )
 from .graph import WidthGraph, WidthGroup, analyze
-from .rules import Call, RuleRegistry, TensorValue, default_registry
+from .rules import Call, RuleRegistry, TensorValue, get_default_registry
 from .transforms.deepen import InsertionPoint, deepen, insertion_points
 from .transforms.widen import widen
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> Any:
+    if name == "default_registry":  # built on first use (see autogrow.rules)
+        return get_default_registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_rule(target: Any, rule: Callable, *, signature: str = "*args, **kwargs") -> None:
@@ -57,7 +62,7 @@ def register_rule(target: Any, rule: Callable, *, signature: str = "*args, **kwa
     ```
     """
     name = f"user:{getattr(target, '__qualname__', target)}"
-    default_registry.rule(name, signature=signature, names=(target,))(rule)
+    get_default_registry().rule(name, signature=signature, names=(target,))(rule)
 
 
 def register_module_rule(module_type: type, rule: Callable) -> None:
@@ -85,10 +90,11 @@ def register_module_rule(module_type: type, rule: Callable) -> None:
     autogrow.register_module_rule(Scale, scale_rule)
     ```
     """
-    default_registry.register_module_rule(module_type, rule)
+    get_default_registry().register_module_rule(module_type, rule)
 
 
 __all__ = [
+    "__version__",
     "AutogrowError",
     "Call",
     "CheckpointError",

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .checkpoint.io import RECIPE, load, save
 from .checkpoint.recipe import seed_model
 from .errors import AutogrowError, InvalidArgumentError

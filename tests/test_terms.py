@@ -2,7 +2,7 @@
 
 import torch
 
-from autogrow.graph.terms import Atom, AxisStore, Cat, Fixed, Prod, Zip, cat, prod
+from autogrow.axes.terms import Atom, AxisStore, Cat, Fixed, Prod, Zip, cat, prod
 from autogrow.transforms.mapping import UnitMap, identity_map, new_size, sample_map, term_map
 
 

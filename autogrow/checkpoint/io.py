@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from .._version import __version__
 from ..errors import AutogrowError
 from ..transforms.deepen import InsertionPoint, deepen
 from ..transforms.widen import widen
@@ -340,6 +341,4 @@ def _shown(items: list[str], limit: int = 5) -> str:
 
 
 def _version() -> str:
-    from .. import __version__  # late: autogrow/__init__ imports this module
-
     return __version__

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..integrations.transformers import constrain, is_hf_model
-from ..rules import RuleRegistry, default_registry
+from ..rules import RuleRegistry, get_default_registry
 from ..tracing import prepare_inputs, trace
 from ..tracing.trace import trace_export
 from .build import Analysis, build
@@ -52,7 +52,7 @@ def analyze(
     ('0', 8)
     """
     inputs = prepare_inputs(model, example_inputs)
-    return analyze_traced(model, inputs, registry or default_registry, reference=False)
+    return analyze_traced(model, inputs, registry or get_default_registry(), reference=False)
 
 
 def analyze_traced(

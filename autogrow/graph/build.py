@@ -1,217 +1,56 @@
-"""Running the rules over a traced graph: from fx nodes to axis terms and width facts.
+"""The analysis engine: walk a traced graph once and run each node's rule.
 
-The pass walks the graph once. Each node is normalised to a :class:`~autogrow.rules.Call`, its
-rule states which axes carry the same units, and the result is an :class:`Analysis`: the
-:class:`~autogrow.graph.terms.AxisStore` plus what the transforms need (each parameter's axis
-terms and roles, module attributes to keep in sync, literal sizes in forward code, blocked ops).
+Shaped like ``torch.fx.Interpreter``: :class:`AnalysisPass` has one method per node kind
+(``placeholder``, ``get_attr``, ``call_function``/``call_method``/``call_module``, ``output``).
+Each call node is normalised to a :class:`~autogrow.rules.Call` (a module call, an ``F.*`` call
+and an ATen op on the same parameter become the same call), its rule runs with the
+:class:`~autogrow.rules.context.RuleContext`, and the result is an :class:`Analysis`. The rule
+registry is an argument: the engine owns no rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import fx, nn
 
+from ..axes.terms import Atom, Term
+from ..rules.context import (
+    BLOCKED,
+    COPY,
+    REDUCE,
+    TAPS,
+    Analysis,
+    AttentionAxes,
+    AttrBinding,
+    BlockedOp,
+    LiteralSize,
+    ParamInfo,
+    Role,
+    RuleContext,
+    tensor_values,
+)
 from ..rules.registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue, target_name
 from ..tracing.trace import TensorMeta, Traced
-from .terms import Atom, AxisStore, Fixed, Term
 
-COPY, REDUCE, TAPS = "copy", "reduce", "taps"  # TAPS: an axis that carries no units (kernels)
-BLOCKED = "blocked: "  # marks freeze reasons that come from an op without a (working) rule
-
-
-@dataclass
-class ParamInfo:
-    """A parameter or buffer: its axis terms and how ops use each axis."""
-
-    name: str
-    tensor: torch.Tensor
-    terms: list[Term]
-    roles: list[set[str]]
-
-
-@dataclass
-class AttrBinding:
-    """``module.attr`` must equal ``compute(size)`` after widening (``size`` maps a term to its
-    new size)."""
-
-    module: str
-    attr: str
-    compute: Callable[[Callable[[Term], int]], Any]
-
-
-@dataclass
-class LiteralSize:
-    """A size forward code fixes: a literal (``x.view(-1, 400)``) or, when ``value`` is a term,
-    the size of another axis read with ``x.size()`` whose layout differs."""
-
-    term: Term
-    value: int | Term
-    call: Call
-    soft: bool = False  # export graphs specialise every size: sync an attribute if one matches
-
-
-@dataclass
-class BlockedOp:
-    """An op without a rule (or whose rule failed): its axes are frozen."""
-
-    call: Call
-    reason: str
-
-
-@dataclass
-class AttentionAxes:
-    """The axes of one attention call: query heads, the query·key size and the value size per
-    head (model configs describe these with one number each, so integrations read them here)."""
-
-    heads: Term
-    qk_dim: Term
-    v_dim: Term
-    module: str | None
-
-
-@dataclass
-class Analysis:
-    traced: Traced
-    store: AxisStore
-    params: dict[str, ParamInfo]
-    attrs: list[AttrBinding] = field(default_factory=list)
-    literals: list[LiteralSize] = field(default_factory=list)
-    blocked: list[BlockedOp] = field(default_factory=list)
-    module_order: list[str] = field(default_factory=list)
-    attention: list[AttentionAxes] = field(default_factory=list)
-
-
-class RuleContext:
-    """What a rule may do: read values, state facts about axes, record attribute updates."""
-
-    def __init__(self, traced: Traced, registry: RuleRegistry) -> None:
-        self.traced = traced
-        self.registry = registry
-        self.store = AxisStore()
-        self.params: dict[str, ParamInfo] = {}
-        self.values: dict[fx.Node, Any] = {}
-        self.attrs: list[AttrBinding] = []
-        self.literals: list[LiteralSize] = []
-        self.blocked: list[BlockedOp] = []
-        self._named: dict[str, torch.Tensor] = {}
-        self._canonical: dict[str, str] = {}
-        first: dict[int, str] = {}
-        model = traced.model
-        for name, t in [
-            *model.named_parameters(remove_duplicate=False),
-            *model.named_buffers(remove_duplicate=False),
-        ]:
-            # Tied tensors (one object under several names) must be one set of axes.
-            self._canonical[name] = first.setdefault(id(t), name)
-            self._named[name] = t
-        self.module_order: list[str] = []
-        self.attention: list[AttentionAxes] = []
-        self.reductions: list[tuple[str, int, Call]] = []  # (param, axis, call) summing over it
-
-    # -- values ------------------------------------------------------------------------------
-    def param(self, qualname: str) -> TensorValue:
-        """The value of a parameter or buffer, with one fresh atom per axis on first use."""
-        qualname = self._canonical.get(qualname, qualname)
-        info = self.params.get(qualname)
-        if info is None:
-            tensor = self._named[qualname]
-            # Integer buffers (indices, counters) hold positions, not units: never widened.
-            frozen = None if tensor.is_floating_point() else f"{qualname} is not floating point"
-            terms: list[Term] = [
-                self.store.new_atom(s, f"{qualname}:{d}", frozen=frozen) if s > 1 else Fixed(s)
-                for d, s in enumerate(tensor.shape)
-            ]
-            info = ParamInfo(qualname, tensor, terms, [set() for _ in tensor.shape])
-            self.params[qualname] = info
-            owner = qualname.rsplit(".", 1)[0] if "." in qualname else ""
-            if owner not in self.module_order:
-                self.module_order.append(owner)
-        return TensorValue(list(info.terms), tuple(info.tensor.shape), qualname)
-
-    def frozen_tensor(self, meta: TensorMeta, why: str) -> TensorValue:
-        terms: list[Term] = [
-            self.store.new_atom(s, why, frozen=why) if s > 1 else Fixed(s) for s in meta.shape
-        ]
-        return TensorValue(terms, meta.shape)
-
-    def fixed_tensor(self, shape: tuple[int, ...]) -> TensorValue:
-        return TensorValue([Fixed(s) for s in shape], tuple(shape))
-
-    # -- facts -------------------------------------------------------------------------------
-    def unify(self, a: Term, b: Term, call: Call) -> None:
-        self.store.unify(a, b, call.where())
-
-    def freeze(self, t: Term, why: str) -> None:
-        self.store.freeze(t, why)
-
-    def uniform(self, t: Term, call: Call) -> None:
-        self.store.require_uniform(t, call.where())
-
-    def role(self, value: TensorValue, dim: int, role: str, call: Call) -> None:
-        """Declare how ``call`` uses an axis of ``value``: ``copy`` (units indexed one-to-one)
-        or ``reduce`` (summed against an activation axis, so replicas must share the weight).
-        Summing over an axis that is not a parameter's cannot be compensated: it is frozen."""
-        dim = value.dim(dim)
-        if value.param is not None:
-            self.params[value.param].roles[dim].add(role)
-            if role == REDUCE:
-                self.reductions.append((value.param, dim, call))
-        elif role == REDUCE:
-            self.freeze(value.terms[dim], f"contraction over an activation axis at {call.where()}")
-
-    def attention_axes(self, heads: Term, qk_dim: Term, v_dim: Term, call: Call) -> None:
-        """Record an attention call's per-head axes (see :class:`AttentionAxes`)."""
-        self.attention.append(AttentionAxes(heads, qk_dim, v_dim, call.module))
-
-    def set_attr(self, module: str | None, attr: str, compute: Callable) -> None:
-        if module is not None:
-            self.attrs.append(AttrBinding(module, attr, compute))
-
-    def literal(self, term: Term, value: int, call: Call) -> None:
-        """A size that forward code wrote as a literal; checked when the axis would change."""
-        if self.traced.kind == "export":
-            self.literals.append(LiteralSize(term, int(value), call, soft=True))
-        elif not isinstance(value, Dynamic):
-            self.literals.append(LiteralSize(term, int(value), call))
-
-    def same_size(self, term: Term, source: Term, call: Call) -> None:
-        """Forward code sizes ``term`` by reading ``source`` (``x.view(b, y.size(1))``): tie the
-        axes when their layouts agree, else check at planning time that the sizes still match."""
-        if self.store.can_unify(term, source):
-            self.unify(term, source, call)
-        else:
-            self.literals.append(LiteralSize(term, source, call))
-
-    def block(self, call: Call, reason: str) -> Any:
-        """Freeze every axis an op touches and give its outputs fresh frozen axes."""
-        why = f"{call.where(full=True)}: {BLOCKED}{reason}"
-        for v in _tensor_values(call.args):
-            for t in v.terms:
-                self.freeze(t, why)
-        self.blocked.append(BlockedOp(call, reason))
-        return _fresh_frozen(self, call.out, why)
-
-
-def _tensor_values(obj: Any) -> list[TensorValue]:
-    if isinstance(obj, TensorValue):
-        return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [v for o in obj for v in _tensor_values(o)]
-    return []
-
-
-def _fresh_frozen(ctx: RuleContext, meta: Any, why: str) -> Any:
-    if isinstance(meta, TensorMeta):
-        return ctx.frozen_tensor(meta, why)
-    if isinstance(meta, (list, tuple)):
-        return type(meta)(_fresh_frozen(ctx, m, why) for m in meta)
-    return meta
+__all__ = [  # the rule-facing names are re-exported here for imports that predate rules.context
+    "BLOCKED",
+    "COPY",
+    "REDUCE",
+    "TAPS",
+    "Analysis",
+    "AnalysisPass",
+    "AttentionAxes",
+    "AttrBinding",
+    "BlockedOp",
+    "LiteralSize",
+    "ParamInfo",
+    "Role",
+    "RuleContext",
+    "build",
+    "normalize",
+]
 
 
 def _to_value(ctx: RuleContext, arg: Any) -> Any:
@@ -250,7 +89,6 @@ def normalize(node: fx.Node, ctx: RuleContext) -> tuple[Call, Any] | None:
     """Turn an fx node into a canonical Call and its rule; None when no rule knows the op."""
     out = ctx.traced.meta.get(node)
     module = _module_of(node)
-    source = None
     args = _to_value(ctx, tuple(node.args))
     kwargs = _to_value(ctx, dict(node.kwargs))
     reg = ctx.registry
@@ -266,23 +104,21 @@ def normalize(node: fx.Node, ctx: RuleContext) -> tuple[Call, Any] | None:
             return call, fn
         name, bound = fn(m, qual, args, kwargs)
         bound = {k: (ctx.param(v.name) if isinstance(v, ParamRef) else v) for k, v in bound.items()}
-        call = Call(name, node, bound, out, qual, m, source)
+        call = Call(name, node, bound, out, qual, m)
         return call, reg.rules.get(name)
     target = node.target
     binding = reg.binding(target)
     name = _display_name(target)
     if binding is None:
-        return Call(name, node, {"args": args, "kwargs": kwargs}, out, module, None, source), None
+        return Call(name, node, {"args": args, "kwargs": kwargs}, out, module), None
     canonical, sig = binding
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as e:
-        call = Call(name, node, {"args": args, "kwargs": kwargs}, out, module, None, source)
+        call = Call(name, node, {"args": args, "kwargs": kwargs}, out, module)
         return call, _binding_failed(str(e))
     bound.apply_defaults()
-    return Call(canonical, node, dict(bound.arguments), out, module, None, source), reg.rules[
-        canonical
-    ]
+    return Call(canonical, node, dict(bound.arguments), out, module), reg.rules[canonical]
 
 
 def _display_name(target: Any) -> str:
@@ -302,26 +138,74 @@ def _binding_failed(message: str) -> Callable[[Call, RuleContext], Any]:
     return rule
 
 
+class AnalysisPass:
+    """One walk over ``traced.graph``: a method per fx node kind, as in ``fx.Interpreter``.
+
+    >>> import torch, autogrow
+    >>> from autogrow.graph.build import AnalysisPass
+    >>> from autogrow.rules import default_registry
+    >>> from autogrow.tracing import trace
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> analysis = AnalysisPass(trace(net, (torch.randn(1, 4),)), default_registry).run()
+    >>> sorted(analysis.params)
+    ['0.bias', '0.weight', '2.bias', '2.weight']
+    """
+
+    def __init__(self, traced: Traced, registry: RuleRegistry) -> None:
+        self.traced = traced
+        self.ctx = RuleContext(traced, registry)
+
+    def run(self) -> Analysis:
+        ctx = self.ctx
+        for node in self.traced.graph.nodes:
+            ctx.values[node] = getattr(self, node.op)(node, self.traced.meta.get(node))
+        _move_tied_reductions(ctx)
+        _settle_roles(ctx)
+        return Analysis(
+            self.traced,
+            ctx.store,
+            ctx.params,
+            ctx.attrs,
+            ctx.literals,
+            ctx.blocked,
+            ctx.module_order,
+            ctx.attention,
+        )
+
+    # -- one method per node kind --------------------------------------------------------------
+    def placeholder(self, node: fx.Node, meta: Any) -> Any:
+        if node in self.traced.param_nodes:  # a parameter lifted to an input by torch.export
+            return self.ctx.param(self.traced.param_nodes[node])
+        if isinstance(meta, TensorMeta):
+            return self.ctx.frozen_tensor(meta, f"model input '{node.target}'")
+        return meta
+
+    def get_attr(self, node: fx.Node, meta: Any) -> Any:
+        if node in self.traced.param_nodes:
+            return self.ctx.param(self.traced.param_nodes[node])
+        if isinstance(meta, TensorMeta):
+            return self.ctx.frozen_tensor(meta, f"constant tensor '{node.target}'")
+        return meta
+
+    def call_function(self, node: fx.Node, meta: Any) -> Any:
+        return _run_rule(node, self.ctx, meta)
+
+    call_method = call_module = call_function  # normalize() tells the three apart
+
+    def output(self, node: fx.Node, meta: Any) -> Any:
+        for v in tensor_values(_to_value(self.ctx, node.args)):
+            for t in v.terms:
+                self.ctx.freeze(t, "model output")
+        return meta
+
+
 def build(traced: Traced, registry: RuleRegistry) -> Analysis:
     """Run the rules over every node and collect the facts the transforms need."""
-    ctx = RuleContext(traced, registry)
-    for node in traced.graph.nodes:
-        meta = traced.meta.get(node)
-        if node.op in ("placeholder", "get_attr"):
-            if node in traced.param_nodes:  # fx get_attr, or a parameter lifted by export
-                ctx.values[node] = ctx.param(traced.param_nodes[node])
-            elif isinstance(meta, TensorMeta):
-                what = "model input" if node.op == "placeholder" else "constant tensor"
-                ctx.values[node] = ctx.frozen_tensor(meta, f"{what} '{node.target}'")
-            else:
-                ctx.values[node] = meta
-        elif node.op == "output":
-            for v in _tensor_values(_to_value(ctx, node.args)):
-                for t in v.terms:
-                    ctx.freeze(t, "model output")
-        else:
-            ctx.values[node] = _run_rule(node, ctx, meta)
-    _move_tied_reductions(ctx)
+    return AnalysisPass(traced, registry).run()
+
+
+def _settle_roles(ctx: RuleContext) -> None:
+    """Freeze parameter axes whose uses conflict or carry no units; mark moved-only axes COPY."""
     for info in ctx.params.values():
         for d, roles in enumerate(info.roles):
             if TAPS in roles:
@@ -335,16 +219,6 @@ def build(traced: Traced, registry: RuleRegistry) -> Analysis:
                     ctx.freeze(term, f"{info.name} axis {d} is not used as units by any op")
                 else:  # only moved around (expand, cat, view): its values are copied
                     roles.add(COPY)
-    return Analysis(
-        traced,
-        ctx.store,
-        ctx.params,
-        ctx.attrs,
-        ctx.literals,
-        ctx.blocked,
-        ctx.module_order,
-        ctx.attention,
-    )
 
 
 # Ops between a norm and a tied output projection that keep the hidden axis as it is.
@@ -417,7 +291,7 @@ def _norm_affine_before(ctx: RuleContext, call: Call, term: Term) -> list[str]:
 def _run_rule(node: fx.Node, ctx: RuleContext, meta: Any) -> Any:
     call, rule = normalize(node, ctx)
     call.locate = ctx.traced.source_of
-    involves_tensors = _tensor_values(call.args) or _is_tensor_meta(meta)
+    involves_tensors = tensor_values(call.args) or _is_tensor_meta(meta)
     if rule is None:
         if not involves_tensors:
             return meta  # plain Python arithmetic on sizes, asserts ...
@@ -446,8 +320,3 @@ def _matches(result: Any, meta: Any) -> bool:
             and all(_matches(r, m) for r, m in zip(result, meta))
         )
     return not isinstance(result, TensorValue)
-
-
-def owner_module(model: nn.Module, qualname: str) -> str:
-    """The qualified name of the module that owns a parameter."""
-    return qualname.rsplit(".", 1)[0] if "." in qualname else ""

@@ -8,8 +8,8 @@ from typing import Any
 
 import networkx as nx
 
+from ..axes.terms import Atom, AxisStore, Term
 from .build import COPY, REDUCE, TAPS, Analysis
-from .terms import Atom, AxisStore, Term
 
 
 @dataclass

@@ -11,16 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..graph.terms import Fixed
+from ..axes.terms import Fixed
 from .common import COPY, REDUCE, broadcast, out_shape
-from .registry import Call, TensorValue
-from .registry import default_registry as registry
+from .registry import Call, RuleSet, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
 
 
-@registry.rule(
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
+
+
+@rules.rule(
     "scaled_dot_product_attention",
     signature="query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, "
     "enable_gqa=False",
@@ -47,7 +49,7 @@ def _lead(x: TensorValue) -> TensorValue:
     return TensorValue(x.terms[:-2], x.shape[:-2], x.param)
 
 
-@registry.rule(
+@rules.rule(
     "multi_head_attention",
     signature="query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, "
     "average_attn_weights=True, is_causal=False, module=None",
@@ -108,7 +110,7 @@ def _has(ctx: RuleContext, qualname: str) -> bool:
     return qualname in dict(ctx.traced.model.named_parameters())
 
 
-@registry.module(nn.MultiheadAttention)
+@rules.module(nn.MultiheadAttention)
 def _mha_module(m: nn.MultiheadAttention, name: str, args: tuple, kwargs: dict):
     names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
              "average_attn_weights", "is_causal")  # fmt: skip

@@ -6,14 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..graph.terms import Atom, Fixed, Term, prod
+from ..axes.terms import Atom, Fixed, Term, prod
 from ..tracing.trace import TensorMeta
+from .context import COPY, REDUCE, TAPS  # noqa: F401 - re-exported for the rule modules
 from .registry import Call, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
-
-COPY, REDUCE, TAPS = "copy", "reduce", "taps"
+    from .context import RuleContext
 
 
 def out_shape(call: Call) -> tuple[int, ...]:

@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..graph.terms import Fixed, prod
+from ..axes.terms import Fixed, prod
 from .common import COPY, broadcast, out_shape, same_as, tensors
-from .registry import Call, Dynamic, ParamRef, TensorValue, target_name
-from .registry import default_registry as registry
+from .registry import Call, Dynamic, ParamRef, RuleSet, TensorValue, target_name
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
+
+
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
+
 
 UNARY = (
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
@@ -39,7 +42,7 @@ BINARY = (
 )  # fmt: skip
 
 
-@registry.rule("unary", signature="input, *args, **kwargs", names=UNARY)
+@rules.rule("unary", signature="input, *args, **kwargs", names=UNARY)
 def unary(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     others = tensors(call.args["args"]) + tensors(call.args["kwargs"])
@@ -59,7 +62,7 @@ def unary(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.rule("nary", signature="*args, **kwargs", names=BINARY)
+@rules.rule("nary", signature="*args, **kwargs", names=BINARY)
 def nary(call: Call, ctx: RuleContext) -> Any:
     values = tensors(call.args["args"]) + tensors(call.args["kwargs"])
     if not values:
@@ -85,7 +88,7 @@ def _size_arithmetic(call: Call) -> Any:
     return Dynamic(out)
 
 
-@registry.rule("prelu", signature="input, weight")
+@rules.rule("prelu", signature="input, weight")
 def prelu(call: Call, ctx: RuleContext) -> Any:
     x, w = call.args["input"], call.args["weight"]
     if w.shape[0] > 1:  # one slope per channel (axis 1)
@@ -97,7 +100,7 @@ def prelu(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.module(nn.PReLU)
+@rules.module(nn.PReLU)
 def _prelu_module(m: nn.PReLU, name: str, args: tuple, kwargs: dict):
     return "prelu", {"input": args[0], "weight": ParamRef(f"{name}.weight")}
 
@@ -119,10 +122,10 @@ def _activation_module(m: nn.Module, name: str, args: tuple, kwargs: dict):
 
 
 for _type in _ACTIVATION_MODULES:
-    registry.module(_type)(_activation_module)
+    rules.module(_type)(_activation_module)
 
 
-@registry.rule("glu", signature="input, dim=-1")
+@rules.rule("glu", signature="input, dim=-1")
 def glu(call: Call, ctx: RuleContext) -> Any:
     """a * sigmoid(b) for the two halves: the halves multiply unit by unit, so they are tied."""
     x = call.args["input"]
@@ -136,6 +139,6 @@ def glu(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.module(nn.GLU)
+@rules.module(nn.GLU)
 def _glu_module(m: nn.GLU, name: str, args: tuple, kwargs: dict):
     return "glu", {"input": args[0], "dim": m.dim}

@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph.terms import Fixed, prod
+from ..axes.terms import Fixed, prod
+from .common import COPY, REDUCE, TAPS, broadcast, grouped, module_at, out_shape, owner
+from .registry import Call, ParamRef, RuleSet, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
-
-from .common import COPY, REDUCE, TAPS, broadcast, grouped, module_at, out_shape, owner
-from .registry import Call, ParamRef, TensorValue
-from .registry import default_registry as registry
+    from .context import RuleContext
 
 
-@registry.rule("linear", signature="input, weight, bias=None")
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
+
+
+@rules.rule("linear", signature="input, weight, bias=None")
 def linear(call: Call, ctx: RuleContext) -> TensorValue:
     x, w, b = call.args["input"], call.args["weight"], call.args["bias"]
     ctx.unify(x.terms[-1], w.terms[1], call)
@@ -39,13 +40,13 @@ def linear(call: Call, ctx: RuleContext) -> TensorValue:
     return TensorValue([*x.terms[:-1], w.terms[0]], out_shape(call))
 
 
-@registry.module(nn.Linear)
+@rules.module(nn.Linear)
 def _linear_module(m: nn.Linear, name: str, args: tuple, kwargs: dict) -> tuple[str, dict]:
     bias = ParamRef(f"{name}.bias") if m.bias is not None else None
     return "linear", {"input": args[0], "weight": ParamRef(f"{name}.weight"), "bias": bias}
 
 
-@registry.rule(
+@rules.rule(
     "conv",
     signature="input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1",
     names=("conv1d", "conv2d", "conv3d"),
@@ -95,7 +96,7 @@ def _taps_and_bias(ctx: RuleContext, w: TensorValue, b: Any, out_dim: int, call:
         ctx.role(b, 0, COPY, call)
 
 
-@registry.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@rules.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv_module(m: nn.modules.conv._ConvNd, name: str, args: tuple, kwargs: dict):
     bias = ParamRef(f"{name}.bias") if m.bias is not None else None
     return "conv", {
@@ -106,7 +107,7 @@ def _conv_module(m: nn.modules.conv._ConvNd, name: str, args: tuple, kwargs: dic
     }
 
 
-@registry.rule(
+@rules.rule(
     "conv_transpose",
     signature="input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, "
     "dilation=1",
@@ -132,7 +133,7 @@ def conv_transpose(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*lead, w.terms[1], *(Fixed(s) for s in shape[-spatial:])], shape)
 
 
-@registry.module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@rules.module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 def _conv_transpose_module(m, name: str, args: tuple, kwargs: dict):
     if len(args) > 1 or kwargs:
         return "conv_transpose_output_size", {"input": args[0]}  # output_size: no rule
@@ -145,7 +146,7 @@ def _conv_transpose_module(m, name: str, args: tuple, kwargs: dict):
     }
 
 
-@registry.rule(
+@rules.rule(
     "embedding",
     signature="input, weight, padding_idx=None, max_norm=None, norm_type=2.0, "
     "scale_grad_by_freq=False, sparse=False",
@@ -167,7 +168,7 @@ def embedding(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*ids.terms, w.terms[1]], out_shape(call))
 
 
-@registry.module(nn.Embedding)
+@rules.module(nn.Embedding)
 def _embedding_module(m: nn.Embedding, name: str, args: tuple, kwargs: dict):
     return "embedding", {
         "input": args[0],
@@ -176,7 +177,7 @@ def _embedding_module(m: nn.Embedding, name: str, args: tuple, kwargs: dict):
     }
 
 
-@registry.rule("matmul", signature="input, other", names=("bmm", "mm"))
+@rules.rule("matmul", signature="input, other", names=("bmm", "mm"))
 def matmul(call: Call, ctx: RuleContext) -> Any:
     a, b = call.args["input"], call.args["other"]
     if a.ndim < 2 or b.ndim < 2:
@@ -199,7 +200,7 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*lead, a.terms[-2], b.terms[-1]], shape)
 
 
-@registry.rule("addmm", signature="input, mat1, mat2, *, beta=1, alpha=1", names=("baddbmm",))
+@rules.rule("addmm", signature="input, mat1, mat2, *, beta=1, alpha=1", names=("baddbmm",))
 def addmm(call: Call, ctx: RuleContext) -> Any:
     """``input + mat1 @ mat2`` (GPT-2's Conv1D lowers to it): a matmul plus a broadcast bias."""
     mm = dataclasses.replace(call, args={"input": call.args["mat1"], "other": call.args["mat2"]})
@@ -210,7 +211,7 @@ def addmm(call: Call, ctx: RuleContext) -> Any:
     return broadcast(call, ctx, [product, bias])
 
 
-@registry.rule("einsum", signature="equation, *operands")
+@rules.rule("einsum", signature="equation, *operands")
 def einsum(call: Call, ctx: RuleContext) -> Any:
     """Axes sharing a letter carry the same units; a summed letter needs a parameter operand
     whose axis can take the division, otherwise it is frozen."""

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import COPY, grouped, module_at, owner, same_as
-from .registry import Call, ParamRef, TensorValue
-from .registry import default_registry as registry
+from .registry import Call, ParamRef, RuleSet, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
+
+
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
 
 
 def _per_channel(call: Call, ctx: RuleContext, channel: Any, names: tuple[str, ...]) -> None:
@@ -43,7 +45,7 @@ def _norm_module(ctx: RuleContext, call: Call, kinds: type | tuple[type, ...]) -
     return module_at(ctx, name, kinds)
 
 
-@registry.rule(
+@rules.rule(
     "batch_norm",
     signature="input, weight=None, bias=None, running_mean=None, running_var=None, "
     "training=False, momentum=0.1, eps=1e-5, cudnn_enabled=True",
@@ -79,17 +81,17 @@ def _owner(call: Call) -> str | None:
     return None
 
 
-@registry.module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+@rules.module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 def _bn_module(m: nn.modules.batchnorm._BatchNorm, name: str, args: tuple, kwargs: dict):
     return "batch_norm", {"input": args[0], **_refs(m, name, _BN_TENSORS)}
 
 
-@registry.module(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+@rules.module(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 def _in_module(m: nn.modules.instancenorm._InstanceNorm, name: str, args: tuple, kwargs: dict):
     return "batch_norm", {"input": args[0], **_refs(m, name, _BN_TENSORS)}
 
 
-@registry.rule(
+@rules.rule(
     "layer_norm",
     signature="input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True",
     also={"rms_norm": "input, normalized_shape, weight=None, eps=None"},
@@ -111,7 +113,7 @@ def layer_norm(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.module(nn.LayerNorm)
+@rules.module(nn.LayerNorm)
 def _ln_module(m: nn.LayerNorm, name: str, args: tuple, kwargs: dict):
     return "layer_norm", {
         "input": args[0],
@@ -120,7 +122,7 @@ def _ln_module(m: nn.LayerNorm, name: str, args: tuple, kwargs: dict):
     }
 
 
-@registry.module(nn.RMSNorm)
+@rules.module(nn.RMSNorm)
 def _rms_module(m: nn.RMSNorm, name: str, args: tuple, kwargs: dict):
     return "layer_norm", {
         "input": args[0],
@@ -129,7 +131,7 @@ def _rms_module(m: nn.RMSNorm, name: str, args: tuple, kwargs: dict):
     }
 
 
-@registry.rule(
+@rules.rule(
     "group_norm",
     signature="input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True",
 )
@@ -146,7 +148,7 @@ def group_norm(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.module(nn.GroupNorm)
+@rules.module(nn.GroupNorm)
 def _gn_module(m: nn.GroupNorm, name: str, args: tuple, kwargs: dict):
     return "group_norm", {
         "input": args[0],

@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..graph.terms import Fixed
+from ..axes.terms import Fixed
 from .common import out_shape, same_as
-from .registry import Call, TensorValue
-from .registry import default_registry as registry
+from .registry import Call, RuleSet, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
+
+
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
 
 
 def _reduced_dims(x: TensorValue, dim: Any) -> list[int]:
@@ -42,12 +44,12 @@ def _reduce(call: Call, ctx: RuleContext, effect: str) -> Any:
     return TensorValue(keep, shape)
 
 
-@registry.rule("mean", signature="input, dim=None, keepdim=False, *, dtype=None")
+@rules.rule("mean", signature="input, dim=None, keepdim=False, *, dtype=None")
 def mean(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "uniform")
 
 
-@registry.rule(
+@rules.rule(
     "sum",
     signature="input, dim=None, keepdim=False, *, dtype=None",
     names=(
@@ -67,12 +69,12 @@ def sum_(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "freeze")
 
 
-@registry.rule("amax", signature="input, dim=None, keepdim=False", names=("amin",))
+@rules.rule("amax", signature="input, dim=None, keepdim=False", names=("amin",))
 def amax(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "none")
 
 
-@registry.rule("max", signature="input, dim=None, keepdim=False", names=("min",))
+@rules.rule("max", signature="input, dim=None, keepdim=False", names=("min",))
 def max_(call: Call, ctx: RuleContext) -> Any:
     x, dim = call.args["input"], call.args["dim"]
     if isinstance(dim, TensorValue):  # torch.max(a, b) is elementwise
@@ -88,7 +90,7 @@ def max_(call: Call, ctx: RuleContext) -> Any:
     return (values, TensorValue(list(values.terms), values.shape))
 
 
-@registry.rule(
+@rules.rule(
     "var",
     signature="input, dim=None, *, correction=None, keepdim=False, unbiased=None",
     names=("std",),
@@ -101,7 +103,7 @@ def var(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "uniform" if biased else "freeze")
 
 
-@registry.rule(
+@rules.rule(
     "softmax",
     signature="input, dim=None, *args, **kwargs",
     names=("log_softmax", "_softmax", "_log_softmax", "softmin"),
@@ -115,7 +117,7 @@ def softmax(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.module(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+@rules.module(nn.Softmax, nn.LogSoftmax, nn.Softmin)
 def _softmax_module(m: nn.Softmax, name: str, args: tuple, kwargs: dict):
     return "softmax", {"input": args[0], "dim": m.dim}
 
@@ -142,7 +144,7 @@ _POOLS = (
     "fractional_max_pool",
 )
 for _n in (1, 2, 3):
-    registry.rule(
+    rules.rule(
         f"pool{_n}d",
         signature="input, *args, **kwargs",
         names=tuple(f"{p}{_n}d" for p in _POOLS) + tuple(f"{p}{_n}d_with_indices" for p in _POOLS),
@@ -161,4 +163,4 @@ for _n, _types in {
     2: (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d),
     3: (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
 }.items():
-    registry.module(*_types)(_pool_module(_n))
+    rules.module(*_types)(_pool_module(_n))

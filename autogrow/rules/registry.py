@@ -6,7 +6,7 @@ in user code and ``aten.conv2d`` in an exported graph all reach the same ``conv`
 
 A rule returns what the node produces: a :class:`TensorValue` (one term per dimension), a
 container of them, or a plain Python value. It states facts through the
-:class:`~autogrow.graph.build.RuleContext` it receives (``unify``, ``freeze``, ``role`` ...).
+:class:`~autogrow.rules.context.RuleContext` it receives (``unify``, ``freeze``, ``role`` ...).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
-from ..graph.terms import Term
+from ..axes.terms import Term
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
 
 
 class Dynamic(int):
@@ -246,8 +246,61 @@ class RuleRegistry:
                 return self.bindings[target]
         except TypeError:  # unhashable target
             return None
+        qualified = _qualified_name(target)  # rules bound by "package.module.function"
+        if qualified is not None and qualified in self.bindings:
+            return self.bindings[qualified]
         name = target_name(target)
         return self.bindings.get(name) if name else None
+
+
+class RuleSet:
+    """A rule module's registrations, recorded by the same decorators as :class:`RuleRegistry`
+    and installed into a registry on demand (:meth:`install`): importing a rule module
+    changes no registry.
+
+    >>> import torch
+    >>> rules = RuleSet()
+    >>> @rules.rule("my_erfc", signature="input", names=(torch.special.erfc,))
+    ... def erfc_rule(call, ctx):
+    ...     return TensorValue(list(call.args["input"].terms), call.out.shape)
+    >>> registry = RuleRegistry()
+    >>> rules.install(registry)
+    >>> registry.binding(torch.special.erfc)[0]
+    'my_erfc'
+    """
+
+    def __init__(self) -> None:
+        self._installs: list[Callable[[RuleRegistry], None]] = []
+
+    def rule(self, canonical: str, **options: Any) -> Callable[[Rule], Rule]:
+        """As :meth:`RuleRegistry.rule`, deferred."""
+
+        def record(fn: Rule) -> Rule:
+            self._installs.append(lambda registry: registry.rule(canonical, **options)(fn))
+            return fn
+
+        return record
+
+    def module(self, *types: type) -> Callable[[ModuleAdapter], ModuleAdapter]:
+        """As :meth:`RuleRegistry.module`, deferred."""
+
+        def record(fn: ModuleAdapter) -> ModuleAdapter:
+            self._installs.append(lambda registry: registry.module(*types)(fn))
+            return fn
+
+        return record
+
+    def install(self, registry: RuleRegistry) -> None:
+        """Register every recorded rule and module adapter in ``registry``."""
+        for install in self._installs:
+            install(registry)
+
+
+def _qualified_name(target: Any) -> str | None:
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    return f"{module}.{qualname}"
 
 
 _OPERATOR_NAMES = {
@@ -277,6 +330,3 @@ def target_name(target: Any) -> str | None:
         name = schema.name.split("::")[-1]
         return name[:-1] if name.endswith("_") and not name.startswith("_") else name
     return getattr(target, "__name__", None)
-
-
-default_registry = RuleRegistry()

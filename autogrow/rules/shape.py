@@ -2,7 +2,7 @@
 
 Views merge and split axes as products (``flatten`` → ``(c h w)``, heads → ``(heads head_dim)``),
 concatenation lays axes side by side, split/chunk cut them, indexing picks from them. The term
-algebra in :mod:`autogrow.graph.terms` does the work; these rules only say which axes go where.
+algebra in :mod:`autogrow.axes.terms` does the work; these rules only say which axes go where.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..graph.terms import Fixed, Term, cat, prod
+from ..axes.terms import Fixed, Term, cat, prod
 from .common import out_shape, same_as
-from .registry import Call, Dynamic, TensorValue
-from .registry import default_registry as registry
+from .registry import Call, Dynamic, RuleSet, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
+
+
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
 
 
 def _sizes(args: Any) -> list[Any]:
@@ -43,9 +45,7 @@ def reshape_terms(call: Call, ctx: RuleContext, x: TensorValue, shape: tuple[int
     return TensorValue(pieces, shape)
 
 
-@registry.rule(
-    "view", signature="input, *shape", names=("reshape", "_unsafe_view", "_reshape_alias")
-)
+@rules.rule("view", signature="input, *shape", names=("reshape", "_unsafe_view", "_reshape_alias"))
 def view(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     shape = out_shape(call)
@@ -68,7 +68,7 @@ def check_requested_sizes(call: Call, ctx: RuleContext, terms: list[Term], reque
                 ctx.literal(t, s, call)
 
 
-@registry.rule("view_as", signature="input, other", names=("reshape_as",))
+@rules.rule("view_as", signature="input, other", names=("reshape_as",))
 def view_as(call: Call, ctx: RuleContext) -> Any:
     x, other = call.args["input"], call.args["other"]
     result = reshape_terms(call, ctx, x, out_shape(call))
@@ -78,7 +78,7 @@ def view_as(call: Call, ctx: RuleContext) -> Any:
     return result
 
 
-@registry.rule("flatten", signature="input, start_dim=0, end_dim=-1")
+@rules.rule("flatten", signature="input, start_dim=0, end_dim=-1")
 def flatten(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     if x.ndim == 0:
@@ -87,12 +87,12 @@ def flatten(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*x.terms[:s], prod(x.terms[s : e + 1]), *x.terms[e + 1 :]], out_shape(call))
 
 
-@registry.module(nn.Flatten)
+@rules.module(nn.Flatten)
 def _flatten_module(m: nn.Flatten, name: str, args: tuple, kwargs: dict):
     return "flatten", {"input": args[0], "start_dim": m.start_dim, "end_dim": m.end_dim}
 
 
-@registry.rule("unflatten", signature="input, dim, sizes")
+@rules.rule("unflatten", signature="input, dim, sizes")
 def unflatten(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
@@ -104,19 +104,19 @@ def unflatten(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*x.terms[:d], *pieces, *x.terms[d + 1 :]], shape)
 
 
-@registry.module(nn.Unflatten)
+@rules.module(nn.Unflatten)
 def _unflatten_module(m: nn.Unflatten, name: str, args: tuple, kwargs: dict):
     return "unflatten", {"input": args[0], "dim": m.dim, "sizes": m.unflattened_size}
 
 
-@registry.rule("permute", signature="input, *dims")
+@rules.rule("permute", signature="input, *dims")
 def permute(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     dims = [x.dim(d) for d in _sizes(call.args["dims"])]
     return TensorValue([x.terms[d] for d in dims], out_shape(call))
 
 
-@registry.rule("transpose", signature="input, dim0, dim1", names=("swapaxes", "swapdims"))
+@rules.rule("transpose", signature="input, dim0, dim1", names=("swapaxes", "swapdims"))
 def transpose(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     a, b = x.dim(call.args["dim0"]), x.dim(call.args["dim1"])
@@ -125,13 +125,13 @@ def transpose(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule("t", signature="input", names=("numpy_T",))
+@rules.rule("t", signature="input", names=("numpy_T",))
 def t(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     return TensorValue(list(reversed(x.terms)), out_shape(call))
 
 
-@registry.rule("movedim", signature="input, source, destination", names=("moveaxis",))
+@rules.rule("movedim", signature="input, source, destination", names=("moveaxis",))
 def movedim(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     src = call.args["source"]
@@ -144,7 +144,7 @@ def movedim(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([x.terms[d] for d in order], out_shape(call))
 
 
-@registry.rule("unsqueeze", signature="input, dim")
+@rules.rule("unsqueeze", signature="input, dim")
 def unsqueeze(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = call.args["dim"]
@@ -152,7 +152,7 @@ def unsqueeze(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*x.terms[:d], Fixed(1), *x.terms[d:]], out_shape(call))
 
 
-@registry.rule("squeeze", signature="input, dim=None")
+@rules.rule("squeeze", signature="input, dim=None")
 def squeeze(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     shape = out_shape(call)
@@ -165,7 +165,7 @@ def squeeze(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([t for i, t in enumerate(x.terms) if i not in drop], shape)
 
 
-@registry.rule("expand", signature="input, *size", names=("broadcast_to",))
+@rules.rule("expand", signature="input, *size", names=("broadcast_to",))
 def expand(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     shape = out_shape(call)
@@ -178,7 +178,7 @@ def expand(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, shape)
 
 
-@registry.rule("expand_as", signature="input, other")
+@rules.rule("expand_as", signature="input, other")
 def expand_as(call: Call, ctx: RuleContext) -> Any:
     x, other = call.args["input"], call.args["other"]
     lead = other.ndim - x.ndim
@@ -190,7 +190,7 @@ def expand_as(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule("repeat", signature="input, *repeats", names=("tile",))
+@rules.rule("repeat", signature="input, *repeats", names=("tile",))
 def repeat(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     reps = _sizes(call.args["repeats"])
@@ -203,7 +203,7 @@ def repeat(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, shape)
 
 
-@registry.rule("repeat_interleave", signature="input, repeats=None, dim=None, *, output_size=None")
+@rules.rule("repeat_interleave", signature="input, repeats=None, dim=None, *, output_size=None")
 def repeat_interleave(call: Call, ctx: RuleContext) -> Any:
     x, r, d = call.args["input"], call.args["repeats"], call.args["dim"]
     if not isinstance(r, int) or d is None:
@@ -214,7 +214,7 @@ def repeat_interleave(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule("cat", signature="tensors, dim=0", names=("concat", "concatenate"))
+@rules.rule("cat", signature="tensors, dim=0", names=("concat", "concatenate"))
 def cat_(call: Call, ctx: RuleContext) -> Any:
     parts = [v for v in call.args["tensors"] if isinstance(v, TensorValue) and v.shape != (0,)]
     shape = out_shape(call)
@@ -231,7 +231,7 @@ def cat_(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, shape)
 
 
-@registry.rule("stack", signature="tensors, dim=0")
+@rules.rule("stack", signature="tensors, dim=0")
 def stack(call: Call, ctx: RuleContext) -> Any:
     parts = call.args["tensors"]
     shape = out_shape(call)
@@ -272,7 +272,7 @@ def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -
     return tuple(out)
 
 
-@registry.rule(
+@rules.rule(
     "split",
     signature="input, split_size_or_sections, dim=0",
     names=("split_with_sizes",),
@@ -287,13 +287,13 @@ def split(call: Call, ctx: RuleContext) -> Any:
     return _split(call, ctx, x, d, literal)
 
 
-@registry.rule("chunk", signature="input, chunks, dim=0", names=("tensor_split",))
+@rules.rule("chunk", signature="input, chunks, dim=0", names=("tensor_split",))
 def chunk(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     return _split(call, ctx, x, x.dim(call.args["dim"]), None)
 
 
-@registry.rule("unbind", signature="input, dim=0")
+@rules.rule("unbind", signature="input, dim=0")
 def unbind(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
@@ -367,7 +367,7 @@ def _advanced_index(call: Call, ctx: RuleContext, x: TensorValue, idx: list[Any]
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule("getitem", signature="obj, index")
+@rules.rule("getitem", signature="obj, index")
 def getitem(call: Call, ctx: RuleContext) -> Any:
     obj, index = call.args["obj"], call.args["index"]
     if isinstance(obj, TensorValue):
@@ -377,12 +377,12 @@ def getitem(call: Call, ctx: RuleContext) -> Any:
     return obj[index]
 
 
-@registry.rule("index", signature="input, indices")
+@rules.rule("index", signature="input, indices")
 def index(call: Call, ctx: RuleContext) -> Any:
     return _advanced_index(call, ctx, call.args["input"], list(call.args["indices"]))
 
 
-@registry.rule("select", signature="input, dim, index")
+@rules.rule("select", signature="input, dim, index")
 def select(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
@@ -391,7 +391,7 @@ def select(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([t for i, t in enumerate(x.terms) if i != d], out_shape(call))
 
 
-@registry.rule(
+@rules.rule(
     "slice",
     signature="input, dim=0, start=None, end=None, step=1",
     names=("narrow",),
@@ -410,9 +410,7 @@ def slice_(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule(
-    "pad", signature="input, pad, mode='constant', value=None", names=("constant_pad_nd",)
-)
+@rules.rule("pad", signature="input, pad, mode='constant', value=None", names=("constant_pad_nd",))
 def pad(call: Call, ctx: RuleContext) -> Any:
     x, widths, mode = call.args["input"], list(call.args["pad"]), call.args["mode"]
     terms = list(x.terms)
@@ -429,7 +427,7 @@ def pad(call: Call, ctx: RuleContext) -> Any:
     return TensorValue(terms, out_shape(call))
 
 
-@registry.rule("roll", signature="input, shifts, dims=None", names=("flip", "rot90"))
+@rules.rule("roll", signature="input, shifts, dims=None", names=("flip", "rot90"))
 def roll(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     dims = call.args.get("dims")
@@ -439,7 +437,7 @@ def roll(call: Call, ctx: RuleContext) -> Any:
     return same_as(x, call)
 
 
-@registry.rule(
+@rules.rule(
     "new_tensor",
     signature="*args, **kwargs",
     names=(
@@ -467,7 +465,7 @@ def new_tensor(call: Call, ctx: RuleContext) -> Any:
     return ctx.fixed_tensor(out_shape(call))
 
 
-@registry.rule("size", signature="input, dim=None", names=("sym_size",))
+@rules.rule("size", signature="input, dim=None", names=("sym_size",))
 def size(call: Call, ctx: RuleContext) -> Any:
     """Sizes remember the axis they were read from (see :class:`Dynamic`)."""
     x, d = call.args["input"], call.args["dim"]
@@ -478,7 +476,7 @@ def size(call: Call, ctx: RuleContext) -> Any:
     return Dynamic(x.shape[x.dim(d)], x.terms[x.dim(d)])
 
 
-@registry.rule(
+@rules.rule(
     "meta",
     signature="*args, **kwargs",
     names=(
@@ -500,7 +498,7 @@ def meta(call: Call, ctx: RuleContext) -> Any:
     return call.out
 
 
-@registry.rule("getattr", signature="obj, name")
+@rules.rule("getattr", signature="obj, name")
 def getattr_(call: Call, ctx: RuleContext) -> Any:
     obj, name = call.args["obj"], call.args["name"]
     if isinstance(obj, TensorValue) and name in ("T", "mT"):

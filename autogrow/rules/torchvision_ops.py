@@ -1,20 +1,22 @@
 """Rules for torchvision's ``torch.fx.wrap``-ped functions, which symbolic tracing sees as
 single calls: Swin's window attention, its relative position bias and patch merging.
 
-Registered only when torchvision is installed.
+Bound by qualified name: importing this module does not import torchvision.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..graph.terms import Fixed, cat
+from ..axes.terms import Fixed, cat
 from .common import COPY, REDUCE
-from .registry import Call, TensorValue
-from .registry import default_registry as registry
+from .registry import Call, RuleSet, TensorValue
 
 if TYPE_CHECKING:
-    from ..graph.build import RuleContext
+    from .context import RuleContext
+
+
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
 
 
 def shifted_window_attention(call: Call, ctx: RuleContext) -> Any:
@@ -72,24 +74,21 @@ def patch_merging_pad(call: Call, ctx: RuleContext) -> Any:
     return TensorValue([*x.terms[:-3], *spatial, cat([c, c, c, c])], shape)
 
 
-try:
-    from torchvision.models import swin_transformer as _swin
-except ImportError:  # torchvision is optional
-    _swin = None
-
-if _swin is not None:
-    registry.rule(
-        "tv_shifted_window_attention",
-        signature="input, qkv_weight, proj_weight, relative_position_bias, window_size, "
-        "num_heads, shift_size, attention_dropout=0.0, dropout=0.0, qkv_bias=None, "
-        "proj_bias=None, logit_scale=None, training=True",
-        names=(_swin.shifted_window_attention,),
-    )(shifted_window_attention)
-    registry.rule(
-        "tv_relative_position_bias",
-        signature="relative_position_bias_table, relative_position_index, window_size",
-        names=(_swin._get_relative_position_bias,),
-    )(relative_position_bias)
-    registry.rule("tv_patch_merging_pad", signature="x", names=(_swin._patch_merging_pad,))(
-        patch_merging_pad
-    )
+# Bound by qualified name, so torchvision is never imported here: the rules apply when a traced
+# model calls these functions, and cost nothing for models that do not.
+_SWIN = "torchvision.models.swin_transformer."
+rules.rule(
+    "tv_shifted_window_attention",
+    signature="input, qkv_weight, proj_weight, relative_position_bias, window_size, "
+    "num_heads, shift_size, attention_dropout=0.0, dropout=0.0, qkv_bias=None, "
+    "proj_bias=None, logit_scale=None, training=True",
+    names=(_SWIN + "shifted_window_attention",),
+)(shifted_window_attention)
+rules.rule(
+    "tv_relative_position_bias",
+    signature="relative_position_bias_table, relative_position_index, window_size",
+    names=(_SWIN + "_get_relative_position_bias",),
+)(relative_position_bias)
+rules.rule("tv_patch_merging_pad", signature="x", names=(_SWIN + "_patch_merging_pad",))(
+    patch_merging_pad
+)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graph.terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
+from ..axes.terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
 
 SYMMETRIES = ("split", "none")
 

@@ -8,6 +8,7 @@ from typing import Union
 
 import networkx as nx
 
+from ..axes.terms import Atom, Fixed, Term
 from ..errors import (
     ConstraintError,
     FrozenGroupError,
@@ -16,7 +17,6 @@ from ..errors import (
     UnsupportedOpError,
 )
 from ..graph.build import BLOCKED
-from ..graph.terms import Atom, Fixed, Term
 from ..graph.width_graph import WidthGraph, WidthGroup
 from .mapping import new_size
 

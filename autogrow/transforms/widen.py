@@ -17,7 +17,7 @@ from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..graph.build import REDUCE, Analysis
 from ..integrations.transformers import apply_config, grown_config, is_hf_model
-from ..rules import RuleRegistry, default_registry
+from ..rules import RuleRegistry, get_default_registry
 from ..tracing import prepare_inputs
 from ..verify import run
 from ..verify import verify as verify_outputs
@@ -122,7 +122,7 @@ def widen(
 
         check_optimizer(optimizer, model)  # before anything is changed
     inputs = prepare_inputs(model, example_inputs)
-    graph = analyze_traced(model, inputs, registry or default_registry, reference=verify)
+    graph = analyze_traced(model, inputs, registry or get_default_registry(), reference=verify)
     widths = plan_widths(graph, factor)
     if seed is None:  # drawn up front so that the recipe records the seed actually used
         seed = random.SystemRandom().randrange(2**62)
