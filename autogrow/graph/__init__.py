@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..integrations.transformers import constrain, is_hf_model
+from ..adapters import adapter_for
 from ..rules import RuleRegistry, get_default_registry
 from ..tracing import prepare_inputs, trace
 from ..tracing.trace import trace_export
@@ -70,8 +70,7 @@ def analyze_traced(
         if alternative is not None and _free_axes(alternative) > _free_axes(analysis):
             alternative.traced.reference_output = traced.reference_output
             analysis = alternative
-    if is_hf_model(model):
-        constrain(analysis, model)
+    adapter_for(model).constrain(analysis, model)
     return WidthGraph(analysis)
 
 

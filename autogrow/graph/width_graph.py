@@ -9,7 +9,7 @@ from typing import Any
 import networkx as nx
 
 from ..axes.terms import Atom, AxisStore, Term
-from .build import COPY, REDUCE, TAPS, Analysis
+from ..rules.context import COPY, REDUCE, TAPS, Analysis
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
+from ..adapters import adapter_for
 from ..errors import TracingError
-from ..integrations.transformers import inference_settings
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,12 @@ class Traced:
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode and restore each one's own flag afterwards (and run
-    transformers models without a KV cache, which could be neither traced nor compared)."""
+    with the model's adapter's inference settings, e.g. no KV cache for transformers models,
+    whose cache could be neither traced nor compared)."""
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with inference_settings(model):
+        with adapter_for(model).inference_context(model):
             yield
     finally:
         for m, was_training in flags:

@@ -23,9 +23,9 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from ..adapters import ModelAdapter, adapter_for
 from ..checkpoint.recipe import record_step
 from ..errors import InvalidArgumentError, UnsupportedOpError
-from ..integrations.transformers import layer_stacks, sync_layer_count
 from ..tracing import eval_mode, prepare_inputs
 from ..verify import verify as verify_outputs
 from .identity import identity_batchnorm, identity_conv, identity_linear, identity_prelu
@@ -90,6 +90,7 @@ class _Record:
 
     def __init__(self, model: nn.Module, inputs: tuple) -> None:
         self.model = model
+        self.adapter = adapter_for(model)
         self.calls: dict[str, _Call] = {}
         self.order: list[str] = []  # leaf modules, in the order their forward ended
         self.keep = {
@@ -199,7 +200,7 @@ def _hidden(output: Any) -> Any:
     return output
 
 
-def _zero_branch(block: nn.Module, names: Sequence[str]) -> None:
+def _zero_branch(block: nn.Module, names: Sequence[str], adapter: ModelAdapter) -> None:
     """Zero each named Linear/Conv (weight and bias) and the bias/mean of a norm right after."""
     modules = list(block.named_modules())
     index = {n: i for i, (n, _) in enumerate(modules)}
@@ -209,7 +210,7 @@ def _zero_branch(block: nn.Module, names: Sequence[str]) -> None:
             m.weight.zero_()
             if m.bias is not None:
                 m.bias.zero_()
-            width = _out_width(m)
+            width = _out_width(m, adapter)
             for _, nxt in modules[index[name] + 1 :]:
                 if any(True for _ in nxt.children()):
                     continue
@@ -221,15 +222,16 @@ def _zero_branch(block: nn.Module, names: Sequence[str]) -> None:
                 break
 
 
-def _is_branch_end(m: nn.Module) -> bool:
-    """A Linear/Conv, or transformers' Conv1D (a Linear whose weight is stored transposed)."""
-    return isinstance(m, _PARAMETRIC) or (hasattr(m, "nf") and hasattr(m, "weight"))
+def _is_branch_end(m: nn.Module, adapter: ModelAdapter) -> bool:
+    """A Linear/Conv, or a library's own linear layer (its adapter says)."""
+    return isinstance(m, _PARAMETRIC) or adapter.linear_width(m) is not None
 
 
-def _out_width(m: nn.Module) -> int:
+def _out_width(m: nn.Module, adapter: ModelAdapter) -> int:
     if isinstance(m, nn.Linear):
         return m.out_features
-    return m.nf if hasattr(m, "nf") else m.out_channels  # type: ignore[return-value]
+    width = adapter.linear_width(m)
+    return width if width is not None else m.out_channels  # type: ignore[return-value]
 
 
 def _norm_width(m: nn.Module) -> int:
@@ -240,9 +242,11 @@ def _norm_width(m: nn.Module) -> int:
     return m.num_features  # type: ignore[return-value]
 
 
-def _identity_error(block: nn.Module, zero: Sequence[str], call: _Call) -> float:
+def _identity_error(
+    block: nn.Module, zero: Sequence[str], call: _Call, adapter: ModelAdapter
+) -> float:
     trial = copy.deepcopy(block)
-    _zero_branch(trial, zero)
+    _zero_branch(trial, zero, adapter)
     y = _hidden(call.output)
     try:
         with eval_mode(trial), torch.no_grad():
@@ -267,11 +271,11 @@ def _differs(a: Any, b: Any) -> bool:
     return type(a) is not type(b)
 
 
-def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
+def _find_zero_set(block: nn.Module, call: _Call, adapter: ModelAdapter) -> tuple[str, ...] | None:
     """The branch-ending Linear/Convs whose zeroing makes ``block`` the identity, or None."""
-    candidates = [n for n, m in block.named_modules() if _is_branch_end(m)]
+    candidates = [n for n, m in block.named_modules() if _is_branch_end(m, adapter)]
     chosen: list[str] = []
-    current = _identity_error(block, chosen, call)
+    current = _identity_error(block, chosen, call, adapter)
     improved = True
     while improved and current > _BLOCK_TOL:  # again: one zeroing can help only after another
         improved = False
@@ -280,7 +284,7 @@ def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
                 break
             if name in chosen:
                 continue
-            err = _identity_error(block, [*chosen, name], call)
+            err = _identity_error(block, [*chosen, name], call, adapter)
             if err < current * (1 - 1e-3):
                 chosen.append(name)
                 current, improved = err, True
@@ -290,7 +294,7 @@ def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
         return ()
     for name in sorted(chosen, key=candidates.index):  # drop redundant (earlier) zeroings
         rest = [c for c in chosen if c != name]
-        if rest and _identity_error(block, rest, call) <= _BLOCK_TOL:
+        if rest and _identity_error(block, rest, call, adapter) <= _BLOCK_TOL:
             chosen = rest
     return tuple(sorted(chosen, key=candidates.index))
 
@@ -298,10 +302,10 @@ def _find_zero_set(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
 def _block_point(
     model: nn.Module, name: str, rec: _Record, *, outermost: bool = False
 ) -> InsertionPoint | None:
-    """``outermost``: a transformers layer is a block even though it holds residual blocks
-    (its attention and MLP sublayers), because the model's config counts layers."""
+    """``outermost``: a layer of a library's layer stack is a block even though it holds
+    residual blocks (its attention and MLP sublayers), because the library counts layers."""
     if outermost and _block_candidate(model, name, rec):
-        zero = _find_zero_set(model.get_submodule(name), rec.calls[name])
+        zero = _find_zero_set(model.get_submodule(name), rec.calls[name], rec.adapter)
     else:
         zero = _zero_set(model, name, rec)
     if zero is None:
@@ -327,7 +331,7 @@ def _zero_set(model: nn.Module, name: str, rec: _Record) -> tuple[str, ...] | No
             prefix = f"{name}."
             inner = sorted(d for d in rec.keep if d.startswith(prefix))
             if all(_zero_set(model, d, rec) is None for d in inner):
-                result = _find_zero_set(model.get_submodule(name), rec.calls[name])
+                result = _find_zero_set(model.get_submodule(name), rec.calls[name], rec.adapter)
         rec.zero_sets[name] = result
     return rec.zero_sets[name]
 
@@ -613,13 +617,14 @@ def deepen(
         from .optimizer import check_optimizer, extend_optimizer
 
         check_optimizer(optimizer, model)  # before anything is changed
-    stacks = layer_stacks(model)
+    adapter = adapter_for(model)
+    stacks = adapter.layer_stacks(model)
     old_params = list(model.parameters())  # before an in-place change adds the new layers
     memo: dict[int, Any] = {}
     result = model if inplace else copy.deepcopy(model, memo)
     undo = _apply(result, plans, n)
     inserted = [(p.container, p.index, n) for p in plans if p.point.kind == "block"]
-    undo = chain_undo(sync_layer_count(result, stacks, inserted), undo)
+    undo = chain_undo(adapter.after_deepen(result, stacks, inserted), undo)
     if verify:
         try:
             verify_outputs(result, inputs, rec.output, what="deepened")
@@ -695,7 +700,7 @@ def _plan_for(model: nn.Module, rec: _Record, name: str, module: nn.Module, kind
         elif name and _block_candidate(model, name, rec):
             block_name = name
         if block_name is not None:
-            stacks = layer_stacks(model)
+            stacks = rec.adapter.layer_stacks(model)
             outermost = name in stacks or name.rpartition(".")[0] in stacks
             point = _block_point(model, block_name, rec, outermost=outermost)
             if point is not None:
@@ -738,7 +743,7 @@ def _block_plan(model: nn.Module, block_name: str, point: InsertionPoint) -> _Pl
     def factory_for(result: nn.Module):
         def factory() -> list[nn.Module]:
             new = copy.deepcopy(result.get_submodule(block_name))
-            _zero_branch(new, point._zero)
+            _zero_branch(new, point._zero, adapter_for(result))
             return [new]
 
         return factory
@@ -748,8 +753,8 @@ def _block_plan(model: nn.Module, block_name: str, point: InsertionPoint) -> _Pl
 
 def _default_plans(model: nn.Module, rec: _Record) -> list[_Plan]:
     plans = []
-    stacks = layer_stacks(model)
-    for stack in stacks:  # transformers: after the last layer of each stack
+    stacks = rec.adapter.layer_stacks(model)
+    for stack in stacks:  # a library's layer stacks (its config counts them): after the last
         last = f"{stack}.{len(model.get_submodule(stack)) - 1}"
         point = _block_point(model, last, rec, outermost=True)
         if point is not None:
@@ -760,7 +765,7 @@ def _default_plans(model: nn.Module, rec: _Record) -> list[_Plan]:
         raise UnsupportedOpError(
             f"no layer of {type(model).__name__}'s {', '.join(stacks)} becomes the identity when "
             "its output projections are zeroed, so a copied layer would change the function. "
-            "This is the case for post-LayerNorm layers (BERT, RoBERTa: LayerNorm(x + f(x))) "
+            "This is the case for post-LayerNorm layers (LayerNorm(x + f(x))) "
             "whose LayerNorm weights are no longer 1 and biases 0. Pass after=... to insert "
             "identity layers instead (the config will not describe them)."
         )

@@ -16,8 +16,8 @@ from ..errors import (
     InvalidArgumentError,
     UnsupportedOpError,
 )
-from ..graph.build import BLOCKED
 from ..graph.width_graph import WidthGraph, WidthGroup
+from ..rules.context import BLOCKED
 from .mapping import new_size
 
 Factor = Union[float, int, Mapping[str, Union[int, float]]]  # noqa: UP007 - a runtime alias (py3.10)

@@ -12,12 +12,12 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from ..adapters import adapter_for
 from ..checkpoint.recipe import record_step
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
-from ..graph.build import REDUCE, Analysis
-from ..integrations.transformers import apply_config, grown_config, is_hf_model
 from ..rules import RuleRegistry, get_default_registry
+from ..rules.context import REDUCE, Analysis
 from ..tracing import prepare_inputs
 from ..verify import run
 from ..verify import verify as verify_outputs
@@ -144,10 +144,16 @@ def widen(
     if verify and reference is None:
         reference = run(model, inputs)
     old_params = dict(model.named_parameters(remove_duplicate=False))  # before inplace edits
-    config_changes = _config_changes(model, graph, widths, tensors)  # raises before any change
+    # The model's library may have to describe the grown model (a config): raises before any change.
+    adapter_update = adapter_for(model).prepare_widen(
+        model,
+        graph.analysis,
+        lambda term: new_size(graph.store, term, widths),
+        _new_shapes(model, tensors),
+    )
     result, undo = (_apply_inplace if inplace else _apply_copy)(model, tensors, attrs)
-    if config_changes is not None:
-        undo = chain_undo(apply_config(result, config_changes), undo)
+    if adapter_update is not None:
+        undo = chain_undo(adapter_update(result), undo)
     if verify:
         try:
             verify_outputs(result, inputs, reference, what="widened")
@@ -164,24 +170,11 @@ def widen(
     return result
 
 
-def _config_changes(
-    model: nn.Module, graph: WidthGraph, widths: dict[int, int], tensors: dict[str, torch.Tensor]
-) -> dict[str, int] | None:
-    """For a transformers model: the config fields that describe the grown model."""
-    if not is_hf_model(model):
-        return None
-    store = graph.store
-    ratios = {new_size(store, a.heads, widths) / a.heads.size for a in graph.analysis.attention}
-    if len(ratios) > 1:
-        raise ConstraintError(
-            f"attention layers of {type(model).__name__} would get different head counts "
-            f"(x{sorted(ratios)}), which its config cannot describe; widen every layer by the "
-            "same factor (a float factor does)"
-        )
+def _new_shapes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Every parameter and buffer name of ``model`` (tied names included) → its grown shape."""
     named = _named_tensors(model)
     grown = {id(named[n]): t.shape for n, t in tensors.items() if n in named}
-    shapes = {n: tuple(grown.get(id(t), t.shape)) for n, t in named.items()}
-    return grown_config(model, shapes, ratios.pop() if ratios else None)
+    return {n: tuple(grown.get(id(t), t.shape)) for n, t in named.items()}
 
 
 def chain_undo(first: Any, second: Any) -> Any:
