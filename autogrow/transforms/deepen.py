@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from ..adapters import ModelAdapter, adapter_for
-from ..checkpoint.recipe import record_step
 from ..errors import InvalidArgumentError, UnsupportedOpError
 from ..tracing import eval_mode, prepare_inputs
 from ..verify import verify as verify_outputs
 from .identity import identity_batchnorm, identity_conv, identity_linear, identity_prelu
+from .lineage import record_step
+from .optimizer import check_optimizer, extend_optimizer
 from .widen import chain_undo
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -614,8 +615,6 @@ def deepen(
     rec = _Record(model, inputs)
     plans = _default_plans(model, rec) if targets is None else _plans(model, rec, targets)
     if optimizer is not None:
-        from .optimizer import check_optimizer, extend_optimizer
-
         check_optimizer(optimizer, model)  # before anything is changed
     adapter = adapter_for(model)
     stacks = adapter.layer_stacks(model)

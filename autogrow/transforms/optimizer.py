@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .widen import AxisMap, grow_tensor
+from .axis_maps import AxisMap, grow_tensor
 
 Rule = tuple[int, bool] | None  # (power of the shares, grown like a gradient); None: copied
 _ADAM: dict[str, Rule] = {

@@ -5,15 +5,13 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, overload
 
 import torch
 from torch import nn
 
 from ..adapters import adapter_for
-from ..checkpoint.recipe import record_step
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
@@ -21,7 +19,10 @@ from ..rules.context import REDUCE, Analysis
 from ..tracing import prepare_inputs
 from ..verify import run
 from ..verify import verify as verify_outputs
+from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
+from .lineage import record_step
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
+from .optimizer import check_optimizer, grow_optimizer
 from .plan import Factor, check_factor, plan_widths
 
 
@@ -117,9 +118,6 @@ def widen(
     """
     _check_options(factor, symmetry, noise)
     if optimizer is not None:
-        # Imported here: optimizer.py builds on this module's grow_tensor.
-        from .optimizer import check_optimizer, grow_optimizer
-
         check_optimizer(optimizer, model)  # before anything is changed
     inputs = prepare_inputs(model, example_inputs)
     graph = analyze_traced(model, inputs, registry or get_default_registry(), reference=verify)
@@ -200,64 +198,6 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
         or noise < 0
     ):
         raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
-
-
-@dataclass(frozen=True)
-class AxisMap:
-    """How one axis of a parameter grows: ``map.source`` picks old units; ``reduce`` says the
-    axis is contracted with the group's units (outgoing weights, which take ``map.share``)."""
-
-    dim: int
-    map: UnitMap
-    reduce: bool
-
-
-def param_axis_maps(analysis: Analysis, maps: dict[int, UnitMap]) -> dict[str, list[AxisMap]]:
-    """Per parameter or buffer an axis of which changes, its changing axes."""
-    store = analysis.store
-    out: dict[str, list[AxisMap]] = {}
-    for name, info in analysis.params.items():
-        axes = [
-            AxisMap(d, term_map(store, term, maps), REDUCE in info.roles[d])
-            for d, term in enumerate(info.terms)
-            if any(a.id in maps for a in store.leaf_atoms(term))
-        ]
-        if axes:
-            out[name] = axes
-    return out
-
-
-def grow_tensor(
-    t: torch.Tensor, axes: Sequence[AxisMap], *, power: float = 1, gradient: bool = False
-) -> torch.Tensor:
-    """Apply a parameter's axis maps to a tensor of its shape (a new tensor).
-
-    Weights (``gradient=False``) take ``share ** power`` along reduce axes. Gradients and
-    optimizer moments (``gradient=True``) take it along the other (copied) axes: a replica's
-    gradient is its share of the old unit's (docs/training-state.md).
-    """
-    for a in axes:
-        t = t.index_select(a.dim, a.map.source.to(t.device))
-        if a.reduce != gradient and t.is_floating_point():
-            shape = [1] * t.ndim
-            shape[a.dim] = -1
-            share = a.map.share.to(dtype=t.dtype, device=t.device) ** power
-            t.mul_(share.view(shape))  # t is a fresh copy
-    return t.contiguous()
-
-
-def grown_tensors(
-    analysis: Analysis,
-    maps: dict[int, UnitMap],
-    axis_maps: dict[str, list[AxisMap]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """New values of every parameter and buffer an axis of which changes."""
-    if axis_maps is None:
-        axis_maps = param_axis_maps(analysis, maps)
-    return {
-        name: grow_tensor(analysis.params[name].tensor.detach(), axes)
-        for name, axes in axis_maps.items()
-    }
 
 
 def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:
