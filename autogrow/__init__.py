@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401 - autogrow.__version__
 from .checkpoint import CheckpointError, seed_model
 from .checkpoint.io import load, save
 from .errors import (
@@ -94,7 +94,6 @@ def register_module_rule(module_type: type, rule: Callable) -> None:
 
 
 __all__ = [
-    "__version__",
     "AutogrowError",
     "Call",
     "CheckpointError",

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._text import aligned_table
 from ._version import __version__
 from .checkpoint.io import RECIPE, load, save
 from .checkpoint.recipe import seed_model
@@ -436,14 +437,7 @@ def _table(title: str, columns: list[str], rows: list[tuple[str, ...]], note: st
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        rows_all = [tuple(columns), *rows]
-        widths = [max(len(r[i]) for r in rows_all) for i in range(len(columns))]
-        print(title)
-        for i, r in enumerate(rows_all):
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-            if i == 0:
-                print("  ".join("-" * w for w in widths))
-        print(note)
+        print(title, *aligned_table([tuple(columns), *rows]), note, sep="\n")
         return
     table = Table(title=title, caption=note, title_justify="left", caption_justify="left")
     for c in columns:

@@ -9,7 +9,7 @@ from torch import nn
 from ..adapters import adapter_for
 from ..rules import RuleRegistry, get_default_registry
 from ..tracing import prepare_inputs, trace
-from ..tracing.trace import trace_export
+from ..tracing.trace import TracerKind, trace_export
 from .build import Analysis, build
 from .width_graph import Member, WidthGraph, WidthGroup
 
@@ -62,7 +62,7 @@ def analyze_traced(
     ``torch.fx.wrap``-ped helpers), also try torch.export and keep whichever frees more axes."""
     traced = trace(model, inputs, registry.leaf_types(), reference)
     analysis = build(traced, registry)
-    if traced.kind == "fx" and analysis.blocked:
+    if traced.kind == TracerKind.FX and analysis.blocked:
         try:
             alternative = build(trace_export(model, inputs), registry)
         except Exception:  # noqa: BLE001 - the fx analysis stands

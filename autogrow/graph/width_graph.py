@@ -8,6 +8,7 @@ from typing import Any
 
 import networkx as nx
 
+from .._text import aligned_table, owner_module
 from ..axes.terms import Atom, AxisStore, Term
 from ..rules.context import COPY, REDUCE, TAPS, Analysis
 
@@ -173,9 +174,7 @@ class WidthGraph:
         """
         found: dict[int, WidthGroup] = {}
         for info in self.analysis.params.values():
-            if info.name.rsplit(".", 1)[0] != module and not (
-                module == "" and "." not in info.name
-            ):
+            if owner_module(info.name) != module and not (module == "" and "." not in info.name):
                 continue
             for d, t in enumerate(info.terms):
                 if COPY in info.roles[d]:
@@ -242,9 +241,7 @@ class WidthGraph:
                 f" (+{len(g.modules) - 4})" if len(g.modules) > 4 else ""
             )
             rows.append((g.name, str(g.width), status, "; ".join(g.constraints())[:50], mods))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = aligned_table(rows)
         frozen = sum(1 for g in self.groups if not g.widenable)
         lines.append(
             f"{sum(1 for g in self.groups if g.widenable)} widenable groups, {frozen} frozen, "
@@ -313,7 +310,7 @@ def _collect_groups(analysis: Analysis) -> list[WidthGroup]:
     groups: dict[int, WidthGroup] = {}
     owners: dict[int, list[str]] = {}
     for info in analysis.params.values():
-        module = info.name.rsplit(".", 1)[0] if "." in info.name else ""
+        module = owner_module(info.name)
         for d, t in enumerate(info.terms):
             roles = info.roles[d]
             if TAPS in roles:  # kernel taps and the like: not a unit axis, not a group

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .._text import owner_module
 from ..axes.terms import Atom, Fixed, Term, prod
 from ..tracing.trace import TensorMeta
 from .context import COPY, REDUCE, TAPS  # noqa: F401 - re-exported for the rule modules
@@ -88,7 +89,7 @@ def owner(value: Any) -> str | None:
     """The module owning a parameter value (``layer1.conv.weight`` → ``layer1.conv``)."""
     if not isinstance(value, TensorValue) or value.param is None:
         return None
-    return value.param.rsplit(".", 1)[0] if "." in value.param else ""
+    return owner_module(value.param)
 
 
 def tensors(obj: Any) -> list[TensorValue]:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import fx
 
+from .._text import owner_module
 from ..axes.terms import AxisStore, Fixed, Term
-from ..tracing.trace import TensorMeta, Traced
+from ..tracing.trace import TensorMeta, Traced, TracerKind
 from .registry import Call, Dynamic, RuleRegistry, TensorValue
 
 
@@ -32,6 +33,9 @@ class Role(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    def __repr__(self) -> str:  # shown like the plain string it equals
+        return repr(self.value)
 
 
 COPY, REDUCE, TAPS = Role.COPY, Role.REDUCE, Role.TAPS
@@ -142,7 +146,7 @@ class RuleContext:
             ]
             info = ParamInfo(qualname, tensor, terms, [set() for _ in tensor.shape])
             self.params[qualname] = info
-            owner = qualname.rsplit(".", 1)[0] if "." in qualname else ""
+            owner = owner_module(qualname)
             if owner not in self.module_order:
                 self.module_order.append(owner)
         return TensorValue(list(info.terms), tuple(info.tensor.shape), qualname)
@@ -188,7 +192,7 @@ class RuleContext:
 
     def literal(self, term: Term, value: int, call: Call) -> None:
         """A size that forward code wrote as a literal; checked when the axis would change."""
-        if self.traced.kind == "export":
+        if self.traced.kind == TracerKind.EXPORT:
             self.literals.append(LiteralSize(term, int(value), call, soft=True))
         elif not isinstance(value, Dynamic):
             self.literals.append(LiteralSize(term, int(value), call))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..axes.terms import Fixed, Term, cat, prod
+from ..tracing.trace import TracerKind
 from .common import out_shape, same_as
 from .registry import Call, Dynamic, RuleSet, TensorValue
 
@@ -282,7 +283,7 @@ def split(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     d = x.dim(call.args["dim"])
     literal = call.args.get("split_size_or_sections", call.args.get("split_sizes"))
-    if ctx.traced.kind == "export" and isinstance(literal, int):
+    if ctx.traced.kind == TracerKind.EXPORT and isinstance(literal, int):
         literal = None  # export specialises every size; chunk() arrives here as split
     return _split(call, ctx, x, d, literal)
 
@@ -311,7 +312,7 @@ def _slice_axis(call: Call, ctx: RuleContext, t: Term, n: int, s: slice) -> Term
     if start == 0 and stop == n:
         return t
     literal = any(isinstance(b, int) and not isinstance(b, Dynamic) for b in (s.start, s.stop))
-    if literal and ctx.traced.kind == "fx" and _has_atoms(ctx, t):
+    if literal and ctx.traced.kind == TracerKind.FX and _has_atoms(ctx, t):
         ctx.freeze(t, f"slice with literal bounds at {call.where()}")
         return Fixed(max(stop - start, 0))
     sizes = [x for x in (start, stop - start, n - stop) if x > 0]

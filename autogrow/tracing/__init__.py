@@ -8,9 +8,17 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from .inputs import infer_example_inputs
-from .trace import TensorMeta, Traced, eval_mode, flatten_output, trace
+from .trace import TensorMeta, Traced, TracerKind, eval_mode, flatten_output, trace
 
-__all__ = ["Traced", "TensorMeta", "eval_mode", "flatten_output", "trace", "prepare_inputs"]
+__all__ = [
+    "Traced",
+    "TensorMeta",
+    "TracerKind",
+    "eval_mode",
+    "flatten_output",
+    "trace",
+    "prepare_inputs",
+]
 
 
 def prepare_inputs(model: Any, example_inputs: Any) -> tuple:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -18,6 +19,19 @@ from torch.utils import _pytree as pytree
 
 from ..adapters import adapter_for
 from ..errors import TracingError
+
+
+class TracerKind(str, Enum):
+    """Which tracer produced a graph (a ``str`` enum: ``TracerKind.FX == "fx"``)."""
+
+    FX = "fx"  # torch.fx symbolic trace: module calls and Python-level ops, source lines known
+    EXPORT = "export"  # torch.export (non-strict): ATen ops, every size specialised
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:  # shown like the plain string it equals
+        return repr(self.value)
 
 
 @dataclass(frozen=True)
@@ -34,7 +48,7 @@ class Traced:
 
     model: nn.Module
     graph: fx.Graph
-    kind: str  # "fx" or "export"
+    kind: TracerKind
     param_nodes: dict[fx.Node, str]  # node -> qualified name of a parameter or buffer
     user_inputs: list[fx.Node]
     meta: dict[fx.Node, Any] = field(default_factory=dict)
@@ -47,7 +61,7 @@ class Traced:
         tracing several times slower, so for fx they are recorded by a second trace, once,
         when a message first needs one (node names are deterministic)."""
         text = node.meta.get("stack_trace")
-        if text is None and self.kind == "fx":
+        if text is None and self.kind == TracerKind.FX:
             if self._traces is None:
                 try:
                     graph = _Tracer(self.leaf_types, record_stack_traces=True).trace(self.model)
@@ -201,7 +215,9 @@ def trace_fx(
         if node.op == "get_attr" and node.target in names:
             params[node] = str(node.target)
     user_inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    return Traced(model, graph, "fx", params, user_inputs, recorder.meta, output, leaf_types)
+    return Traced(
+        model, graph, TracerKind.FX, params, user_inputs, recorder.meta, output, leaf_types
+    )
 
 
 def trace_export(model: nn.Module, inputs: tuple) -> Traced:
@@ -221,7 +237,7 @@ def trace_export(model: nn.Module, inputs: tuple) -> Traced:
         else:
             user_inputs.append(node)
     meta = {n: describe(n.meta.get("val")) for n in graph.nodes}
-    return Traced(model, graph, "export", params, user_inputs, meta, None)
+    return Traced(model, graph, TracerKind.EXPORT, params, user_inputs, meta, None)
 
 
 def trace(
