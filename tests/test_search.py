@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -341,3 +342,102 @@ def test_multi_objective_search_returns_accuracy_and_params_and_a_pareto_front(t
         for u in trials
     )
     assert (tmp_path / "run" / "pareto.png").is_file()
+
+
+# -- the report: what a person reads ------------------------------------------------------
+
+
+def synthetic_study() -> optuna.Study:
+    """A finished study without training: a root, two children and a grandchild."""
+    from optuna.trial import create_trial
+
+    widen = {"op": "widen", "site": "fc1", "factor": 1.5, "module": "Linear(64→16)"}
+    deepen = {"op": "deepen", "site": "layers.2", "kind": "layer", "module": "ReLU"}
+    block = {"op": "deepen", "site": "stages.1", "kind": "block", "module": "BasicBlock"}
+    rows = [  # parent, plan, accuracy, params, train steps
+        (None, [], 0.90, 1000, 100),
+        (0, [widen, deepen], 0.93, 1500, 20),
+        (0, [block], 0.93, 1500, 20),  # trial 1's accuracy, parameters and steps: one spot
+        (1, [deepen], 0.95, 1800, 20),
+    ]
+    study = optuna.create_study(study_name="synthetic", direction="maximize")
+    cumulative: dict[int, int] = {}
+    for number, (parent, plan, acc, params, steps) in enumerate(rows):
+        cumulative[number] = steps + (0 if parent is None else cumulative[parent])
+        attrs = {"parent": parent, "plan": plan, "accuracy": acc, "params": params}
+        attrs |= {"train_steps": steps, "cumulative_steps": cumulative[number]}
+        attrs["depth"] = 0 if parent is None else 1 + (parent != 0)
+        study.add_trial(create_trial(value=acc, user_attrs=attrs))
+    return study
+
+
+def test_sampled_plans_record_each_sites_module_and_the_table_names_it():
+    from autogrow.search.growth import sample_plan, seed_sites
+    from autogrow.search.models import mlp, small_resnet
+    from autogrow.search.report import format_plan
+
+    inputs = (torch.zeros(2, 1, 8, 8),)
+    sites = seed_sites(mlp(64, [8, 8], 10), Growth(), inputs)
+    params = {"n_ops": 2, "op0": "widen", "op0_widen": "1", "op0_factor": 1.5}
+    params |= {"op1": "deepen", "op1_deepen": "4"}
+    plan = sample_plan(optuna.trial.FixedTrial(params), Growth(max_ops=2), sites)
+    assert plan == [
+        {"op": "widen", "site": "1", "factor": 1.5, "module": "Linear(64→8)"},
+        {"op": "deepen", "site": "4", "kind": "layer", "module": "ReLU"},
+    ]
+    assert format_plan(plan) == "widen 1 (Linear) ×1.5, deepen after 4 (ReLU)"
+    # a stage of residual blocks: deepen appends a copy of its last block
+    net = small_resnet(1, [4, 8], [1, 1], 10)
+    sites = seed_sites(net, Growth(widen=[]), (torch.zeros(2, 1, 8, 8),))
+    trial = optuna.trial.FixedTrial({"n_ops": 1, "op0": "deepen", "op0_deepen": "stages.1"})
+    plan = sample_plan(trial, Growth(widen=[]), sites)
+    assert plan == [{"op": "deepen", "site": "stages.1", "kind": "block", "module": "BasicBlock"}]
+    assert format_plan(plan) == "deepen stages.1 (+ BasicBlock)"
+
+
+def test_report_table_names_modules_and_explains_the_operations(tmp_path):
+    from rich.console import Console
+
+    from autogrow.search.report import report
+
+    console = Console(file=io.StringIO(), width=100, soft_wrap=True)
+    report(synthetic_study(), tmp_path, console=console)
+    out = console.file.getvalue()
+    assert "growth from parent" in out
+    assert "widen fc1 (Linear) ×1.5" in out and "deepen after layers.2 (ReLU)" in out
+    assert "deepen stages.1 (+ BasicBlock)" in out
+    # the legend: what each site is in the seed, and what each kind of operation does
+    assert "fc1 = Linear(64→16), layers.2 = ReLU, stages.1 = BasicBlock" in out
+    assert "widen M ×f: M's output units/channels times f" in out
+    assert "deepen after M: a new layer after M" in out
+    assert "deepen S (+ B): a zeroed copy of stage S's last block B appended" in out
+
+
+def test_plots_label_lineage_edges_number_pareto_points_and_split_the_steps_axes():
+    import matplotlib.pyplot as plt
+
+    from autogrow.search.report import PLOTS, figures
+
+    figs = figures(synthetic_study())
+    try:
+        assert list(figs) == list(PLOTS)
+        (lineage,) = [ax for ax in figs["lineage.png"].axes if ax.get_title().startswith("lin")]
+        texts = {t.get_text() for t in lineage.texts}
+        # every edge carries its operations; the nodes their trial numbers; a site caption
+        assert {"widen fc1 ×1.5\ndeepen after layers.2", "deepen stages.1"} <= texts
+        assert "deepen after layers.2" in texts and {"0", "1", "2", "3"} <= texts
+        assert any("fc1 = Linear(64→16)" in t for t in texts)
+
+        (pareto,) = figs["pareto.png"].axes
+        # every point numbered; trials 1 and 2 share a spot, so they share a label
+        assert sorted(t.get_text() for t in pareto.texts) == ["0", "1,2", "3"]
+        assert pareto.get_xlabel() == "parameters"
+
+        # two panels, each with its own x quantity
+        left, right = figs["steps.png"].axes
+        assert "ancestors" in left.get_xlabel() and "whole search" in right.get_xlabel()
+        assert "trial" in left.get_title() and "search" in right.get_title()
+        assert sorted(t.get_text() for t in left.texts) == ["0", "1,2", "3"]
+    finally:
+        for fig in figs.values():
+            plt.close(fig)

@@ -6,13 +6,16 @@ parameter names and choices stay the same whatever parent a trial grows. Deepeni
 modules (a ``Sequential`` renumbers its children), so each site's module carries a plain
 attribute with the site's name; copies made by growth keep it, and the site resolves to the
 first module that has it. A checkpoint records the site → module-name map (user attribute
-``sites``) so that a loaded model can be tagged again.
+``sites``) so that a loaded model can be tagged again. Each operation of a sampled plan also
+records what its site is in the seed (``module``, e.g. ``"Linear(64→16)"``) and, for deepen,
+whether it appends a block to a stage or inserts a layer after a module (``kind``), so that the
+report can say what ``widen 1 ×1.5`` means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -27,12 +30,19 @@ SITE_ATTR = "_autogrow_site"
 class Sites:
     """The seed's growth sites: width groups that may widen, places where depth may go.
 
+    ``modules``: site → a short description of its module in the seed (:func:`module_label`);
+    ``blocks``: the deepen sites that are stages, where deepen appends a copy of the last block
+    (``modules`` describes that block); at the other deepen sites it inserts an identity layer
+    after the module.
+
     >>> Sites(("1", "3"), ("2",)).widen
     ('1', '3')
     """
 
     widen: tuple[str, ...]
     deepen: tuple[str, ...]
+    modules: Mapping[str, str] = field(default_factory=dict, compare=False)
+    blocks: frozenset[str] = frozenset()
 
 
 def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
@@ -66,11 +76,48 @@ def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
             deepen = tuple(blocks)
         else:
             deepen = tuple(p.where for p in points if _is_activation(model.get_submodule(p.where)))
+        stages = frozenset(blocks)
     else:
         for name in growth.deepen:
             model.get_submodule(name)  # raises AttributeError naming the module if absent
         deepen = tuple(growth.deepen)
-    return Sites(widen if "widen" in growth.kinds else (), deepen)
+        # (no tracing for this: insertion_points takes seconds on a ResNet-18)
+        stages = frozenset(n for n in deepen if _is_stage(model.get_submodule(n)))
+    widen = widen if "widen" in growth.kinds else ()
+    stages &= set(deepen)
+    modules = {}
+    for site in dict.fromkeys((*widen, *deepen)):
+        name = site
+        if site in widen and not _has_submodule(model, site):  # a group name: its first module
+            name = next(g.modules[0] for g in graph.groups if g.name == site)
+        m = model.get_submodule(name)
+        if site in stages and list(m.children()):  # what deepen appends: a copy of the last
+            m = list(m.children())[-1]
+        modules[site] = module_label(m)
+    return Sites(widen, deepen, modules, stages)
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def module_label(m: nn.Module) -> str:
+    """A short description of one module: a leaf with its sizes, a container by its class.
+
+    >>> module_label(nn.Linear(64, 16)), module_label(nn.Sequential(nn.ReLU()))
+    ('Linear(64→16)', 'Sequential')
+    """
+    from .training import describe
+
+    return type(m).__name__ if list(m.children()) else describe(m)
+
+
+def _is_stage(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Sequential, nn.ModuleList))
 
 
 def _is_activation(m: nn.Module) -> bool:
@@ -103,7 +150,9 @@ def sample_plan(trial: Any, growth: Growth, sites: Sites) -> list[dict[str, Any]
     """Draw a growth plan with define-by-run ``suggest_*`` calls; names depend only on the seed.
 
     Parameters: ``n_ops``; per operation ``i``: ``op{i}`` (widen/deepen), then ``op{i}_widen``
-    (a width site) with ``op{i}_factor``, or ``op{i}_deepen`` (an insertion site).
+    (a width site) with ``op{i}_factor``, or ``op{i}_deepen`` (an insertion site). Each
+    operation is a dict: ``op``, ``site``, ``factor`` (widen) or ``kind`` (deepen: ``"block"``
+    or ``"layer"``), and ``module`` (the site's module in the seed, when known).
     """
     kinds = [k for k in growth.kinds if getattr(sites, k)]
     n = trial.suggest_int("n_ops", growth.min_ops, growth.max_ops)
@@ -116,7 +165,10 @@ def sample_plan(trial: Any, growth: Growth, sites: Sites) -> list[dict[str, Any]
             plan.append({"op": "widen", "site": site, "factor": factor})
         else:
             site = trial.suggest_categorical(f"op{i}_deepen", list(sites.deepen))
-            plan.append({"op": "deepen", "site": site})
+            kind = "block" if site in sites.blocks else "layer"
+            plan.append({"op": "deepen", "site": site, "kind": kind})
+        if site in sites.modules:
+            plan[-1]["module"] = sites.modules[site]
     return plan
 
 
