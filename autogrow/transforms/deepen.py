@@ -27,6 +27,7 @@ from ..checkpoint.recipe import record_step
 from ..errors import InvalidArgumentError, UnsupportedOpError
 from ..integrations.transformers import layer_stacks, sync_layer_count
 from ..tracing import eval_mode, prepare_inputs
+from ..verify import check_tolerance
 from ..verify import verify as verify_outputs
 from .identity import identity_batchnorm, identity_conv, identity_linear, identity_prelu
 from .widen import chain_undo
@@ -538,6 +539,7 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     optimizer: None = ...,
 ) -> nn.Module: ...
 
@@ -551,6 +553,7 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     optimizer: torch.optim.Optimizer,
 ) -> tuple[nn.Module, torch.optim.Optimizer]: ...
 
@@ -563,6 +566,7 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = None,
     inplace: bool = False,
     verify: bool = True,
+    tolerance: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> nn.Module | tuple[nn.Module, torch.optim.Optimizer]:
     """Return a deeper model of the same class that computes the same function (Net2DeeperNet).
@@ -584,7 +588,9 @@ def deepen(
         example_inputs: positional inputs for the recording forward and verification;
             inferred from the first Conv/Linear/Embedding when omitted.
         inplace: modify and return ``model`` itself (restored if verification fails).
-        verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
+        verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
+        tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
+            1e-4 in float32, 8 × eps in float16/bfloat16 (``autogrow.verify.default_tolerance``).
         optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
             deepen then returns ``(model, new_optimizer)``: the old layers keep their state
             (cloned), the new layers join the param group of the layer they follow, without
@@ -606,6 +612,7 @@ def deepen(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InvalidArgumentError(f"n must be an int >= 1 (layers or blocks per place), got {n!r}")
     targets = _normalise_after(after)
+    check_tolerance(tolerance)
     inputs = prepare_inputs(model, example_inputs)
     rec = _Record(model, inputs)
     plans = _default_plans(model, rec) if targets is None else _plans(model, rec, targets)
@@ -622,7 +629,7 @@ def deepen(
     undo = chain_undo(sync_layer_count(result, stacks, inserted), undo)
     if verify:
         try:
-            verify_outputs(result, inputs, rec.output, what="deepened")
+            verify_outputs(result, inputs, rec.output, what="deepened", tolerance=tolerance)
         except Exception:
             undo()
             raise

@@ -19,7 +19,7 @@ from ..graph.build import REDUCE, Analysis
 from ..integrations.transformers import apply_config, grown_config, is_hf_model
 from ..rules import RuleRegistry, default_registry
 from ..tracing import prepare_inputs
-from ..verify import run
+from ..verify import check_tolerance, run
 from ..verify import verify as verify_outputs
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .plan import Factor, check_factor, plan_widths
@@ -36,6 +36,7 @@ def widen(
     noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     registry: RuleRegistry | None = ...,
     optimizer: None = ...,
 ) -> nn.Module: ...
@@ -52,6 +53,7 @@ def widen(
     noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     registry: RuleRegistry | None = ...,
     optimizer: torch.optim.Optimizer,
 ) -> tuple[nn.Module, torch.optim.Optimizer]: ...
@@ -67,6 +69,7 @@ def widen(
     noise: float = 0.0,
     inplace: bool = False,
     verify: bool = True,
+    tolerance: float | None = None,
     registry: RuleRegistry | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> nn.Module | tuple[nn.Module, torch.optim.Optimizer]:
@@ -85,7 +88,9 @@ def widen(
         noise: if > 0, Gaussian noise of ``noise × std`` is added to replicated outgoing
             weights *after* verification, so the result is only approximately equal.
         inplace: modify and return ``model`` itself (restored if verification fails).
-        verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
+        verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
+        tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
+            1e-4 in float32, 8 × eps in float16/bfloat16 (``autogrow.verify.default_tolerance``).
         registry: rules to use instead of ``autogrow.rules.default_registry``.
         optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
             widen then returns ``(model, new_optimizer)``, the new optimizer over the new
@@ -116,6 +121,7 @@ def widen(
     (16, 16)
     """
     _check_options(factor, symmetry, noise)
+    check_tolerance(tolerance)
     if optimizer is not None:
         # Imported here: optimizer.py builds on this module's grow_tensor.
         from .optimizer import check_optimizer, grow_optimizer
@@ -150,7 +156,7 @@ def widen(
         undo = chain_undo(apply_config(result, config_changes), undo)
     if verify:
         try:
-            verify_outputs(result, inputs, reference, what="widened")
+            verify_outputs(result, inputs, reference, what="widened", tolerance=tolerance)
         except Exception:
             undo()
             raise
