@@ -83,7 +83,7 @@ class Broken(nn.Module):
 
 
 def _broken(dtype: torch.dtype) -> tuple[nn.Module, tuple, autogrow.RuleRegistry]:
-    """A model and a wrong rule (softmax as elementwise): widen errs by 0.24 in any dtype."""
+    """A model and a wrong rule (softmax as elementwise): widen errs by 0.22-0.28 in any dtype."""
     registry = autogrow.default_registry.copy()
     registry.bindings["softmax"] = registry.bindings["relu"]
     torch.manual_seed(0)
