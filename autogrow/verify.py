@@ -1,7 +1,15 @@
-"""Measuring that a transformed model computes the original function (eval mode)."""
+"""Measuring that a transformed model computes the original function (eval mode).
+
+The check passes when every output's max relative error (:func:`relative_error`) is at most
+the tolerance. By default the tolerance follows the precision the model computes in
+(:func:`default_tolerance`): 1e-4 for float32 and float64, ``8 × eps`` for float16 (7.8e-3) and
+bfloat16 (0.0625), since a wider or deeper model rounds differently from the original in
+those dtypes. ``widen``/``deepen`` take ``tolerance=`` to override it.
+"""
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -9,10 +17,69 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import VerificationError
+from .errors import InvalidArgumentError, VerificationError
 from .tracing.trace import eval_mode, flatten_output
 
 TOLERANCE = 1e-4
+"""The tolerance for float32 and float64 models, and the floor of :func:`default_tolerance`."""
+
+EPS_FACTOR = 8
+"""``k`` in ``max(1e-4, k × torch.finfo(dtype).eps)`` (see :func:`default_tolerance`)."""
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """The default max relative error for a model computing in ``dtype``.
+
+    ``max(1e-4, 8 × torch.finfo(dtype).eps)``: 1e-4 for float32 and float64 (8 × eps is far
+    below it), 8 × 2**-10 = 7.8e-3 for float16 and 8 × 2**-7 = 0.0625 for bfloat16. In half
+    precision the grown model sums more (or differently split) terms than the original, and
+    both round each result to the dtype, so their outputs differ by a few eps even when the
+    growth is exact: measured 0.5-2.6 eps for ``widen(×2)`` on MLPs, CNNs with BatchNorm,
+    resnet18, vgg11_bn, mobilenet_v2 and 2- to 32-layer Llamas, and 4 eps on a bfloat16
+    1.1B-parameter Llama (docs/widen.md); 8 leaves a margin of 2 over that largest reading.
+    Wrong rules tried erred far more (softmax as elementwise 0.22-0.28, shares not divided
+    0.56-0.96), but an error below the tolerance passes for rounding: for a finer check, grow
+    a float32 copy. 8-bit float dtypes get a tolerance of 1 or more, which proves little: pass
+    ``tolerance=``.
+
+    >>> from autogrow.verify import default_tolerance
+    >>> [default_tolerance(d) for d in (torch.float32, torch.float16, torch.bfloat16)]
+    [0.0001, 0.0078125, 0.0625]
+    """
+    return max(TOLERANCE, EPS_FACTOR * torch.finfo(dtype).eps)
+
+
+def compute_dtype(model: nn.Module, reference: Any) -> torch.dtype:
+    """The least precise floating dtype among ``model``'s parameters and buffers and the outputs.
+
+    The parameters count too: a float16 model whose head casts to float32 still rounds in
+    float16. float32 when there is no floating tensor at all.
+
+    >>> net = torch.nn.Linear(2, 2).half()
+    >>> compute_dtype(net, net(torch.ones(1, 2, dtype=torch.float16)).float())
+    torch.float16
+    """
+    tensors = [*model.parameters(), *model.buffers(), *flatten_output(reference)]
+    dtypes = {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    return max(dtypes, key=lambda d: torch.finfo(d).eps, default=torch.float32)
+
+
+def check_tolerance(tolerance: Any) -> None:
+    """Raise InvalidArgumentError unless ``tolerance`` is None or a number >= 0 (not NaN).
+
+    >>> check_tolerance(-1.0)
+    Traceback (most recent call last):
+    ...
+    autogrow.errors.InvalidArgumentError: tolerance must be None or a number >= 0, got -1.0
+    """
+    if tolerance is None:
+        return
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        ok = False
+    else:
+        ok = not math.isnan(tolerance) and tolerance >= 0
+    if not ok:
+        raise InvalidArgumentError(f"tolerance must be None or a number >= 0, got {tolerance!r}")
 
 
 @dataclass
@@ -59,9 +126,15 @@ def compare(new_output: Any, reference: Any) -> Comparison:
 
 
 def verify(
-    model: nn.Module, inputs: tuple, reference: Any, *, what: str, tolerance: float = TOLERANCE
+    model: nn.Module, inputs: tuple, reference: Any, *, what: str, tolerance: float | None = None
 ) -> Comparison:
-    """Run ``model`` and raise VerificationError unless it matches ``reference``."""
+    """Run ``model`` and raise VerificationError unless it matches ``reference``.
+
+    ``tolerance`` bounds every output's max relative error; None means
+    ``default_tolerance(compute_dtype(model, reference))``: 1e-4 in float32/float64, 8 × the
+    dtype's eps in half precision. The message names the tolerance, where it came from and how
+    to change it, and calls the difference a bug only beyond what the dtype's rounding explains.
+    """
     try:
         output = run(model, inputs)
     except Exception as e:  # noqa: BLE001 - a model that cannot run is a failed verification
@@ -78,11 +151,47 @@ def verify(
             stacklevel=3,
         )
     result = compare(output, reference)
-    if not result.max_error <= tolerance:
-        raise VerificationError(
-            f"the {what} model differs from the original: output {result.worst} has max relative "
-            f"error {result.max_error:.3g} (tolerance {tolerance:g}). Nothing was returned; "
-            "this is "
-            "an autogrow bug or an op whose rule is wrong, please report it."
-        )
+    dtype = compute_dtype(model, reference)
+    limit = default_tolerance(dtype) if tolerance is None else tolerance
+    if not result.max_error <= limit:
+        raise VerificationError(_message(what, result, dtype, tolerance))
     return result
+
+
+def _message(what: str, result: Comparison, dtype: torch.dtype, tolerance: float | None) -> str:
+    name = str(dtype).removeprefix("torch.")
+    default = default_tolerance(dtype)
+    eps = torch.finfo(dtype).eps
+    if default == TOLERANCE:
+        rule = f"the default for {name}"
+    else:
+        rule = f"the default for {name}: {EPS_FACTOR} × its eps {eps:.3g}"
+    used = (
+        f"tolerance {default:.3g}, {rule}"
+        if tolerance is None
+        else f"tolerance={tolerance:g} as given; the default for {name} is {default:.3g}"
+    )
+    fn = {"widened": "widen", "deepened": "deepen"}.get(what, "widen/deepen")
+    error = result.max_error
+    head = (
+        f"the {what} model differs from the original: output {result.worst} has max relative "
+        f"error {error:.3g} ({used}). Nothing was returned."
+    )
+    if error <= default:
+        return (
+            f"{head} This is within {name} rounding (the default tolerance for {name}), not a "
+            f"sign of a wrong growth: pass a larger tolerance= to {fn} (or leave it out)."
+        )
+    if default == TOLERANCE:
+        return (
+            f"{head} That is more than {name} rounding explains: this is an autogrow bug or an "
+            "op whose rule is wrong, please report it. To accept it anyway, pass a larger "
+            f"tolerance= to {fn} (docs/widen.md#verification-and-tolerance)."
+        )
+    return (
+        f"{head} That is {error / eps:.3g} × {name}'s eps, more than {name} rounding explains "
+        "in the models measured (up to 4 eps): this is an autogrow bug or an op whose rule is "
+        "wrong, please report it. Only if the model is much deeper or wider than those, pass a "
+        f"larger tolerance= to {fn}, or grow a float32 copy (copy.deepcopy(model).float(), "
+        "checked at 1e-4) and cast the result back (docs/widen.md#verification-and-tolerance)."
+    )

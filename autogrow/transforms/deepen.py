@@ -26,6 +26,7 @@ from torch import nn
 from ..adapters import ModelAdapter, adapter_for
 from ..errors import InvalidArgumentError, UnsupportedOpError
 from ..tracing import eval_mode, prepare_inputs
+from ..verify import check_tolerance
 from ..verify import verify as verify_outputs
 from .identity import identity_batchnorm, identity_conv, identity_linear, identity_prelu
 from .lineage import record_step
@@ -543,6 +544,7 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     optimizer: None = ...,
 ) -> nn.Module: ...
 
@@ -556,6 +558,7 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     optimizer: torch.optim.Optimizer,
 ) -> tuple[nn.Module, torch.optim.Optimizer]: ...
 
@@ -568,6 +571,7 @@ def deepen(
     example_inputs: tuple[Any, ...] | None = None,
     inplace: bool = False,
     verify: bool = True,
+    tolerance: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> nn.Module | tuple[nn.Module, torch.optim.Optimizer]:
     """Return a deeper model of the same class that computes the same function (Net2DeeperNet).
@@ -589,7 +593,9 @@ def deepen(
         example_inputs: positional inputs for the recording forward and verification;
             inferred from the first Conv/Linear/Embedding when omitted.
         inplace: modify and return ``model`` itself (restored if verification fails).
-        verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
+        verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
+        tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
+            1e-4 in float32, 8 × eps in float16/bfloat16 (``autogrow.verify.default_tolerance``).
         optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
             deepen then returns ``(model, new_optimizer)``: the old layers keep their state
             (cloned), the new layers join the param group of the layer they follow, without
@@ -611,6 +617,7 @@ def deepen(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InvalidArgumentError(f"n must be an int >= 1 (layers or blocks per place), got {n!r}")
     targets = _normalise_after(after)
+    check_tolerance(tolerance)
     inputs = prepare_inputs(model, example_inputs)
     rec = _Record(model, inputs)
     plans = _default_plans(model, rec) if targets is None else _plans(model, rec, targets)
@@ -626,7 +633,7 @@ def deepen(
     undo = chain_undo(adapter.after_deepen(result, stacks, inserted), undo)
     if verify:
         try:
-            verify_outputs(result, inputs, rec.output, what="deepened")
+            verify_outputs(result, inputs, rec.output, what="deepened", tolerance=tolerance)
         except Exception:
             undo()
             raise

@@ -17,7 +17,7 @@ from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis
 from ..tracing import prepare_inputs
-from ..verify import run
+from ..verify import check_tolerance, run
 from ..verify import verify as verify_outputs
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .lineage import record_step
@@ -37,6 +37,7 @@ def widen(
     noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     registry: RuleRegistry | None = ...,
     optimizer: None = ...,
 ) -> nn.Module: ...
@@ -53,6 +54,7 @@ def widen(
     noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
+    tolerance: float | None = ...,
     registry: RuleRegistry | None = ...,
     optimizer: torch.optim.Optimizer,
 ) -> tuple[nn.Module, torch.optim.Optimizer]: ...
@@ -68,6 +70,7 @@ def widen(
     noise: float = 0.0,
     inplace: bool = False,
     verify: bool = True,
+    tolerance: float | None = None,
     registry: RuleRegistry | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> nn.Module | tuple[nn.Module, torch.optim.Optimizer]:
@@ -86,7 +89,9 @@ def widen(
         noise: if > 0, Gaussian noise of ``noise × std`` is added to replicated outgoing
             weights *after* verification, so the result is only approximately equal.
         inplace: modify and return ``model`` itself (restored if verification fails).
-        verify: compare outputs in eval mode and raise VerificationError beyond 1e-4.
+        verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
+        tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
+            1e-4 in float32, 8 × eps in float16/bfloat16 (``autogrow.verify.default_tolerance``).
         registry: rules to use instead of ``autogrow.rules.default_registry``.
         optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
             widen then returns ``(model, new_optimizer)``, the new optimizer over the new
@@ -117,6 +122,7 @@ def widen(
     (16, 16)
     """
     _check_options(factor, symmetry, noise)
+    check_tolerance(tolerance)
     if optimizer is not None:
         check_optimizer(optimizer, model)  # before anything is changed
     inputs = prepare_inputs(model, example_inputs)
@@ -154,7 +160,7 @@ def widen(
         undo = chain_undo(adapter_update(result), undo)
     if verify:
         try:
-            verify_outputs(result, inputs, reference, what="widened")
+            verify_outputs(result, inputs, reference, what="widened", tolerance=tolerance)
         except Exception:
             undo()
             raise
