@@ -50,12 +50,15 @@ def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def assert_same_model(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
-    """Same class, same tensors (names, shapes, dtypes, values), equal outputs in eval mode."""
+    """Same class, same tensors (names, shapes, strides, dtypes, values), and bit-identical
+    outputs in eval mode on one and the same input tensor ``x`` (what a checkpoint promises:
+    an equal input at another address may take another kernel path, see autogrow.load)."""
     assert type(a) is type(b)
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb)
     for name in sa:
         assert sa[name].dtype == sb[name].dtype, name
+        assert sa[name].stride() == sb[name].stride(), name
         assert torch.equal(sa[name], sb[name]), name
     assert torch.equal(outputs(a, x), outputs(b, x))
 
@@ -133,7 +136,7 @@ def test_transformers_model_round_trip(tmp_path):
     loaded = autogrow.load(autogrow.save(grown, tmp_path))
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     assert loaded.config.n_embd == grown.config.n_embd == 64
-    with torch.no_grad():
+    with torch.no_grad():  # one input tensor for both models: see assert_same_model
         assert torch.equal(loaded.eval()(ids).logits, grown.eval()(ids).logits)
 
 

@@ -144,6 +144,10 @@ def test_tiny_search_end_to_end_records_lineage_and_plots(tmp_path, capsys):
 
 
 def test_every_checkpoint_loads_and_reproduces_saved_outputs_without_pickle(tmp_path, monkeypatch):
+    """A checkpoint promises bit-identical outputs for the same input tensor. ``load_probe``
+    returns the inputs as fresh copies, like the tensor the outputs were computed on: a view
+    of the file's memory map is not 64-byte aligned, and on AVX-512 CPUs a matrix product on
+    it can then differ in the last bit."""
     study = run(tiny_space(), 4, run_dir=tmp_path / "run", progress=False, summary=False)
     store = artifact_store(tmp_path / "run")
 
@@ -157,6 +161,7 @@ def test_every_checkpoint_loads_and_reproduces_saved_outputs_without_pickle(tmp_
         folder = checkpoints.download(store, t.user_attrs["checkpoint"], tmp_path / str(t.number))
         model = autogrow.load(folder).eval()
         probe = checkpoints.load_probe(folder)
+        assert all(v.data_ptr() % 64 == 0 and v.is_contiguous() for v in probe.values())
         with torch.no_grad():
             out = model(probe["inputs"])
         assert torch.equal(out, probe["outputs"]), f"trial {t.number}"

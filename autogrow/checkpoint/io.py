@@ -169,6 +169,13 @@ def load(
     name and shape must match. The train/eval flag and frozen parameters are restored, and
     the model carries its recipe, so it can be grown and saved again.
 
+    What a checkpoint promises: the loaded model holds bit-identical tensors (names, shapes,
+    dtypes, values), so on the same machine and software it returns bit-identical outputs
+    for the same input tensor. An equal input elsewhere in memory (a tensor read from a file
+    by memory mapping, at an address that is not 64-byte aligned) may give outputs that
+    differ in the last bit, because CPU kernels such as matrix products pick another code
+    path for it: compare outputs on one tensor, or on fresh copies (``x.clone()``).
+
     Raises:
         CheckpointError: files missing or damaged, the factory cannot be imported, a step
             cannot be replayed, or the weights do not match the rebuilt architecture.

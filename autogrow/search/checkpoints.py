@@ -30,17 +30,19 @@ def _io() -> Any:
 def save_checkpoint(
     model: nn.Module, directory: Path, probe_inputs: torch.Tensor, extra: Mapping[str, Any]
 ) -> Path:
-    """``autogrow.save(model, directory, extra=extra)`` plus the probe outputs; returns it."""
+    """``autogrow.save(model, directory, extra=extra)`` plus the probe outputs; returns it.
+
+    The outputs are computed on a fresh contiguous copy of ``probe_inputs``, which is what is
+    stored and what :func:`load_probe` gives back (see there).
+    """
     _io().save(model, directory, extra=dict(extra))
+    inputs = probe_inputs.detach().clone(memory_format=torch.contiguous_format)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        outputs = model(probe_inputs)
+        outputs = model(inputs)
     model.train(was_training)
-    save_file(
-        {"inputs": probe_inputs.contiguous(), "outputs": outputs.contiguous()},
-        str(directory / PROBE),
-    )
+    save_file({"inputs": inputs, "outputs": outputs.contiguous()}, str(directory / PROBE))
     return directory
 
 
@@ -87,5 +89,13 @@ def load_model(store: Any, artifact_id: str) -> nn.Module:
 
 
 def load_probe(directory: Path) -> dict[str, torch.Tensor]:
-    """The probe batch and outputs saved next to a checkpoint (``inputs``, ``outputs``)."""
-    return load_file(str(Path(directory) / PROBE))
+    """The probe batch and outputs saved next to a checkpoint (``inputs``, ``outputs``).
+
+    The tensors are fresh copies, not views of the file's memory map: a view of the inputs
+    starts at an address that is not 64-byte aligned, and some CPU kernels (matrix products
+    on AVX-512 machines) then take another code path whose result can differ in the last bit.
+    A model loaded from the checkpoint reproduces ``outputs`` bit for bit on these
+    ``inputs``, on the machine and software that wrote them (``autogrow.load``'s promise:
+    bit-identical outputs for the same input tensor).
+    """
+    return {k: v.clone() for k, v in load_file(str(Path(directory) / PROBE)).items()}
