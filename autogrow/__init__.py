@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .checkpoint import CheckpointError, seed_model
+from .checkpoint import CheckpointError, register_factory, seed_model, unregister_factory
 from .checkpoint.io import load, save
 from .errors import (
     AutogrowError,
@@ -111,9 +111,11 @@ __all__ = [
     "default_registry",
     "insertion_points",
     "load",
+    "register_factory",
     "register_module_rule",
     "register_rule",
     "save",
     "seed_model",
+    "unregister_factory",
     "widen",
 ]

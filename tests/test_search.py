@@ -170,6 +170,30 @@ def test_every_checkpoint_loads_and_reproduces_saved_outputs_without_pickle(tmp_
             assert all(not n.endswith((".pt", ".pkl", ".pth")) for n in tar.getnames())
 
 
+def test_a_child_never_calls_a_factory_smuggled_into_the_shared_store(tmp_path):
+    run_dir = tmp_path / "run"
+    run(tiny_space(), 1, run_dir=run_dir, progress=False, summary=False)
+    store = artifact_store(run_dir)
+    artifact = open_study(run_dir).get_trials()[0].user_attrs["checkpoint"]
+    # whoever can write to the shared store replaces the root's recipe
+    marker = tmp_path / "owned"
+    folder = checkpoints.download(store, artifact, tmp_path / "root")
+    info = json.loads((folder / "recipe.json").read_text())
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    info.update(factory="subprocess:run", factory_kwargs={"args": command})
+    (folder / "recipe.json").write_text(json.dumps(info))
+    with tarfile.open(run_dir / "artifacts" / artifact, "w") as tar:
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f.name)
+
+    study = run(tiny_space(), 2, run_dir=run_dir, progress=False, summary=False)
+    child = study.get_trials()[1]
+    assert child.state == TrialState.FAIL and child.user_attrs["parent"] == 0
+    reason = child.user_attrs["fail_reason"]
+    assert reason.startswith("CheckpointError") and "'subprocess:run' is not on" in reason
+    assert not marker.exists()
+
+
 class HardcodedFlatten(nn.Module):
     """Hidden width 8 hard-coded in forward: widening it must be refused."""
 

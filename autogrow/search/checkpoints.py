@@ -4,6 +4,11 @@ An artifact store holds single files, so the checkpoint directory (``model.safet
 ``recipe.json``) and ``probe.safetensors`` (a fixed input batch and the model's outputs on
 it, so anyone can check that a loaded model reproduces the saved one) go into one
 uncompressed tar. Nothing here pickles or unpickles: weights are safetensors, metadata JSON.
+
+The study database and the artifact store may be shared by several machines, so a checkpoint
+read back from them is loaded like any other: its seed factory is called only if
+``autogrow.load`` allows it (:mod:`autogrow.checkpoint.trust`), or if it is the seed factory of
+the search space this process loaded itself from a file the user named.
 """
 
 from __future__ import annotations
@@ -82,10 +87,24 @@ def download(store: Any, artifact_id: str, directory: Path) -> Path:
     return directory
 
 
-def load_model(store: Any, artifact_id: str) -> nn.Module:
-    """The model stored as artifact ``artifact_id``, rebuilt by ``autogrow.load`` (no pickle)."""
+def load_model(
+    store: Any, artifact_id: str, *, trust: bool = False, seed_factory: str | None = None
+) -> nn.Module:
+    """The model stored as artifact ``artifact_id``, rebuilt by ``autogrow.load`` (no pickle).
+
+    ``trust`` is ``autogrow.load``'s. ``seed_factory``: the seed factory of the search space
+    this process loaded from its file (code the user chose to run); a checkpoint whose recipe
+    names exactly that factory is loaded with ``trust=True``, any other factory must be
+    allowed by ``autogrow.load``.
+    """
+    from ..checkpoint.io import read_info
+    from ..checkpoint.recipe import factory_name
+
     with tempfile.TemporaryDirectory() as tmp:
-        return _io().load(download(store, artifact_id, Path(tmp)))
+        folder = download(store, artifact_id, Path(tmp))
+        if not trust and seed_factory is not None:
+            trust = read_info(folder).get("factory") == factory_name(seed_factory)
+        return _io().load(folder, trust=trust)
 
 
 def load_probe(directory: Path) -> dict[str, torch.Tensor]:
