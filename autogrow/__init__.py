@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._version import __version__  # noqa: F401 - autogrow.__version__
-from .checkpoint import CheckpointError, seed_model
+from .checkpoint import CheckpointError, register_factory, seed_model, unregister_factory
 from .checkpoint.io import load, save
 from .errors import (
     AutogrowError,
@@ -116,9 +116,11 @@ __all__ = [
     "default_registry",
     "insertion_points",
     "load",
+    "register_factory",
     "register_module_rule",
     "register_rule",
     "save",
     "seed_model",
+    "unregister_factory",
     "widen",
 ]

@@ -27,7 +27,8 @@ from torch import nn
 from ._text import aligned_table
 from ._version import __version__
 from .checkpoint.io import RECIPE, load, save
-from .checkpoint.recipe import seed_model
+from .checkpoint.recipe import recipe_of, seed_model
+from .checkpoint.trust import allowed_factory
 from .errors import AutogrowError, InvalidArgumentError
 from .graph import analyze
 from .transforms.deepen import deepen, insertion_points
@@ -126,6 +127,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="classes of a new model")
     p.add_argument("--kwargs", default=None, help="JSON keyword arguments for the model factory")
     p.add_argument(
+        "--trust",
+        action="store_true",
+        help="load a checkpoint directory whose seed factory is not allow-listed (it can run "
+        "any code: only for checkpoints you trust like code)",
+    )
+    p.add_argument(
         "--input-shape",
         default=None,
         help="example input shape, e.g. 1,3,224,224 (default: inferred from the first layer)",
@@ -177,9 +184,12 @@ def _add_search_commands(sub: Any) -> None:
 
 
 def build_model(
-    spec: str, *, num_classes: int | None = None, kwargs: str | None = None
+    spec: str, *, num_classes: int | None = None, kwargs: str | None = None, trust: bool = False
 ) -> nn.Module:
     """The model a MODEL argument names, carrying a recipe (so it can be saved).
+
+    A factory named on the command line is called (the user chose it); a checkpoint
+    directory is loaded with ``autogrow.load(spec, trust=trust)``.
 
     >>> build_model("torch.nn:Linear", kwargs='{"in_features": 3, "out_features": 2}')
     Linear(in_features=3, out_features=2, bias=True)
@@ -189,7 +199,7 @@ def build_model(
             raise InvalidArgumentError(
                 f"{spec} is a saved model; --num-classes and --kwargs apply to new models only"
             )
-        return load(spec)
+        return load(spec, trust=trust)
     options = _json_kwargs(kwargs)
     if num_classes is not None:
         options["num_classes"] = num_classes
@@ -279,7 +289,9 @@ def _fresh_like(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _load_args(args: argparse.Namespace) -> tuple[nn.Module, tuple | None]:
-    model = build_model(args.model, num_classes=args.num_classes, kwargs=args.kwargs)
+    model = build_model(
+        args.model, num_classes=args.num_classes, kwargs=args.kwargs, trust=args.trust
+    )
     return model.eval(), example_inputs(args.input_shape, args.input_dtype)
 
 
@@ -423,7 +435,12 @@ def _report(
         print("not saved (pass --out DIR to save)")
     else:
         path = save(grown, args.out, check=False)  # just grown by widen/deepen: it rebuilds
-        print(f"saved to {path}/ (load with autogrow.load({str(path)!r}))")
+        load_args = repr(str(path))
+        try:  # a factory of the user's own needs trust (or registering) to be loaded
+            allowed_factory(recipe_of(grown).factory or "", recipe_of(grown).factory_kwargs)
+        except AutogrowError:
+            load_args += ", trust=True"
+        print(f"saved to {path}/ (load with autogrow.load({load_args}))")
 
 
 def _abbrev(names: list[str], limit: int = 4) -> str:

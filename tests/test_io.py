@@ -1,16 +1,18 @@
 """autogrow.save / autogrow.load: round trips after growth, the recipe models carry, no pickle,
-and clear errors for checkpoints that cannot be rebuilt."""
+clear errors for checkpoints that cannot be rebuilt, and factories called only when allowed."""
 
 from __future__ import annotations
 
 import copy
 import json
 import pickle
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from models import randomize_norms
+from models import MLP, ResidualMLP, randomize_norms
 from torch import nn
 
 import autogrow
@@ -44,18 +46,33 @@ def tiny_gpt2() -> nn.Module:
     return GPT2LMHeadModel(config)
 
 
+@pytest.fixture(autouse=True)
+def trusted_test_factories():
+    """These tests' own seed factories are registered, as a user registers theirs; the tests
+    of the allow-list use factories that are not."""
+    factories = (MLP, ResidualMLP, TiedLM, tiny_gpt2)
+    for f in factories:
+        autogrow.register_factory(f)
+    yield
+    for f in factories:
+        autogrow.unregister_factory(f)
+
+
 def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(x)
 
 
 def assert_same_model(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
-    """Same class, same tensors (names, shapes, dtypes, values), equal outputs in eval mode."""
+    """Same class, same tensors (names, shapes, strides, dtypes, values), and bit-identical
+    outputs in eval mode on one and the same input tensor ``x`` (what a checkpoint promises:
+    an equal input at another address may take another kernel path, see autogrow.load)."""
     assert type(a) is type(b)
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb)
     for name in sa:
         assert sa[name].dtype == sb[name].dtype, name
+        assert sa[name].stride() == sb[name].stride(), name
         assert torch.equal(sa[name], sb[name]), name
     assert torch.equal(outputs(a, x), outputs(b, x))
 
@@ -133,7 +150,7 @@ def test_transformers_model_round_trip(tmp_path):
     loaded = autogrow.load(autogrow.save(grown, tmp_path))
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     assert loaded.config.n_embd == grown.config.n_embd == 64
-    with torch.no_grad():
+    with torch.no_grad():  # one input tensor for both models: see assert_same_model
         assert torch.equal(loaded.eval()(ids).logits, grown.eval()(ids).logits)
 
 
@@ -254,6 +271,11 @@ def test_bad_checkpoints_raise_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="format version 99"):
         autogrow.load(path)
     recipe.write_text(json.dumps({**info, "factory": "no_such_module_xyz:build"}))
+    with pytest.raises(CheckpointError, match="'no_such_module_xyz:build' is not on"):
+        autogrow.load(path)
+    with pytest.raises(CheckpointError, match="cannot import factory"):
+        autogrow.load(path, trust=True)
+    recipe.write_text(json.dumps({**info, "factory": "torchvision.models:no_such_net"}))
     with pytest.raises(CheckpointError, match="cannot import factory"):
         autogrow.load(path)
     recipe.write_text(json.dumps({**info, "factory_kwargs": {"d_out": 7}}))
@@ -269,3 +291,125 @@ def test_bad_checkpoints_raise_checkpoint_errors(tmp_path):
     (path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         autogrow.load(path)
+
+
+# --- which factories a checkpoint may call ------------------------------------------------------
+
+
+def small_net(width: int = 4) -> nn.Module:
+    """A factory of these tests that is neither allow-listed nor registered."""
+    return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+
+
+def forge(tmp_path: Path, factory: str, kwargs: dict) -> Path:
+    """A valid checkpoint whose recipe.json was then edited to name ``factory(**kwargs)``."""
+    path = autogrow.save(
+        autogrow.seed_model("torch.nn:Linear", in_features=2, out_features=2), tmp_path / "forged"
+    )
+    info = json.loads((path / "recipe.json").read_text())
+    info.update(factory=factory, factory_kwargs=kwargs)
+    (path / "recipe.json").write_text(json.dumps(info))
+    return path
+
+
+def test_a_malicious_recipe_runs_nothing_unless_trusted(tmp_path):
+    marker = tmp_path / "owned"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    path = forge(tmp_path, "subprocess:run", {"args": command})
+    with pytest.raises(CheckpointError) as refused:
+        autogrow.load(path)
+    message = str(refused.value)
+    assert "'subprocess:run' is not on autogrow's allow-list" in message
+    assert "trust=True" in message and "autogrow.register_factory('subprocess:run')" in message
+    assert not marker.exists()
+    # trust=True calls whatever the recipe names, as before: here it ran the command
+    with pytest.raises(CheckpointError, match="returned CompletedProcess, not an nn.Module"):
+        autogrow.load(path, trust=True)
+    assert marker.exists()
+
+
+def test_a_module_outside_the_allow_list_is_not_even_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_factories.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n\ndef build():\n    return None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = forge(tmp_path, "evil_factories:build", {})
+    with pytest.raises(CheckpointError, match="module evil_factories is outside"):
+        autogrow.load(path)
+    assert not marker.exists() and "evil_factories" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "reason"),
+    [
+        ("os:system", {"command": "true"}, "module os is outside"),
+        ("torch.nnx:Linear", {}, "module torch.nnx is outside"),
+        ("torch.nn:functional.relu", {}, "not a model class or model builder of torch.nn"),
+        ("torch.nn:functional.torch.hub.load", {}, "'torch' leads out of torch.nn"),
+        ("torch.nn:Module.load_state_dict", {}, "not a model class or model builder"),
+        ("torchvision.models:resnet.WeightsEnum", {}, "not a model class or model builder"),
+        ("transformers:AutoModel.from_pretrained", {"pretrained_model_name_or_path": "x"}, "not"),
+        ("transformers:pipeline", {"task": "text-generation"}, "not a model class"),
+        ("timm:models.load_checkpoint", {}, "not a model class or model builder of timm"),
+        ("timm:create_model", {"model_name": "hf-hub:someone/net"}, "fetch a model from a hub"),
+        ("timm:create_model", {"model_name": "resnet18", "checkpoint_path": "w.pth"}, "read a"),
+    ],
+)
+def test_factories_outside_the_allow_list_are_refused(tmp_path, factory, kwargs, reason):
+    pytest.importorskip(factory.partition(":")[0].split(".")[0])
+    with pytest.raises(CheckpointError, match=f"{factory!r} is not on.*{reason}"):
+        autogrow.load(forge(tmp_path, factory, kwargs))
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs"),
+    [
+        ("torch.nn:Linear", {"in_features": 2, "out_features": 2}),
+        ("torchvision.models:resnet18", {"num_classes": 3}),
+        ("torchvision.models:get_model", {"name": "resnet18", "num_classes": 3}),
+        ("timm:create_model", {"model_name": "resnet18", "num_classes": 3}),
+        ("timm:models.resnet.resnet18", {"num_classes": 3}),
+        ("autogrow.search.models:mlp", {"in_features": 2, "hidden": [3], "num_classes": 2}),
+        ("transformers:GPT2LMHeadModel", {}),
+    ],
+)
+def test_allow_listed_factories_resolve_without_trust(factory, kwargs):
+    from autogrow.checkpoint.trust import allowed_factory
+
+    pytest.importorskip(factory.partition(":")[0].split(".")[0])
+    assert callable(allowed_factory(factory, kwargs))
+
+
+def test_a_registered_factory_loads_without_trust(tmp_path):
+    torch.manual_seed(0)
+    wide = autogrow.widen(autogrow.seed_model(small_net, width=3), 2.0, seed=0)
+    path = autogrow.save(wide, tmp_path)
+    with pytest.raises(CheckpointError, match="small_net"):
+        autogrow.load(path)
+    assert_same_model(wide, autogrow.load(path, trust=True), torch.randn(4, 3))
+    assert autogrow.register_factory(small_net) is small_net
+    try:
+        assert_same_model(wide, autogrow.load(path), torch.randn(4, 3))
+    finally:
+        autogrow.unregister_factory(small_net)
+    with pytest.raises(CheckpointError, match="small_net"):
+        autogrow.load(path)
+
+
+def test_the_cli_refuses_an_untrusted_checkpoint_without_trust(tmp_path, capsys):
+    from autogrow import cli
+
+    marker = tmp_path / "owned"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    path = forge(tmp_path, "subprocess:run", {"args": command})
+    assert cli.main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'subprocess:run' is not on autogrow's allow-list" in err and "--trust" in err
+    assert not marker.exists()
+    path = autogrow.save(autogrow.seed_model(small_net), tmp_path / "mine")
+    assert cli.main(["deepen", str(path), "--out", str(tmp_path / "deeper")]) == 2
+    assert "--trust" in capsys.readouterr().err
+    assert cli.main(["deepen", str(path), "--trust", "--out", str(tmp_path / "deeper")]) == 0
+    assert "trust=True))" in capsys.readouterr().out
+    assert len(autogrow.load(tmp_path / "deeper", trust=True)) > len(small_net())

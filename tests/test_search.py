@@ -145,6 +145,10 @@ def test_tiny_search_end_to_end_records_lineage_and_plots(tmp_path, capsys):
 
 
 def test_every_checkpoint_loads_and_reproduces_saved_outputs_without_pickle(tmp_path, monkeypatch):
+    """A checkpoint promises bit-identical outputs for the same input tensor. ``load_probe``
+    returns the inputs as fresh copies, like the tensor the outputs were computed on: a view
+    of the file's memory map is not 64-byte aligned, and on AVX-512 CPUs a matrix product on
+    it can then differ in the last bit."""
     study = run(tiny_space(), 4, run_dir=tmp_path / "run", progress=False, summary=False)
     store = artifact_store(tmp_path / "run")
 
@@ -158,12 +162,37 @@ def test_every_checkpoint_loads_and_reproduces_saved_outputs_without_pickle(tmp_
         folder = checkpoints.download(store, t.user_attrs["checkpoint"], tmp_path / str(t.number))
         model = autogrow.load(folder).eval()
         probe = checkpoints.load_probe(folder)
+        assert all(v.data_ptr() % 64 == 0 and v.is_contiguous() for v in probe.values())
         with torch.no_grad():
             out = model(probe["inputs"])
         assert torch.equal(out, probe["outputs"]), f"trial {t.number}"
         assert sum(p.numel() for p in model.parameters()) == t.user_attrs["params"]
         with tarfile.open(next((tmp_path / "run" / "artifacts").glob("*"))) as tar:
             assert all(not n.endswith((".pt", ".pkl", ".pth")) for n in tar.getnames())
+
+
+def test_a_child_never_calls_a_factory_smuggled_into_the_shared_store(tmp_path):
+    run_dir = tmp_path / "run"
+    run(tiny_space(), 1, run_dir=run_dir, progress=False, summary=False)
+    store = artifact_store(run_dir)
+    artifact = open_study(run_dir).get_trials()[0].user_attrs["checkpoint"]
+    # whoever can write to the shared store replaces the root's recipe
+    marker = tmp_path / "owned"
+    folder = checkpoints.download(store, artifact, tmp_path / "root")
+    info = json.loads((folder / "recipe.json").read_text())
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    info.update(factory="subprocess:run", factory_kwargs={"args": command})
+    (folder / "recipe.json").write_text(json.dumps(info))
+    with tarfile.open(run_dir / "artifacts" / artifact, "w") as tar:
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f.name)
+
+    study = run(tiny_space(), 2, run_dir=run_dir, progress=False, summary=False)
+    child = study.get_trials()[1]
+    assert child.state == TrialState.FAIL and child.user_attrs["parent"] == 0
+    reason = child.user_attrs["fail_reason"]
+    assert reason.startswith("CheckpointError") and "'subprocess:run' is not on" in reason
+    assert not marker.exists()
 
 
 class HardcodedFlatten(nn.Module):

@@ -8,8 +8,10 @@ Layout of a checkpoint directory::
 
 Loading imports the factory, builds the seed, replays the steps with ``verify=False`` (only
 the architecture matters: widen's width plan depends on the graph, deepen replays the places
-it resolved) and loads the weights. Nothing is unpickled. Loading does import and call the
-factory that ``recipe.json`` names, so load checkpoints you trust as you would their code.
+it resolved) and loads the weights. Nothing is unpickled. The factory that ``recipe.json``
+names is imported and called only if :mod:`.trust` allows it (model builders of torch.nn,
+torchvision, timm and transformers, and factories registered with
+:func:`autogrow.register_factory`), or if the caller passes ``trust=True``.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from .recipe import (
     Recipe,
     Step,
     _plain,
+    build_seed,
     factory_name,
     recipe_of,
-    seed_model,
     set_recipe,
 )
+from .trust import allowed_factory
 
 FORMAT = "autogrow-checkpoint"
 FORMAT_VERSION = 1
@@ -162,6 +165,7 @@ def load(
     path: str | os.PathLike[str],
     *,
     map_location: str | torch.device = "cpu",
+    trust: bool = False,
 ) -> nn.Module:
     """Rebuild the model saved in ``path`` by :func:`save`; no pickle is ever loaded.
 
@@ -170,9 +174,28 @@ def load(
     name and shape must match. The train/eval flag and frozen parameters are restored, and
     the model carries its recipe, so it can be grown and saved again.
 
+    What a checkpoint promises: the loaded model holds bit-identical tensors (names, shapes,
+    dtypes, values), so on the same machine and software it returns bit-identical outputs
+    for the same input tensor. An equal input elsewhere in memory (a tensor read from a file
+    by memory mapping, at an address that is not 64-byte aligned) may give outputs that
+    differ in the last bit, because CPU kernels such as matrix products pick another code
+    path for it: compare outputs on one tensor, or on fresh copies (``x.clone()``).
+
+    Args:
+        path: the checkpoint directory.
+        map_location: the device the model and its weights are put on.
+        trust: call the factory ``recipe.json`` names whatever it is. By default only
+            allow-listed factories are imported and called: model classes of ``torch.nn``,
+            torchvision and timm model builders, transformers model classes,
+            ``autogrow.search.models``, and factories registered with
+            :func:`autogrow.register_factory` (see :mod:`autogrow.checkpoint.trust`). A
+            checkpoint from elsewhere can run any code through its factory; pass ``trust=True``
+            only for checkpoints you trust like code.
+
     Raises:
-        CheckpointError: files missing or damaged, the factory cannot be imported, a step
-            cannot be replayed, or the weights do not match the rebuilt architecture.
+        CheckpointError: files missing or damaged, the factory is not allowed (naming it and
+            ``trust=True``) or cannot be imported, a step cannot be replayed, or the weights
+            do not match the rebuilt architecture.
 
     >>> import tempfile, torch, autogrow
     >>> net = autogrow.seed_model("torch.nn:Linear", in_features=4, out_features=3)
@@ -189,7 +212,7 @@ def load(
         recipe = Recipe.from_json(info)
     except (KeyError, TypeError, ValueError, AutogrowError) as e:
         raise CheckpointError(f"{root / RECIPE} holds a malformed recipe: {e}") from e
-    model = build(recipe, where=str(root))
+    model = build(recipe, where=str(root), trust=trust)
     model.to(map_location)
     try:
         state = load_file(str(weights), device=str(map_location))
@@ -205,9 +228,9 @@ def load(
     return model
 
 
-def build(recipe: Recipe, *, where: str = "the recipe") -> nn.Module:
+def build(recipe: Recipe, *, where: str = "the recipe", trust: bool = False) -> nn.Module:
     """The architecture ``recipe`` describes: the seed, grown by its steps (weights are not
-    meaningful; :func:`load` overwrites them).
+    meaningful; :func:`load` overwrites them). ``trust`` is :func:`load`'s.
 
     >>> from autogrow.checkpoint.recipe import Recipe, Step
     >>> r = Recipe("torch.nn:Linear", {"in_features": 4, "out_features": 3})
@@ -217,7 +240,13 @@ def build(recipe: Recipe, *, where: str = "the recipe") -> nn.Module:
     if recipe.factory is None:
         raise CheckpointError(f"{where} names no seed factory, so the model cannot be rebuilt")
     try:
-        model = seed_model(recipe.factory, **recipe.factory_kwargs)
+        factory = allowed_factory(recipe.factory, recipe.factory_kwargs, trust=trust, where=where)
+    except CheckpointError:
+        raise
+    except AutogrowError as e:
+        raise CheckpointError(f"{where}: cannot build the seed model: {e}") from e
+    try:
+        model = build_seed(recipe.factory, factory, recipe.factory_kwargs)
     except AutogrowError as e:
         raise CheckpointError(f"{where}: cannot build the seed model: {e}") from e
     except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
@@ -316,7 +345,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
 
 
 def _check_rebuilds(model: nn.Module, recipe: Recipe) -> None:
-    rebuilt = build(recipe, where="the model's recipe")
+    # the caller holds the model: its factory was called here already, or named by the caller
+    rebuilt = build(recipe, where="the model's recipe", trust=True)
     mine = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     theirs = {n: tuple(t.shape) for n, t in rebuilt.state_dict().items()}
     if mine == theirs:

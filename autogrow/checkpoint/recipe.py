@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -96,7 +96,9 @@ def seed_model(factory: str | Callable[..., Any], /, **kwargs: Any) -> nn.Module
     Models built this way, and every model grown from them, can be saved with
     :func:`autogrow.save` without naming the factory again. ``kwargs`` must be JSON values;
     the factory receives them after a JSON round trip (tuples become lists), exactly as
-    :func:`autogrow.load` will pass them.
+    :func:`autogrow.load` will pass them. ``seed_model`` calls the factory you name, whatever it
+    is; :func:`autogrow.load` calls a checkpoint's factory only if it is allow-listed or
+    registered (:func:`autogrow.register_factory`), or if you pass ``trust=True``.
 
     >>> import autogrow
     >>> net = autogrow.seed_model("torch.nn:Linear", in_features=4, out_features=2)
@@ -104,8 +106,17 @@ def seed_model(factory: str | Callable[..., Any], /, **kwargs: Any) -> nn.Module
     ('torch.nn:Linear', {'in_features': 4, 'out_features': 2})
     """
     name = factory_name(factory)
+    return build_seed(name, resolve_factory(name), kwargs)
+
+
+def build_seed(name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> nn.Module:
+    """``factory(**kwargs)`` (after a JSON round trip), carrying a recipe that names ``name``.
+
+    >>> build_seed("torch.nn:Linear", torch.nn.Linear, {"in_features": 2, "out_features": 1})
+    Linear(in_features=2, out_features=1, bias=True)
+    """
     stored = _plain(kwargs)
-    model = resolve_factory(name)(**stored)
+    model = factory(**stored)
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(
             f"factory {name!r} returned {type(model).__name__}, not an nn.Module"

@@ -34,10 +34,12 @@ def run(space: SearchSpace, n_trials: int = 20, **kwargs: Any) -> Any:
     return _run(space, n_trials, **kwargs)
 
 
-def load_checkpoint(run_dir: str, trial: int | None = None) -> Any:
+def load_checkpoint(run_dir: str, trial: int | None = None, *, trust: bool = False) -> Any:
     """The model a trial of the search in ``run_dir`` stored (default: the best trial).
 
-    Rebuilt by ``autogrow.load`` from safetensors and JSON; nothing is unpickled.
+    Rebuilt by ``autogrow.load`` from safetensors and JSON; nothing is unpickled. ``trust`` is
+    ``autogrow.load``'s: a seed factory that is not allow-listed (your own) is called only
+    after ``autogrow.register_factory`` or with ``trust=True``.
 
     .. code-block:: python
 
@@ -61,4 +63,5 @@ def load_checkpoint(run_dir: str, trial: int | None = None) -> Any:
             f"with a checkpoint; completed: {sorted(t.number for t in done)}"
         )
     best = min(chosen, key=rank_key)
-    return checkpoints.load_model(artifact_store(Path(run_dir)), best.user_attrs["checkpoint"])
+    store = artifact_store(Path(run_dir))
+    return checkpoints.load_model(store, best.user_attrs["checkpoint"], trust=trust)

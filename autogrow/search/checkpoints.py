@@ -4,6 +4,11 @@ An artifact store holds single files, so the checkpoint directory (``model.safet
 ``recipe.json``) and ``probe.safetensors`` (a fixed input batch and the model's outputs on
 it, so anyone can check that a loaded model reproduces the saved one) go into one
 uncompressed tar. Nothing here pickles or unpickles: weights are safetensors, metadata JSON.
+
+The study database and the artifact store may be shared by several machines, so a checkpoint
+read back from them is loaded like any other: its seed factory is called only if
+``autogrow.load`` allows it (:mod:`autogrow.checkpoint.trust`), or if it is the seed factory of
+the search space this process loaded itself from a file the user named.
 """
 
 from __future__ import annotations
@@ -30,17 +35,19 @@ def _io() -> Any:
 def save_checkpoint(
     model: nn.Module, directory: Path, probe_inputs: torch.Tensor, extra: Mapping[str, Any]
 ) -> Path:
-    """``autogrow.save(model, directory, extra=extra)`` plus the probe outputs; returns it."""
+    """``autogrow.save(model, directory, extra=extra)`` plus the probe outputs; returns it.
+
+    The outputs are computed on a fresh contiguous copy of ``probe_inputs``, which is what is
+    stored and what :func:`load_probe` gives back (see there).
+    """
     _io().save(model, directory, extra=dict(extra))
+    inputs = probe_inputs.detach().clone(memory_format=torch.contiguous_format)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        outputs = model(probe_inputs)
+        outputs = model(inputs)
     model.train(was_training)
-    save_file(
-        {"inputs": probe_inputs.contiguous(), "outputs": outputs.contiguous()},
-        str(directory / PROBE),
-    )
+    save_file({"inputs": inputs, "outputs": outputs.contiguous()}, str(directory / PROBE))
     return directory
 
 
@@ -80,12 +87,34 @@ def download(store: Any, artifact_id: str, directory: Path) -> Path:
     return directory
 
 
-def load_model(store: Any, artifact_id: str) -> nn.Module:
-    """The model stored as artifact ``artifact_id``, rebuilt by ``autogrow.load`` (no pickle)."""
+def load_model(
+    store: Any, artifact_id: str, *, trust: bool = False, seed_factory: str | None = None
+) -> nn.Module:
+    """The model stored as artifact ``artifact_id``, rebuilt by ``autogrow.load`` (no pickle).
+
+    ``trust`` is ``autogrow.load``'s. ``seed_factory``: the seed factory of the search space
+    this process loaded from its file (code the user chose to run); a checkpoint whose recipe
+    names exactly that factory is loaded with ``trust=True``, any other factory must be
+    allowed by ``autogrow.load``.
+    """
+    from ..checkpoint.io import read_info
+    from ..checkpoint.recipe import factory_name
+
     with tempfile.TemporaryDirectory() as tmp:
-        return _io().load(download(store, artifact_id, Path(tmp)))
+        folder = download(store, artifact_id, Path(tmp))
+        if not trust and seed_factory is not None:
+            trust = read_info(folder).get("factory") == factory_name(seed_factory)
+        return _io().load(folder, trust=trust)
 
 
 def load_probe(directory: Path) -> dict[str, torch.Tensor]:
-    """The probe batch and outputs saved next to a checkpoint (``inputs``, ``outputs``)."""
-    return load_file(str(Path(directory) / PROBE))
+    """The probe batch and outputs saved next to a checkpoint (``inputs``, ``outputs``).
+
+    The tensors are fresh copies, not views of the file's memory map: a view of the inputs
+    starts at an address that is not 64-byte aligned, and some CPU kernels (matrix products
+    on AVX-512 machines) then take another code path whose result can differ in the last bit.
+    A model loaded from the checkpoint reproduces ``outputs`` bit for bit on these
+    ``inputs``, on the machine and software that wrote them (``autogrow.load``'s promise:
+    bit-identical outputs for the same input tensor).
+    """
+    return {k: v.clone() for k, v in load_file(str(Path(directory) / PROBE)).items()}

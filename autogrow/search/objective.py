@@ -123,10 +123,7 @@ class GrowthObjective:
             p = _trial(trial.study, parent)
             plan = sample_plan(trial, space.growth, self.sites)
             trial.set_user_attr("plan", plan)
-            model = tag(
-                checkpoints.load_model(self.store, p.user_attrs["checkpoint"]),
-                p.user_attrs["sites"],
-            )
+            model = tag(self._load(p.user_attrs["checkpoint"]), p.user_attrs["sites"])
             model = apply_plan(model, plan, self._inputs, seed)
             depth = p.user_attrs["depth"] + 1
             if self.from_scratch:
@@ -148,7 +145,7 @@ class GrowthObjective:
         start, steps = 0, 0
         progress = inherited.get("progress")
         if progress:  # resume a retried trial where its last per-epoch checkpoint left it
-            model = tag(checkpoints.load_model(self.store, progress["artifact"]), progress["sites"])
+            model = tag(self._load(progress["artifact"]), progress["sites"])
             start, steps = progress["epochs_done"], progress["steps"]
         trial.set_user_attr("resumed_at_epoch", start)
 
@@ -182,6 +179,11 @@ class GrowthObjective:
         )
         trial.set_user_attr("checkpoint", art)
         return accuracy if not space.multi_objective else (accuracy, float(params))
+
+    def _load(self, artifact_id: str) -> Any:
+        """A stored checkpoint; the study may be shared, so only the space's own seed factory
+        (or one ``autogrow.load`` allows) is called."""
+        return checkpoints.load_model(self.store, artifact_id, seed_factory=self.space.seed)
 
     def _upload(self, trial: Any, model: Any, name: str, info: dict[str, Any]) -> str:
         extra = {"trial": trial.number, "study": trial.study.study_name, **info}
