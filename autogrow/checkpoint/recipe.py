@@ -112,6 +112,7 @@ def seed_model(factory: str | Callable[..., Any], /, **kwargs: Any) -> nn.Module
 def build_seed(name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> nn.Module:
     """``factory(**kwargs)`` (after a JSON round trip), carrying a recipe that names ``name``.
 
+    >>> import torch
     >>> build_seed("torch.nn:Linear", torch.nn.Linear, {"in_features": 2, "out_features": 1})
     Linear(in_features=2, out_features=1, bias=True)
     """
