@@ -29,6 +29,7 @@ from .errors import (
 )
 from .graph import WidthGraph, WidthGroup, analyze
 from .rules import Call, RuleRegistry, TensorValue, get_default_registry
+from .training import Grower, op
 from .transforms.deepen import InsertionPoint, deepen, insertion_points
 from .transforms.widen import widen
 
@@ -101,6 +102,7 @@ __all__ = [
     "ExampleInputsError",
     "FrozenGroupError",
     "GroupNotFoundError",
+    "Grower",
     "HardcodedSizeError",
     "InsertionPoint",
     "InvalidArgumentError",
@@ -116,6 +118,7 @@ __all__ = [
     "default_registry",
     "insertion_points",
     "load",
+    "op",
     "register_factory",
     "register_module_rule",
     "register_rule",
