@@ -64,7 +64,7 @@ def digest(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> 
         if hasattr(t, "full_tensor"):  # a DTensor
             t = t.full_tensor()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
 
     for name, t in model.state_dict(keep_vars=True).items():
         add(name, t)
@@ -119,7 +119,7 @@ def gather_fsdp(
     """An unsharded copy of an FSDP2 ``model`` (and ``optimizer``) on every rank.
 
     ``template`` is an unsharded module of the same architecture (on any device, ``meta``
-    too); it is materialised on the CPU and loaded with the gathered state (the
+    too); a copy of it is materialised on the model's device and loaded with the gathered state (the
     ``torch.distributed.checkpoint.state_dict`` helpers, full state dicts on every rank).
     Non-persistent buffers, which FSDP2 leaves unsharded, are copied from ``model``.
     """
@@ -130,10 +130,17 @@ def gather_fsdp(
 
     msd = get_model_state_dict(model, options=_full())
     osd = get_optimizer_state_dict(model, optimizer, options=_full()) if optimizer else None
-    plain = template
-    if any(t.is_meta for t in [*plain.parameters(), *plain.buffers()]):
-        plain = plain.to_empty(device="cpu")
-    plain.load_state_dict(msd, strict=False, assign=True)
+    local = next(iter(model.parameters()), None)
+    device = getattr(local, "device", torch.device("cpu"))
+    plain = meta_template(template).to_empty(device=device)  # template itself stays as it is
+    try:
+        plain.load_state_dict(msd, strict=False, assign=True)
+    except RuntimeError as e:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"the unsharded architecture (Grower(build=...)) does not match the sharded model: {e}"
+        ) from e
     own = dict(plain.named_buffers())
     for name, b in model.named_buffers():
         if name in own and name not in msd:
@@ -182,6 +189,7 @@ def reshard_fsdp(
 ) -> tuple[nn.Module, torch.optim.Optimizer | None]:
     """Shard ``grown`` with ``shard`` and give it an optimizer holding ``grown_opt``'s state."""
     from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
@@ -200,7 +208,9 @@ def reshard_fsdp(
     ]
     opt = type(grown_opt)(groups, **_constructor_defaults(grown_opt))
     opt.defaults = dict(grown_opt.defaults)
-    set_optimizer_state_dict(sharded, opt, optim_state_dict=osd, options=_full())
+    # strict=False: parameters a deepen added have no state yet (they start fresh)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=False, strict=False)
+    set_optimizer_state_dict(sharded, opt, optim_state_dict=osd, options=options)
     return sharded, opt
 
 

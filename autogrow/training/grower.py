@@ -154,6 +154,12 @@ class Grower:
         self._checked = False
         self._template: nn.Module | None = None
 
+    @property
+    def template(self) -> nn.Module | None:
+        """FSDP2: the unsharded architecture of the model after the last growth (parameters
+        on the ``meta`` device), or None before the first growth."""
+        return self._template
+
     # -- bookkeeping -----------------------------------------------------------------------
 
     def resume(self, step: int) -> None:

@@ -1,0 +1,153 @@
+"""Worker processes of tests/test_training_distributed.py (two CPU ranks, gloo).
+
+Each worker writes what it saw to ``<out>/<rank>.json``; the test compares the ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import autogrow
+from autogrow.training import GrowthError
+from autogrow.training.distributed import digest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def shard(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    for m in model:
+        if isinstance(m, nn.Linear | nn.Sequential):
+            fully_shard(m)
+    fully_shard(model)
+    return model
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(16, 6, generator=g), torch.randn(16, 2, generator=g)
+
+
+PROBE = _batch(99, 0)
+
+
+def _probe(model: nn.Module) -> float:
+    with torch.no_grad():
+        return nn.functional.mse_loss(model(PROBE[0]), PROBE[1]).item()
+
+
+def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    no_decay = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-2,
+    )
+
+
+def _gathered(value: Any) -> list[Any]:
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
+    _init(rank, world, port)
+    record: dict[str, Any] = {"events": []}
+    try:
+        model = build()
+        if kind == "ddp":
+            model = nn.parallel.DistributedDataParallel(model)
+        else:
+            model = shard(model)
+        opt = _optimizer(model)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + 0.1 * s))
+        schedule = {3: autogrow.op.widen(2.0), 6: autogrow.op.deepen()}
+        # seed=None: every rank draws its own, the grower uses rank 0's
+        grower = autogrow.Grower(schedule, build=build, shard=shard)
+        for step in range(12):
+            x, y = _batch(rank, step)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            before = _probe(model)
+            old = (model, opt, sched)
+            model, opt, sched = grower.step(step, model, opt, sched)
+            if model is not old[0]:
+                record["events"].append(
+                    {
+                        "step": step,
+                        "before": before,
+                        "after": _probe(model),
+                        "new_optimizer": opt is not old[1],
+                        "sched_epoch": sched.last_epoch,
+                        "lr": [g["lr"] for g in opt.param_groups],
+                        "groups": [len(g["params"]) for g in opt.param_groups],
+                        "wd": [g["weight_decay"] for g in opt.param_groups],
+                        "state": sum(len(s) > 0 for s in opt.state.values()),
+                        "params": sum(1 for _ in opt.param_groups[0]["params"])
+                        + sum(1 for _ in opt.param_groups[1]["params"]),
+                    }
+                )
+            if step == 8:  # a growth that fails on rank 1 only: refused on both, nothing changed
+                bad = autogrow.op.widen({"no-such-module": 64} if rank == 1 else 2.0)
+                now = functools.partial(copy.deepcopy, grower.template)  # the grown architecture
+                failing = autogrow.Grower({9: bad}, seed=1, build=now, shard=shard)
+                failing.resume(8)
+                try:
+                    failing.step(9, model, opt, sched)
+                    record["failure"] = "grew"
+                except autogrow.AutogrowError as e:
+                    record["failure"] = f"{type(e).__name__}: {e}"
+        record["final_loss"] = loss.item()
+        record["sched_epoch"] = sched.last_epoch
+        record["is_wrapped"] = type(model).__name__
+        inner = model.module if kind == "ddp" else model
+        record["shapes"] = {
+            n: list(p.full_tensor().shape) if hasattr(p, "full_tensor") else list(p.shape)
+            for n, p in inner.state_dict().items()
+        }
+        record["digests"] = [e.digest for e in grower.history]
+        record["seeds"] = [e.seed for e in grower.history]
+        record["final_digest"] = _gathered(digest(inner))
+        if kind == "ddp":  # ranks that hold different models are refused before anything changes
+            torch.manual_seed(rank)
+            lone = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+            try:
+                autogrow.Grower({0: autogrow.op.widen(2.0)}, seed=0).step(0, lone)
+                record["disagree"] = "grew"
+            except GrowthError as e:
+                record["disagree"] = str(e)
+            record["disagree_width"] = lone[0].out_features
+    finally:
+        with open(os.path.join(out, f"{rank}.json"), "w") as f:
+            json.dump(record, f)
+        dist.destroy_process_group()
