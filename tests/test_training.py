@@ -278,3 +278,18 @@ def test_every_elementwise_optimizer_carries_its_state_through_deepen(name):
     dopt.step()
     for i, j in ((0, 0), (2, 2), (4, 6)):  # the old layers move exactly as before
         assert torch.allclose(deep[j].weight, model[i].weight, atol=1e-6), (i, j)
+
+
+def test_deepen_keeps_groups_in_model_order_so_a_fresh_optimizer_can_load_the_state():
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _loss(model, 0).backward()
+    opt.step()
+    deep, dopt = autogrow.deepen(model, optimizer=opt)
+    assert dopt.param_groups[0]["params"] == list(deep.parameters())
+    fresh = torch.optim.Adam(deep.parameters(), lr=1e-2)  # what a resumed run builds
+    fresh.load_state_dict(dopt.state_dict())
+    for p in deep.parameters():
+        assert {k: v.shape for k, v in fresh.state[p].items()} == {
+            k: v.shape for k, v in dopt.state[p].items()
+        }

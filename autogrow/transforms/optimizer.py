@@ -237,7 +237,8 @@ def extend_optimizer(
         near = next(earlier, None)
         near = next(later, None) if near is None else near
         added.setdefault(0 if near is None else group_of[id(near)], []).append(q)
-    return _rebuild(optimizer, powers, replace, added)
+    position = {id(q): k for k, q in enumerate(ordered)}
+    return _rebuild(optimizer, powers, replace, added, position)
 
 
 def _rebuild(
@@ -245,8 +246,15 @@ def _rebuild(
     powers: Mapping[str, Rule],
     replace: Callable[[torch.Tensor], tuple[torch.Tensor, Sequence[AxisMap]]],
     added: Mapping[int, list[torch.Tensor]],
+    position: Mapping[int, int] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer of the same class over the replaced parameters (plus ``added[group]``)."""
+    """The optimizer of the same class over the replaced parameters (plus ``added[group]``).
+
+    A group whose parameters are in model order (``position``: parameter id -> index in the
+    new model) gets its added parameters in model order too, so that the new optimizer's
+    ``state_dict`` matches one built afresh over the grown model (a Trainer or Lightning
+    resuming from a checkpoint builds it so); other groups get them at the end.
+    """
     groups = []
     state: dict[torch.Tensor, dict[str, object]] = {}
     for i, group in enumerate(optimizer.param_groups):
@@ -259,7 +267,12 @@ def _rebuild(
                     key: _grow_entry(value, axes, powers[key])
                     for key, value in optimizer.state[p].items()
                 }
-        params += added.get(i, [])
+        extra = added.get(i, [])
+        ranks = [position.get(id(q), -1) for q in params] if position and extra else []
+        if ranks and -1 not in ranks and ranks == sorted(ranks):
+            params = sorted([*params, *extra], key=lambda q: position[id(q)])
+        else:
+            params += extra
         hyper = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
         groups.append({**hyper, "params": params})
     result = type(optimizer)(groups, **_constructor_defaults(optimizer))
