@@ -132,3 +132,90 @@ def test_trainer_callback_refuses_plateau_growth():
 
     with pytest.raises(autogrow.InvalidArgumentError, match="on_plateau"):
         GrowthCallback(autogrow.Grower(on_plateau=autogrow.op.widen(2.0)), trainer=None)
+
+
+def test_lightning_callback_grows_the_module_optimizer_and_schedule(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+
+    from autogrow.integrations.lightning import GrowthCallback
+
+    x_probe = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    y_probe = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+
+    def probe(net) -> float:
+        with torch.no_grad():
+            return nn.functional.mse_loss(net(x_probe), y_probe).item()
+
+    class Lit(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=1e-2)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + s))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    seen: list = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step - 1 in (2, 4):
+                seen.append((probe(pl_module.net), id(trainer.optimizers[0])))
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 2))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    grower = autogrow.Grower({2: autogrow.op.widen(2.0), 4: autogrow.op.deepen()}, seed=0)
+    lit = Lit()
+    trainer = pl.Trainer(
+        max_steps=7,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[Probe(), GrowthCallback(grower, module="net"), Probe()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(lit, loader)
+    assert [e.step for e in grower.history] == [2, 4]
+    assert len(seen) == 4
+    for (before, opt_before), (after, opt_after) in zip(seen[::2], seen[1::2]):
+        assert after == pytest.approx(before, rel=1e-5)  # loss right after == right before
+        assert opt_after != opt_before
+    assert lit.net[0].out_features == 16 and len(lit.net) == 5
+    opt = trainer.optimizers[0]
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in lit.parameters()}
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.optimizer is opt and sched.last_epoch == 7
+    ckpt = tmp_path / "grown.ckpt"
+    trainer.save_checkpoint(str(ckpt))
+    saved = torch.load(str(ckpt), weights_only=False)
+    assert saved["state_dict"]["net.0.weight"].shape == (16, 4)
+    assert len(saved["optimizer_states"][0]["state"]) == len(list(lit.parameters()))
+
+    # resume: a LightningModule with the grown architecture loads the checkpoint, and the
+    # callback does not grow again
+    lit2 = Lit()
+    lit2.net = autogrow.deepen(autogrow.widen(Lit().net, 2.0, seed=0))
+    grower2 = autogrow.Grower({2: autogrow.op.widen(2.0), 4: autogrow.op.deepen()}, seed=0)
+    trainer2 = pl.Trainer(
+        max_steps=9,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[GrowthCallback(grower2, module="net")],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer2.fit(lit2, loader, ckpt_path=str(ckpt))
+    assert trainer2.global_step == 9 and grower2.history == []
+    assert trainer2.lr_scheduler_configs[0].scheduler.last_epoch == 9
