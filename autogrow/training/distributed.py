@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,20 +83,32 @@ def is_ddp(model: nn.Module) -> bool:
 
 
 def ddp_kwargs(model: nn.parallel.DistributedDataParallel) -> dict[str, Any]:
-    """The constructor arguments of a DDP wrapper, read back from it."""
-    kw: dict[str, Any] = {
+    """The constructor arguments of a DDP wrapper, read back from it (those that differ
+    from the constructor's defaults)."""
+    read: dict[str, Any] = {
         "device_ids": model.device_ids or None,
         "output_device": model.output_device,
         "dim": model.dim,
-        "broadcast_buffers": model.broadcast_buffers,
         "find_unused_parameters": model.find_unused_parameters,
         "gradient_as_bucket_view": model.gradient_as_bucket_view,
         "static_graph": bool(getattr(model, "static_graph", False)),
+        "process_group": getattr(model, "process_group", None),
     }
-    if getattr(model, "bucket_bytes_cap", None):
-        kw["bucket_cap_mb"] = model.bucket_bytes_cap / (1024 * 1024)
-    if getattr(model, "process_group", None) is not None:
-        kw["process_group"] = model.process_group
+    sync = getattr(model, "forward_sync_buffers", getattr(model, "broadcast_buffers", True))
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    read["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = sync
+    cap = getattr(model, "bucket_bytes_cap", None)
+    if cap:
+        read["bucket_cap_mb"] = cap / (1024 * 1024)
+    kw = {}
+    for k, v in read.items():
+        default = params[k].default if k in params else inspect.Parameter.empty
+        if k in params and v is not None and not (default is not None and v == default):
+            kw[k] = v
+    if kw.get("forward_sync_buffers", True) is True:
+        kw.pop("forward_sync_buffers", None)
+    if kw.get("bucket_cap_mb") == 25.0:
+        kw.pop("bucket_cap_mb")
     return kw
 
 
