@@ -65,7 +65,9 @@ class Grower:
             optimizer steps after growth run at ``j / warmup`` of the schedule's rate.
         seed: the seed of every growth (None: drawn once here; in a distributed run rank
             0's is used). Growth ``k`` at step ``s`` uses a seed derived from it and ``s``.
-        example_inputs, verify, tolerance: passed to :func:`autogrow.widen`/``deepen``.
+        example_inputs: passed to :func:`autogrow.widen`/``deepen`` (None: inferred).
+        verify: passed to ``widen``/``deepen``: compare the grown model's outputs.
+        tolerance: passed to ``widen``/``deepen``: the error ``verify`` accepts.
         build: FSDP2 only: returns an unsharded module of the model's architecture before the
             first growth (called once, e.g. under ``torch.device("meta")``).
         shard: FSDP2 only: applies ``fully_shard`` to a grown unsharded module (in place or
