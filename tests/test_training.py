@@ -293,3 +293,19 @@ def test_deepen_keeps_groups_in_model_order_so_a_fresh_optimizer_can_load_the_st
         assert {k: v.shape for k, v in fresh.state[p].items()} == {
             k: v.shape for k, v in dopt.state[p].items()
         }
+
+
+def test_steps_must_increase_and_the_grower_state_round_trips():
+    model = _mlp()
+    grower = autogrow.Grower({4: autogrow.op.widen(2.0)}, seed=5)
+    grower.step(0, model)
+    grower.step(1, model)
+    with pytest.raises(GrowthError, match="steps must increase"):
+        grower.step(1, model)
+    saved = grower.state_dict()
+    again = autogrow.Grower({4: autogrow.op.widen(2.0)})
+    again.load_state_dict(saved)
+    assert again.seed == 5 and again.seed_for(4) == grower.seed_for(4)
+    assert again.step(2, model)[0] is model
+    wide = again.step(4, model)[0]  # a step without growth may be skipped
+    assert wide is not model
