@@ -151,3 +151,98 @@ def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
         with open(os.path.join(out, f"{rank}.json"), "w") as f:
             json.dump(record, f)
         dist.destroy_process_group()
+
+
+def trainer_run(rank: int, world: int, port: int, out: str) -> None:
+    """The Hugging Face Trainer under DDP (gloo, CPU) with autogrow's callback."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from autogrow.integrations.hf_trainer import add_grower
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 64
+
+        def __getitem__(self, i: int) -> dict:
+            ids = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": ids, "labels": ids}
+
+    probe = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(7))
+    record: dict[str, Any] = {"before": [], "after": []}
+    holder: list = []
+
+    class Probe(TrainerCallback):
+        def __init__(self, key: str):
+            self.key = key
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step - 1 in (1, 2):
+                trainer = holder[0]
+                with torch.no_grad():
+                    loss = trainer.model(input_ids=probe, labels=probe).loss.item()
+                record[self.key].append(loss)
+
+    args = TrainingArguments(
+        output_dir=os.path.join(out, "trainer"),
+        max_steps=5,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        weight_decay=0.01,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        ddp_backend="gloo",
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens())
+    holder.append(trainer)
+    trainer.add_callback(Probe("before"))
+    grower = autogrow.Grower({1: autogrow.op.widen(2.0), 2: autogrow.op.deepen()}, seed=0)
+    add_grower(trainer, grower)
+    trainer.add_callback(Probe("after"))
+    try:
+        trainer.train()
+        wrapped = trainer.model_wrapped
+        record["wrapped"] = type(wrapped).__name__
+        record["same_module"] = getattr(wrapped, "module", None) is trainer.model
+        record["hidden"] = trainer.model.config.hidden_size
+        record["layers"] = trainer.model.config.num_hidden_layers
+        record["steps"] = trainer.state.global_step
+        record["digests"] = [e.digest for e in grower.history]
+        record["final_digest"] = _gathered(digest(trainer.model))
+    finally:
+        with open(os.path.join(out, f"{rank}.json"), "w") as f:
+            json.dump(record, f)
+    dist.barrier()
+    # Interpreter teardown after a Trainer run sometimes aborts in a native thread ("terminate
+    # called without an active exception"): the results are written, leave without it.
+    os._exit(0)

@@ -15,18 +15,26 @@ optimizer inside Accelerate's wrapper) is replaced by the grown one, and the LR 
 holds the wrapper, goes on at its step count. Checkpoints written afterwards describe the grown
 model (its config too), and resuming from one works: build the model from the checkpoint and
 the callback skips the growths before the resumed step.
+
+Under DDP (the Trainer launched with ``torchrun``/``accelerate launch``), the grower grows a
+copy on every rank, checks that all ranks agree, and then the Trainer's model and its DDP
+wrapper *adopt* the grown model and a new DDP wrapper (:func:`adopt`), so the objects the
+Trainer holds stay the same while their contents are the grown ones.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from ..errors import InvalidArgumentError
 from ..training import Grower
+from ..training.distributed import ddp_kwargs, is_ddp
 
-__all__ = ["GrowthCallback", "add_grower"]
+__all__ = ["GrowthCallback", "add_grower", "adopt"]
 
 
 class GrowthCallback(TrainerCallback):
@@ -43,11 +51,12 @@ class GrowthCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         trainer = self.trainer
-        if trainer.model_wrapped is not trainer.model and self.grower.pending():
+        wrapped = trainer.model_wrapped
+        if wrapped is not trainer.model and not is_ddp(wrapped) and self.grower.pending():
             raise InvalidArgumentError(
-                "growth inside a Trainer that wraps its model "
-                f"({type(trainer.model_wrapped).__name__}: DDP, FSDP, DeepSpeed ...) is not "
-                "supported; use autogrow.Grower in your own loop (it re-wraps DDP and FSDP2)"
+                "growth inside a Trainer that wraps its model in "
+                f"{type(wrapped).__name__} (FSDP, DeepSpeed ...) is not supported (DDP is); "
+                "use autogrow.Grower in your own loop (it re-shards FSDP2 models)"
             )
         if state.global_step > 0:  # resumed from a checkpoint that already holds the growths
             self.grower.resume(state.global_step - 1)
@@ -58,12 +67,17 @@ class GrowthCallback(TrainerCallback):
         inner = getattr(wrapper, "optimizer", wrapper)  # accelerate's AcceleratedOptimizer
         sched = trainer.lr_scheduler
         carried = sched if getattr(sched, "optimizer", None) is inner else None
+        wrapped = trainer.model_wrapped
+        ddp = wrapped is not trainer.model and is_ddp(wrapped)
         model, opt, new_sched = self.grower.step(
-            state.global_step - 1, trainer.model, inner, carried, inplace=True
+            state.global_step - 1, trainer.model, inner, carried, inplace=not ddp
         )
         if opt is inner:
             return
-        assert model is trainer.model  # grown in place
+        if ddp:  # a grown copy, agreed on by every rank: the objects the Trainer holds adopt it
+            adopt(trainer.model, model)
+            adopt(wrapped, DistributedDataParallel(trainer.model, **ddp_kwargs(wrapped)))
+        assert all(p is q for p, q in zip(trainer.model.parameters(), model.parameters()))
         if wrapper is inner:
             trainer.optimizer = opt
         else:
@@ -72,6 +86,18 @@ class GrowthCallback(TrainerCallback):
             trainer.lr_scheduler = new_sched
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(trainer.callback_handler, attr, getattr(trainer, attr))
+
+
+def adopt(old: nn.Module, new: nn.Module) -> None:
+    """Make the module object ``old`` the module ``new`` (same class): it takes ``new``'s
+    attributes, submodules, parameters and hooks, so every reference to ``old`` (the Trainer's
+    ``model`` and ``model_wrapped``, its inner loop's local, the Accelerator's list) sees the
+    grown model."""
+    if type(old) is not type(new):
+        raise InvalidArgumentError(
+            f"cannot adopt a {type(new).__name__} into a {type(old).__name__}"
+        )
+    old.__dict__ = new.__dict__
 
 
 def add_grower(trainer: Any, grower: Grower) -> GrowthCallback:
