@@ -246,3 +246,78 @@ def trainer_run(rank: int, world: int, port: int, out: str) -> None:
     # Interpreter teardown after a Trainer run sometimes aborts in a native thread ("terminate
     # called without an active exception"): the results are written, leave without it.
     os._exit(0)
+
+
+def lightning_run(rank: int, world: int, port: int, out: str) -> None:
+    """Lightning's DDP strategy (processes launched here, gloo, CPU) with autogrow's callback."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+        WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    import lightning.pytorch as pl
+
+    from autogrow.integrations.lightning import GrowthCallback
+
+    x_probe, y_probe = PROBE
+
+    class Lit(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = build()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return _optimizer(self)
+
+    record: dict[str, Any] = {"before": [], "after": []}
+
+    class Probe(pl.Callback):
+        def __init__(self, key: str):
+            self.key = key
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step - 1 in (2, 4):
+                with torch.no_grad():
+                    loss = nn.functional.mse_loss(pl_module.net(x_probe), y_probe).item()
+                record[self.key].append(loss)
+                wrapped = trainer.strategy.model  # fit unwraps it when it ends
+                record["wrapped"] = type(wrapped).__name__
+                record["same_module"] = getattr(wrapped, "module", None) is pl_module
+
+    g = torch.Generator().manual_seed(rank)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 6, generator=g), torch.randn(64, 2))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    grower = autogrow.Grower({2: autogrow.op.widen(2.0), 4: autogrow.op.deepen()})
+    lit = Lit()
+    trainer = pl.Trainer(
+        max_steps=7,
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp",
+        callbacks=[Probe("before"), GrowthCallback(grower, module="net"), Probe("after")],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=out,
+    )
+    try:
+        trainer.fit(lit, loader)
+        record["width"] = lit.net[0].out_features
+        record["depth"] = len(lit.net)
+        record["steps"] = trainer.global_step
+        record["digests"] = [e.digest for e in grower.history]
+        record["final_digest"] = _gathered(digest(lit.net))
+    finally:
+        with open(os.path.join(out, f"{rank}.json"), "w") as f:
+            json.dump(record, f)
+    dist.barrier()
+    os._exit(0)  # as in trainer_run: no teardown after the run

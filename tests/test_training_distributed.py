@@ -63,3 +63,18 @@ def test_trainer_callback_under_ddp_grows_every_rank_the_same(tmp_path):
             assert after == pytest.approx(before, rel=1e-5)
     assert r0["digests"] == r1["digests"] and len(r0["digests"]) == 2
     assert r0["final_digest"][0] == r0["final_digest"][1]  # DDP kept the ranks in sync after
+
+
+def test_lightning_callback_under_ddp_grows_every_rank_the_same(tmp_path):
+    pytest.importorskip("lightning")
+    port = distributed_workers.free_port()
+    mp.spawn(distributed_workers.lightning_run, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    for r in (r0, r1):
+        assert r["wrapped"] == "DistributedDataParallel" and r["same_module"]
+        assert r["width"] == 16 and r["depth"] == 7 and r["steps"] == 7
+        assert len(r["before"]) == len(r["after"]) == 2
+        for before, after in zip(r["before"], r["after"]):
+            assert after == pytest.approx(before, rel=1e-5)
+    assert r0["digests"] == r1["digests"] and len(r0["digests"]) == 2
+    assert r0["final_digest"][0] == r0["final_digest"][1]

@@ -18,23 +18,23 @@ the callback skips the growths before the resumed step.
 
 Under DDP (the Trainer launched with ``torchrun``/``accelerate launch``), the grower grows a
 copy on every rank, checks that all ranks agree, and then the Trainer's model and its DDP
-wrapper *adopt* the grown model and a new DDP wrapper (:func:`adopt`), so the objects the
-Trainer holds stay the same while their contents are the grown ones.
+wrapper *adopt* the grown model and a new DDP wrapper
+(:func:`autogrow.training.distributed.adopt`), so the objects the Trainer holds stay the same
+while their contents are the grown ones.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from ..errors import InvalidArgumentError
 from ..training import Grower
-from ..training.distributed import ddp_kwargs, is_ddp
+from ..training.distributed import adopt, ddp_kwargs, is_ddp
 
-__all__ = ["GrowthCallback", "add_grower", "adopt"]
+__all__ = ["GrowthCallback", "add_grower"]
 
 
 class GrowthCallback(TrainerCallback):
@@ -86,18 +86,6 @@ class GrowthCallback(TrainerCallback):
             trainer.lr_scheduler = new_sched
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(trainer.callback_handler, attr, getattr(trainer, attr))
-
-
-def adopt(old: nn.Module, new: nn.Module) -> None:
-    """Make the module object ``old`` the module ``new`` (same class): it takes ``new``'s
-    attributes, submodules, parameters and hooks, so every reference to ``old`` (the Trainer's
-    ``model`` and ``model_wrapped``, its inner loop's local, the Accelerator's list) sees the
-    grown model."""
-    if type(old) is not type(new):
-        raise InvalidArgumentError(
-            f"cannot adopt a {type(new).__name__} into a {type(old).__name__}"
-        )
-    old.__dict__ = new.__dict__
 
 
 def add_grower(trainer: Any, grower: Grower) -> GrowthCallback:

@@ -18,6 +18,10 @@ attribute; the trainer's optimizer (``trainer.strategy.optimizers``) and the sch
 hold the grown weights and optimizer state; to resume, build the LightningModule with the
 grown architecture (``autogrow.load`` replays a saved recipe) and the callback skips the
 growths before the resumed step.
+
+Under the DDP strategies every rank grows a copy (same seed, digests compared across ranks);
+the submodule and the strategy's DDP wrapper then adopt the grown module and a new wrapper
+(:func:`autogrow.training.distributed.adopt`), so the objects Lightning holds stay the same.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import InvalidArgumentError
 from ..training import Grower
+from ..training.distributed import adopt, ddp_kwargs, is_ddp
 
 __all__ = ["GrowthCallback"]
 
@@ -40,10 +46,12 @@ class GrowthCallback(pl.Callback):
         self.module = module
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1 and self.grower.pending():
+        wrapped = trainer.strategy.model
+        if wrapped is not pl_module and not is_ddp(wrapped) and self.grower.pending():
             raise InvalidArgumentError(
-                "growth inside a multi-process Lightning Trainer is not supported; use "
-                "autogrow.Grower in your own loop (it re-wraps DDP and FSDP2)"
+                f"growth inside a Lightning strategy that wraps the module in "
+                f"{type(wrapped).__name__} is not supported (DDP is); use autogrow.Grower in "
+                "your own loop (it re-shards FSDP2 models)"
             )
         if len(trainer.optimizers) > 1:
             raise InvalidArgumentError("growth supports one optimizer per LightningModule")
@@ -63,17 +71,21 @@ class GrowthCallback(pl.Callback):
         configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
         sched = configs[0].scheduler if configs else None
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        wrapped = trainer.strategy.model
+        ddp = wrapped is not pl_module and is_ddp(wrapped)
         model, new_opt, new_sched = self.grower.step(
             trainer.global_step - 1,
             target,
             opt,
             sched,
             loss=loss if self.grower.on_plateau is not None else None,
-            inplace=True,
+            inplace=not ddp,
         )
         if new_opt is opt:
             return
-        assert model is target  # grown in place
+        if ddp:  # a grown copy that every rank agreed on: adopt it, re-wrap
+            adopt(target, model)
+            adopt(wrapped, DistributedDataParallel(pl_module, **ddp_kwargs(wrapped)))
         trainer.strategy.optimizers = [new_opt]
         for c in trainer.lr_scheduler_configs:
             if c.scheduler is sched:

@@ -112,6 +112,26 @@ def ddp_kwargs(model: nn.parallel.DistributedDataParallel) -> dict[str, Any]:
     return kw
 
 
+def adopt(old: nn.Module, new: nn.Module) -> None:
+    """Make the module object ``old`` the module ``new`` (same class): it takes ``new``'s
+    attributes, submodules, parameters and hooks (the two share them from now on), so every
+    reference to ``old`` (a Trainer's ``model`` and ``model_wrapped``, its inner loop's local,
+    an Accelerator's list) sees the grown model.
+
+    >>> import torch
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 4)
+    >>> adopt(a, b); a.out_features, a.weight is b.weight
+    (4, True)
+    """
+    if type(old) is not type(new):
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"cannot adopt a {type(new).__name__} into a {type(old).__name__}"
+        )
+    old.__dict__ = new.__dict__
+
+
 def is_fsdp(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule
