@@ -147,6 +147,19 @@ def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
             except GrowthError as e:
                 record["disagree"] = str(e)
             record["disagree_width"] = lone[0].out_features
+            # a plateau decision from rank-dependent losses: averaged, the same on both ranks
+            net = nn.parallel.DistributedDataParallel(build())
+            sgd = torch.optim.SGD(net.parameters(), lr=0.0)
+            plateau = autogrow.Grower(on_plateau=autogrow.op.deepen(), patience=3, lr="rewarm")
+            for step in range(8):
+                x, y = _batch(rank, 0)
+                loss = nn.functional.mse_loss(net(x), y) * (1 + rank)
+                loss.backward()
+                sgd.step()
+                sgd.zero_grad()
+                net, sgd, _ = plateau.step(step, net, sgd, loss=loss)
+            record["plateau_steps"] = [e.step for e in plateau.history]
+            record["plateau_wrapped"] = type(net).__name__
     finally:
         with open(os.path.join(out, f"{rank}.json"), "w") as f:
             json.dump(record, f)

@@ -47,6 +47,8 @@ def test_growth_mid_training_is_identical_on_every_rank(kind, tmp_path):
         for r in (r0, r1):
             assert "different models on the ranks" in r["disagree"]
             assert r["disagree_width"] == 8
+            assert r["plateau_steps"] == [3]  # the same step on both ranks
+            assert r["plateau_wrapped"] == "DistributedDataParallel"
 
 
 def test_trainer_callback_under_ddp_grows_every_rank_the_same(tmp_path):
