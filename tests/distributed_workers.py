@@ -88,6 +88,12 @@ def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
             model = shard(model)
         opt = _optimizer(model)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + 0.1 * s))
+        if kind != "ddp":  # FSDP2 without build/shard: refused on the first step, not at growth
+            try:
+                autogrow.Grower({5: autogrow.op.widen(2.0)}).step(0, model, opt, sched)
+                record["no_build"] = "accepted"
+            except autogrow.InvalidArgumentError as e:
+                record["no_build"] = str(e)
         schedule = {3: autogrow.op.widen(2.0), 6: autogrow.op.deepen()}
         # seed=None: every rank draws its own, the grower uses rank 0's
         grower = autogrow.Grower(schedule, build=build, shard=shard)

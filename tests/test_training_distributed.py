@@ -43,6 +43,8 @@ def test_growth_mid_training_is_identical_on_every_rank(kind, tmp_path):
     assert r0["is_wrapped"] == ("DistributedDataParallel" if kind == "ddp" else "FSDPSequential")
     assert r0["seeds"] == r1["seeds"] and r0["digests"] == r1["digests"]  # same growth
     assert r0["final_digest"][0] == r0["final_digest"][1]  # and identical after training on
+    if kind == "fsdp2":
+        assert "Grower(build=..., shard=...)" in r0["no_build"]
     if kind == "ddp":
         for r in (r0, r1):
             assert "different models on the ranks" in r["disagree"]

@@ -340,8 +340,9 @@ class Grower:
             )
         assert grown is not None
         if kind == "fsdp":
-            self._template = dist_.meta_template(grown)
+            template = dist_.meta_template(grown)  # before shard() changes grown in place
             new_model, new_opt = dist_.reshard_fsdp(grown, grown_opt, self.shard)
+            self._template = template
         elif kind == "ddp":
             kw = dist_.ddp_kwargs(model)  # type: ignore[arg-type]
             new_model, new_opt = nn.parallel.DistributedDataParallel(grown, **kw), grown_opt
