@@ -355,6 +355,35 @@ class TransformersAdapter(ModelAdapter):
         changes = grown_config(model, new_shapes, ratios.pop() if ratios else None)
         return lambda result: apply_config(result, changes)
 
+    def check_grown(self, model: nn.Module, what: str) -> None:
+        # save_pretrained/from_pretrained rebuild the model from its config: the grown model
+        # must be exactly what its config builds, or it would reload different (or not at all).
+        try:
+            built = _shapes(_build_on_meta(model, model.config))
+        except Exception as e:  # noqa: BLE001 - the config class rejects its own fields
+            raise ConstraintError(
+                f"the {what} {type(model).__name__}'s config no longer builds a model "
+                f"({type(e).__name__}: {e}); from_pretrained could not reload it"
+            ) from None
+        have = _shapes(model)
+        extra = sorted(have.keys() - built.keys())
+        missing = sorted(built.keys() - have.keys())
+        wrong = sorted(k for k in have.keys() & built.keys() if have[k] != built[k])
+        if not (extra or missing or wrong):
+            return
+        parts = [
+            f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("new", extra), ("missing", missing), ("reshaped", wrong))
+            if names
+        ]
+        raise ConstraintError(
+            f"{type(model.config).__name__} cannot describe the {what} {type(model).__name__} "
+            f"(tensors {'; '.join(parts)}), so save_pretrained/from_pretrained would not "
+            "reload it. Grow only what the config describes: for depth, the layer stacks "
+            f"({', '.join(layer_stacks(model)) or 'none found'}); for width, a factor the "
+            "config's fields can express."
+        )
+
     def layer_stacks(self, model: nn.Module) -> dict[str, str]:
         return layer_stacks(model)
 
