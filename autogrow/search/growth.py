@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import FrozenGroupError, GroupNotFoundError
+from ..transforms.layer_kinds import is_activation
 from .space import Growth
 
 SITE_ATTR = "_autogrow_site"
@@ -65,16 +66,12 @@ def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
         if blocks:
             deepen = tuple(blocks)
         else:
-            deepen = tuple(p.where for p in points if _is_activation(model.get_submodule(p.where)))
+            deepen = tuple(p.where for p in points if is_activation(model.get_submodule(p.where)))
     else:
         for name in growth.deepen:
             model.get_submodule(name)  # raises AttributeError naming the module if absent
         deepen = tuple(growth.deepen)
     return Sites(widen if "widen" in growth.kinds else (), deepen)
-
-
-def _is_activation(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("torch.nn.modules.activation")
 
 
 def tag(model: nn.Module, site_map: Mapping[str, str]) -> nn.Module:
