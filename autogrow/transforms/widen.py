@@ -250,10 +250,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             )
             raise HardcodedSizeError(
                 f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
-                f"{new} when "
-                f"group(s) {', '.join(groups) or '?'} widen. Compute it from the tensor instead "
-                "(x.flatten(1), x.view(x.size(0), -1)), keep it in a module attribute, or leave "
-                "those groups out: widen(model, {...}) with the groups you want."
+                f"{new} when group(s) {', '.join(groups) or '?'} widen. {lit.advice(model)}"
             )
         put(found[0], found[1], new, lit.call.where())
     return [(m, a, v) for (m, a), v in updates.items()]
