@@ -188,6 +188,8 @@ def _failure_message(
         if about:
             where += f", {about}"
         where += "."
+    elif failure.module_type is not None:
+        where = f" Raised in the model's own forward ({failure.module_type})."
     if failure.source:
         where += f" The model's line: {failure.source}."
     return (

@@ -67,6 +67,23 @@ def test_verification_failure_names_the_module_its_group_and_the_line():
     assert message.startswith("the widened model failed to run on the example inputs: Runtime")
 
 
+class AddsAFixedSize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.fc(x) + torch.ones(6)  # fails in the model's own forward
+
+
+def test_verification_failure_in_the_top_level_forward():
+    with pytest.raises(autogrow.VerificationError) as info:
+        verify(AddsAFixedSize(), (torch.randn(1, 4),), None, what="deepened")
+    message = str(info.value)
+    assert "Raised in the model's own forward (AddsAFixedSize)." in message
+    assert "return self.fc(x) + torch.ones(6)" in message
+
+
 class Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
