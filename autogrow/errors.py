@@ -59,7 +59,9 @@ class TracingError(AutogrowError):
 
 
 class ExampleInputsError(AutogrowError):
-    """Example inputs were not given and cannot be inferred from the model's entry layer.
+    """Example inputs were not given and cannot be inferred from the model's entry layer, or
+    the model cannot run on the inferred ones (the message says what was inferred, from which
+    layer).
 
     >>> import torch, autogrow
     >>> try:

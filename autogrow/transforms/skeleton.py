@@ -87,6 +87,11 @@ class Transform(ABC, Generic[P]):
     def apply(self, model: nn.Module, *, inplace: bool) -> tuple[nn.Module, Undo]:
         """Grow ``model`` (itself with ``inplace``, else a copy): (result, undo)."""
 
+    def describe_module(self, name: str) -> str | None:
+        """For a verification error in module ``name`` of the grown model: what this growth
+        changed there (e.g. its width groups), or None."""
+        return None
+
     def finish(self, result: nn.Module) -> None:
         """After verification (widen's noise): by default nothing."""
 
@@ -152,7 +157,14 @@ def grow(
         # checked with or without verification, and undone like a failed verification.
         adapter_for(model).check_grown(result, transform.what)
         if verify:
-            verify_outputs(result, inputs, reference, what=transform.what, tolerance=tolerance)
+            verify_outputs(
+                result,
+                inputs,
+                reference,
+                what=transform.what,
+                tolerance=tolerance,
+                describe_module=transform.describe_module,
+            )
     except Exception:
         undo()
         raise

@@ -245,6 +245,17 @@ class WidenTransform(Transform[WidenPlan]):
         if self.noise > 0:
             _add_noise(result, self.graph.analysis, self.maps, self.noise, self.generator)
 
+    def describe_module(self, name: str) -> str | None:
+        groups = [
+            g
+            for g in self.graph.groups
+            if g.id in self.widths and any(m == name or m.startswith(f"{name}.") for m in g.modules)
+        ]
+        if not groups:
+            return None
+        shown = ", ".join(f"{g.name!r} ({g.width} -> {self.widths[g.id]})" for g in groups[:4])
+        return f"in width group(s) {shown}"
+
     def recipe_args(self) -> dict[str, Any]:
         factor = dict(self.factor) if isinstance(self.factor, Mapping) else self.factor
         return {
@@ -363,10 +374,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             )
             raise HardcodedSizeError(
                 f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
-                f"{new} when "
-                f"group(s) {', '.join(groups) or '?'} widen. Compute it from the tensor instead "
-                "(x.flatten(1), x.view(x.size(0), -1)), keep it in a module attribute, or leave "
-                "those groups out: widen(model, {...}) with the groups you want."
+                f"{new} when group(s) {', '.join(groups) or '?'} widen. {lit.advice(model)}"
             )
         put(found[0], found[1], new, lit.call.where())
     return [(m, a, v) for (m, a), v in updates.items()]
