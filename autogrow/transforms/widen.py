@@ -23,7 +23,7 @@ from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # n
 from .lineage import record_step
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .optimizer import check_optimizer, grow_optimizer
-from .plan import Factor, check_factor, plan_widths
+from .plan import Factor, check_factor, plan_widths, report_partial_growth
 
 
 @overload
@@ -164,6 +164,7 @@ def widen(
         except Exception:
             undo()
             raise
+    report_partial_growth(graph, factor, widths)  # a float factor some groups could not take
     if noise > 0:
         _add_noise(result, graph.analysis, maps, noise, generator)
     factor_arg = dict(factor) if isinstance(factor, Mapping) else factor
