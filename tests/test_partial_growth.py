@@ -155,7 +155,7 @@ def test_nothing_to_widen_advice_fits_the_factor():
     assert "gains a unit" in str(e.value) and "integer" not in str(e.value)
 
 
-def test_timm_edgenext_at_1_5_lists_the_kept_normalised_stages():
+def test_timm_edgenext_lists_the_kept_normalised_stages_and_the_blocking_op():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("edgenext_xx_small", pretrained=False).eval()
@@ -170,6 +170,14 @@ def test_timm_edgenext_at_1_5_lists_the_kept_normalised_stages():
     ]:
         assert f"{name}: width {width} kept" in text
     assert text.count("uniform (op 'layer_norm'") == 5
+    # x2: the stages' streams are kept by a reshape sized from the attention's heads, which
+    # F.normalize (no rule) freezes; the op gets its line.
+    _, caught = _widen_recording(model, 2.0, example_inputs=(torch.randn(1, 3, 64, 64),))
+    text = str(caught[0].message)
+    assert "stages.1.downsample.1: width 24 kept (x2 asks 48): forward code keeps" in text
+    assert "frozen stages.1.blocks.1.xca.qkv:1" in text and "edgenext.py:175" in text
+    assert "stages.1.blocks.1.xca.qkv:1 (4), stages.1.blocks.1.xca.proj:in (12) frozen" in text
+    assert "normalize" in text and "integer factor" not in text
 
 
 def _gpt2():

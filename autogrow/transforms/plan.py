@@ -279,7 +279,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
     }
     tied = _apply_ratio_ties(graph, wanted, explicit=False)
     sized = _apply_size_ties(graph, tied)
-    held = _equality_reasons(graph, sized)
+    held: dict[int, tuple[str, list[WidthGroup]]] | None = None  # only when needed: costly
     out, culprits = [], set()
     for g in graph.groups:
         if not g.widenable or asked[g.id] == g.width:
@@ -288,6 +288,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
         if got >= asked[g.id]:
             continue
         if got < sized.get(g.id, g.width):
+            held = _equality_reasons(graph, sized) if held is None else held
             kind, why = "equality", _equality_why(held.get(g.id))
             culprits.update(o.id for o in held.get(g.id, ("", []))[1] if not o.widenable)
         elif sized.get(g.id, g.width) < tied.get(g.id, g.width):
@@ -297,7 +298,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
         else:
             kind, why = "uniform", f"uniform ({g.uniform}): grows by whole multiples only"
         out.append(Shortfall(g, got, asked[g.id], kind, why))
-    grown = {m for gid in widths for m in graph.by_id(gid).modules}
+    grown = {m for gid in widths if (w := graph.by_id(gid)) for m in w.modules}
     for g in graph.groups:
         if g.frozen and BLOCKED in g.frozen and (grown & set(g.modules) or g.id in culprits):
             out.append(Shortfall(g, g.width, g.width, "blocked", g.frozen))
@@ -315,7 +316,7 @@ def _equality_reasons(
         for x in store.leaf_atoms(store.atom(a)):
             for y in store.leaf_atoms(store.atom(b)):
                 tied.add_edge(x.id, y.id)
-    pairs: list[tuple[Term, Term, str]] = []
+    pairs: list[tuple[Term, Term, object]] = []  # where: a text, or the call to locate
     for a, b in store.size_ties:
         for x, y in _aligned(store, a, b):
             if isinstance(x, Atom) and isinstance(y, Atom):
@@ -323,7 +324,7 @@ def _equality_reasons(
             pairs.append((x, y, "interleaved parts of a channel shuffle"))
     for lit in graph.analysis.literals:
         if not isinstance(lit.value, int):
-            pairs.append((lit.term, lit.value, lit.call.where(full=True)))
+            pairs.append((lit.term, lit.value, lit.call))
     out: dict[int, tuple[str, list[WidthGroup]]] = {}
     current = dict(sizes)
     while True:
@@ -332,8 +333,7 @@ def _equality_reasons(
             for a, b, where in pairs
             if new_size(store, a, current) != new_size(store, b, current)
         ]
-        if not broken:
-            return out
+        before = len(current)
         for a, b, where in broken:
             ids = {x.id for x in store.leaf_atoms(a) + store.leaf_atoms(b)}
             for i in list(ids):
@@ -341,8 +341,12 @@ def _equality_reasons(
                     ids |= nx.node_connected_component(tied, i)
             groups = [g for i in sorted(ids) if (g := graph.by_id(i)) is not None]
             for i in ids & current.keys():
-                out.setdefault(i, (where, [g for g in groups if g.id != i]))
+                if i not in out:
+                    text = where if isinstance(where, str) else where.where(full=True)
+                    out[i] = (text, [g for g in groups if g.id != i])
                 current.pop(i)
+        if len(current) == before:  # nothing left to drop (``_repair`` would not get here)
+            return out
 
 
 def _equality_why(held: tuple[str, list[WidthGroup]] | None) -> str:
