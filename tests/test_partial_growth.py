@@ -198,3 +198,15 @@ def test_config_advice_names_an_integer_factor_only_for_a_fraction():
     with pytest.raises(autogrow.ConstraintError, match="Use an integer factor") as e:
         autogrow.widen(model, 1.5, example_inputs=x)
     assert "256 -> 384" in str(e.value)
+
+
+def test_loading_a_partially_grown_checkpoint_does_not_warn_again(tmp_path):
+    model = _model(ResidualMLP)
+    with pytest.warns(autogrow.GrowthWarning):
+        wide = autogrow.widen(model, 1.5, seed=0)
+    autogrow.save(wide, tmp_path / "ckpt", factory=ResidualMLP)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", autogrow.GrowthWarning)
+        autogrow.save(wide, tmp_path / "again", factory=ResidualMLP)  # check=True replays
+        loaded = autogrow.load(tmp_path / "ckpt", trust=True)
+    assert loaded.fc1.out_features == 48
