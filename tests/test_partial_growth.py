@@ -210,3 +210,21 @@ def test_loading_a_partially_grown_checkpoint_does_not_warn_again(tmp_path):
         autogrow.save(wide, tmp_path / "again", factory=ResidualMLP)  # check=True replays
         loaded = autogrow.load(tmp_path / "ckpt", trust=True)
     assert loaded.fc1.out_features == 48
+
+
+def test_heads_ratio_tied_to_a_normalised_hidden_size_are_listed_with_the_tie():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.AutoConfig.for_model(
+        "bert", hidden_size=64, num_attention_heads=4, intermediate_size=128,
+        num_hidden_layers=1, vocab_size=100, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    x = (torch.randint(0, 100, (2, 12)),)
+    graph = autogrow.analyze(model, x)
+    heads = "bert.encoder.layer.0.attention.self.query"
+    assert graph.max_factor(heads, 1.5) == 1.0 and graph.max_factor(heads, 2.0) == 2.0
+    assert graph.max_factor("bert.encoder.layer.0.intermediate.dense", 1.5) == 1.5
+    _, caught = _widen_recording(model, 1.5, example_inputs=x)
+    text = str(caught[0].message)
+    assert f"{heads}: width 4 kept (x1.5 asks 6): ratio-tied (BertConfig head size" in text

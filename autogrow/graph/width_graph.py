@@ -11,6 +11,7 @@ import networkx as nx
 
 from .._text import aligned_table, owner_module
 from ..axes.terms import Atom, AxisStore, Term
+from ..errors import GroupNotFoundError
 from ..rules.context import COPY, REDUCE, TAPS, Analysis
 
 
@@ -224,7 +225,9 @@ class WidthGraph:
         """
         group = key if isinstance(key, WidthGroup) else self.group(key)
         if group is None:
-            raise KeyError(f"{key!r} names no width group and no module with parameters in one")
+            raise GroupNotFoundError(
+                f"{key!r} names no width group and no module with parameters in one"
+            )
         return self._whole_or_own(group, float(factor), tied=True)
 
     def admissible_factors(self, factor: float) -> dict[str, float]:
