@@ -32,7 +32,7 @@ from .checkpoint.trust import allowed_factory
 from .errors import AutogrowError, InvalidArgumentError
 from .graph import analyze
 from .transforms.deepen import deepen, insertion_points
-from .transforms.widen import widen
+from .transforms.widen import widen_with_plan
 from .verify import compare, run
 
 
@@ -312,7 +312,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         data["insertion_points"] = [
             {
                 "where": p.where,
-                "kind": p.kind,
+                "kind": str(p.kind),
                 "inserts": p.inserts,
                 "exact_in_train": p.exact_in_train,
             }
@@ -346,7 +346,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     blocks = [p for p in points if p.kind == "block"]
     shown = points if args.all or not blocks else blocks
     rows = [
-        (p.where or "<model>", p.kind, p.inserts, "yes" if p.exact_in_train else "eval only")
+        (p.where or "<model>", str(p.kind), p.inserts, "yes" if p.exact_in_train else "eval only")
         for p in shown
     ]
     note = f"{len(points)} insertion points"
@@ -370,7 +370,7 @@ def widen_command(args: argparse.Namespace) -> int:
     """
     model, inputs = _load_args(args)
     factor: Any = args.factor if args.factor is not None else _width_dict(args.width)
-    grown = widen(
+    grown = widen_with_plan(
         model,
         factor,
         example_inputs=inputs,
@@ -379,8 +379,7 @@ def widen_command(args: argparse.Namespace) -> int:
         noise=args.noise,
         verify=not args.no_verify and args.noise == 0,
     )
-    seed = grown.autogrow_recipe.steps[-1].args["seed"]
-    _report(args, model, grown, inputs, f"widened (seed {seed})")
+    _report(args, model, grown.model, inputs, f"widened (seed {grown.plan.seed})")
     return 0
 
 

@@ -1,9 +1,12 @@
 """The axis-term algebra: what each tensor axis is made of, and which axes carry the same units.
 
 This layer imports nothing else of autogrow. Rules build terms, the analysis unifies them in an
-:class:`AxisStore`, and the transforms fold them into sizes and unit maps.
+:class:`AxisStore`, and the transforms fold them into sizes and unit maps (:class:`TermFold`:
+one method per term kind).
 """
 
+from .fold import ResolvedFold, TermFold
+from .sizes import NewSize, new_size
 from .terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip, cat, prod, zip_
 
 __all__ = [
@@ -11,12 +14,16 @@ __all__ = [
     "AxisStore",
     "Cat",
     "Fixed",
+    "NewSize",
     "Prod",
+    "ResolvedFold",
     "Sel",
     "Stack",
     "Term",
+    "TermFold",
     "Zip",
     "cat",
+    "new_size",
     "prod",
     "zip_",
 ]

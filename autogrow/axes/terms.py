@@ -19,8 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import networkx as nx
+
+from .fold import ResolvedFold, TermFold
 
 __all__ = [
     "Atom",
@@ -39,6 +42,9 @@ __all__ = [
 ]
 
 
+R = TypeVar("R")
+
+
 class Term:
     """Base class of axis terms; ``size`` is the number of positions along the axis."""
 
@@ -48,10 +54,17 @@ class Term:
         """The atoms this term mentions, left to right (unresolved)."""
         return iter(())
 
+    def accept(self, fold: TermFold[R]) -> R:
+        """``fold``'s method for this term's kind (each kind overrides this)."""
+        raise TypeError(f"{type(self).__name__} is not a term kind that TermFold knows")
+
 
 @dataclass(frozen=True)
 class Fixed(Term):
     size: int
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.fixed(self)
 
     def __repr__(self) -> str:
         return str(self.size)
@@ -64,6 +77,9 @@ class Atom(Term):
 
     def atoms(self) -> Iterator[Atom]:
         yield self
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.atom(self)
 
     def __repr__(self) -> str:
         return f"a{self.id}"
@@ -81,6 +97,9 @@ class Cat(Term):
         for p in self.parts:
             yield from p.atoms()
 
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.cat(self)
+
     def __repr__(self) -> str:
         return "[" + " | ".join(map(repr, self.parts)) + "]"
 
@@ -96,6 +115,9 @@ class Prod(Term):
     def atoms(self) -> Iterator[Atom]:
         for f in self.factors:
             yield from f.atoms()
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.prod(self)
 
     def __repr__(self) -> str:
         return "(" + " ".join(map(repr, self.factors)) + ")"
@@ -115,6 +137,9 @@ class Zip(Term):
     def atoms(self) -> Iterator[Atom]:
         for p in self.parts:
             yield from p.atoms()
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.zip(self)
 
     def __repr__(self) -> str:
         return "zip(" + ", ".join(map(repr, self.parts)) + ")"
@@ -136,6 +161,9 @@ class Stack(Term):
         for r in self.rows:
             yield from r.atoms()
 
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.stack(self)
+
     def __repr__(self) -> str:
         return "stack(" + ", ".join(map(repr, self.rows)) + ")"
 
@@ -149,6 +177,9 @@ class Sel(Term):
     @property
     def size(self) -> int:  # type: ignore[override]
         return len(self.rows)
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.sel(self)
 
     def __repr__(self) -> str:
         return f"sel{len(self.rows)}"
@@ -261,45 +292,11 @@ class AxisStore:
     # -- resolution ----------------------------------------------------------------------
     def resolve(self, t: Term) -> Term:
         """The term with every atom replaced by its root or its binding, normalised."""
-        if isinstance(t, Atom):
-            r = self.find(t)
-            b = self._info[r.id].binding
-            return r if b is None else self.resolve(b)
-        if isinstance(t, Cat):
-            return cat(self.resolve(p) for p in t.parts)
-        if isinstance(t, Prod):
-            return prod(self.resolve(f) for f in t.factors)
-        if isinstance(t, Zip):
-            return zip_(self.resolve(p) for p in t.parts)
-        if isinstance(t, Stack):
-            rows = tuple(self.resolve(r) for r in t.rows)
-            return rows[0] if all(r == rows[0] for r in rows) else Stack(rows)
-        if isinstance(t, Sel):
-            return Sel(tuple(self.resolve(r) for r in t.rows))
-        return t
+        return _Resolve(self).fold(t)
 
     def settle(self, t: Term, why: str = "stacked parts used") -> Term:
         """Replace stack/selector pairs by the conservative reading: the parts tied together."""
-        t = self.resolve(t)
-        if isinstance(t, Stack):
-            for r in t.rows[1:]:
-                self.unify(t.rows[0], r, why)
-            return self.resolve(t.rows[0])
-        if isinstance(t, Sel):
-            return Fixed(t.size)
-        if isinstance(t, Cat):
-            return cat(self.settle(p, why) for p in t.parts)
-        if isinstance(t, Prod):
-            return prod(self.settle(f, why) for f in t.factors)
-        if isinstance(t, Zip):
-            return zip_(self.settle(p, why) for p in t.parts)
-        return t
-
-    def _has_stack(self, t: Term) -> bool:
-        if isinstance(t, (Stack, Sel)):
-            return True
-        children = getattr(t, "parts", None) or getattr(t, "factors", None) or ()
-        return any(self._has_stack(c) for c in children)
+        return _Settle(self, why).fold(t)
 
     def leaf_atoms(self, t: Term) -> list[Atom]:
         """Distinct unbound root atoms under ``t``, in order."""
@@ -321,27 +318,10 @@ class AxisStore:
         Factors of a product are independently uniform; the parts of a concatenation must also
         share one replication factor (a ratio tie), else the mean over the whole axis moves.
         """
-        t = self.resolve(t)
-        if isinstance(t, Atom):
-            info = self._info[t.id]
-            info.uniform = info.uniform or why
-        elif isinstance(t, Prod):
-            for f in t.factors:
-                self.require_uniform(f, why)
-        elif isinstance(t, (Stack, Sel)):
-            self.require_uniform(self.settle(t), why)
-        elif isinstance(t, (Cat, Zip)):
-            carriers = [self.leaf_atoms(p) for p in t.parts]
-            if any(len(c) != 1 for c in carriers):
-                self.freeze(t, f"concatenation under a normalisation at {why}")
-                return
-            for c in carriers:
-                self.require_uniform(c[0], why)
-            for (a,), (b,) in zip(carriers, carriers[1:]):
-                self.ratio_ties.add_edge(a.id, b.id, why=why)
+        _RequireUniform(self, why).fold(t)
 
     def _bind(self, a: Atom, t: Term, why: str) -> None:
-        if self._has_stack(t):
+        if _HasStack().fold(t):
             t = self.settle(t, why)
             if isinstance(t, Atom) and t.id == a.id:
                 return
@@ -457,97 +437,253 @@ class AxisStore:
         t = self.resolve(t)
         if len(sizes) == 1:
             return [t]
-        if isinstance(t, (Stack, Sel)):
-            t = self.settle(t, why)
-        if isinstance(t, Zip):
-            k = len(t.parts)
-            if any(s % k for s in sizes):
-                return self.split(self._unzip(t, why), sizes, why)
-            cuts = [self.split(p, [s // k for s in sizes], why) for p in t.parts]
-            if any(c is None for c in cuts):
-                return None
-            return [zip_(c[i] for c in cuts) for i in range(len(sizes))]  # type: ignore[index]
-        if isinstance(t, Fixed):
-            return [Fixed(s) for s in sizes]
-        if isinstance(t, Atom):
-            info = self._info[t.id]
-            pieces = [self.new_atom(s, f"{info.origin}[{i}]") for i, s in enumerate(sizes)]
-            self._bind(t, cat(pieces), why)
-            return list(pieces)
-        if isinstance(t, Cat):
-            out: list[Term] = []
-            parts = list(t.parts)
-            for s in sizes:
-                taken: list[Term] = []
-                need = s
-                while need > 0:
-                    p = parts.pop(0)
-                    if p.size <= need:
-                        taken.append(p)
-                        need -= p.size
-                    else:
-                        halves = self.split(p, [need, p.size - need], why)
-                        if halves is None:
-                            return None
-                        taken.append(halves[0])
-                        parts.insert(0, halves[1])
-                        need = 0
-                out.append(cat(taken))
-            return out
-        assert isinstance(t, Prod)
-        outer, inner = t.factors[0], prod(t.factors[1:])
-        if any(s % inner.size for s in sizes):
-            return None
-        outer_pieces = self.split(outer, [s // inner.size for s in sizes], why)
-        if outer_pieces is None:
-            return None
-        return [prod([o, inner]) for o in outer_pieces]
+        return _Split(self, sizes, why).fold(t)
 
     def factor(self, t: Term, sizes: list[int], why: str = "reshape") -> list[Term] | None:
         """Express an axis as a row-major product of axes of the given sizes, or None."""
         t = self.resolve(t)
         assert math.prod(sizes) == t.size, (t, sizes)
-        targets = [s for s in sizes]
-        if len([s for s in targets if s != 1]) <= 1:
-            return [t if s == t.size and s != 1 else Fixed(s) for s in targets]
-        if isinstance(t, (Stack, Sel)):
-            return self.factor(self.settle(t, why), sizes, why)
-        real = [s for s in targets if s != 1]
-        if isinstance(t, Zip):
-            if real == [t.parts[0].size, len(t.parts)]:
-                return self._place(targets, [Stack(t.parts), Sel(t.parts)])
-            return self.factor(self._unzip(t, why), sizes, why)
-        if isinstance(t, Fixed):
-            return [Fixed(s) for s in targets]
-        if isinstance(t, Atom):
-            info = self._info[t.id]
-            pieces: list[Term] = [
-                self.new_atom(s, f"{info.origin}.{i}") if s != 1 else Fixed(1)
-                for i, s in enumerate(targets)
-            ]
-            self._bind(t, prod(pieces), why)
-            return pieces
-        if isinstance(t, Cat) and len(real) == 2 and t.size % real[0] == 0:
-            rows = self.split(t, [t.size // real[0]] * real[0], why)
+        if len([s for s in sizes if s != 1]) <= 1:
+            return [t if s == t.size and s != 1 else Fixed(s) for s in sizes]
+        return _Factor(self, sizes, why).fold(t)
+
+    @staticmethod
+    def _place(targets: list[int], terms: list[Term]) -> list[Term]:
+        """Put ``terms`` at the non-1 positions of ``targets`` and Fixed(1) elsewhere."""
+        it = iter(terms)
+        return [next(it) if s != 1 else Fixed(1) for s in targets]
+
+
+# -- folds of the store -------------------------------------------------------------------
+class _Resolve(TermFold[Term]):
+    """Every atom replaced by its root or its binding, normalised (``AxisStore.resolve``)."""
+
+    def __init__(self, store: AxisStore) -> None:
+        self.store = store
+
+    def fixed(self, t: Fixed) -> Term:
+        return t
+
+    def atom(self, t: Atom) -> Term:
+        r = self.store.find(t)
+        b = self.store._info[r.id].binding
+        return r if b is None else self.fold(b)
+
+    def cat(self, t: Cat) -> Term:
+        return cat(self.fold(p) for p in t.parts)
+
+    def prod(self, t: Prod) -> Term:
+        return prod(self.fold(f) for f in t.factors)
+
+    def zip(self, t: Zip) -> Term:
+        return zip_(self.fold(p) for p in t.parts)
+
+    def stack(self, t: Stack) -> Term:
+        rows = tuple(self.fold(r) for r in t.rows)
+        return rows[0] if all(r == rows[0] for r in rows) else Stack(rows)
+
+    def sel(self, t: Sel) -> Term:
+        return Sel(tuple(self.fold(r) for r in t.rows))
+
+
+class _Settle(ResolvedFold[Term]):
+    """Stack/selector pairs replaced by the parts tied together (``AxisStore.settle``)."""
+
+    def __init__(self, store: AxisStore, why: str) -> None:
+        super().__init__(store)
+        self.why = why
+
+    def fixed(self, t: Fixed) -> Term:
+        return t
+
+    def atom(self, t: Atom) -> Term:
+        return t
+
+    def cat(self, t: Cat) -> Term:
+        return cat(self.fold(p) for p in t.parts)
+
+    def prod(self, t: Prod) -> Term:
+        return prod(self.fold(f) for f in t.factors)
+
+    def zip(self, t: Zip) -> Term:
+        return zip_(self.fold(p) for p in t.parts)
+
+    def stack(self, t: Stack) -> Term:
+        for r in t.rows[1:]:
+            self.store.unify(t.rows[0], r, self.why)
+        return self.store.resolve(t.rows[0])
+
+    def sel(self, t: Sel) -> Term:
+        return Fixed(t.size)
+
+
+class _HasStack(TermFold[bool]):
+    """Whether a stack or a selector occurs in the (unresolved) term."""
+
+    def fixed(self, t: Fixed) -> bool:
+        return False
+
+    def atom(self, t: Atom) -> bool:
+        return False
+
+    def cat(self, t: Cat) -> bool:
+        return any(self.fold(p) for p in t.parts)
+
+    def prod(self, t: Prod) -> bool:
+        return any(self.fold(f) for f in t.factors)
+
+    def zip(self, t: Zip) -> bool:
+        return any(self.fold(p) for p in t.parts)
+
+    def stack(self, t: Stack) -> bool:
+        return True
+
+    def sel(self, t: Sel) -> bool:
+        return True
+
+
+class _RequireUniform(ResolvedFold[None]):
+    """Mark every unit along the term as equally replicated (``AxisStore.require_uniform``)."""
+
+    def __init__(self, store: AxisStore, why: str) -> None:
+        super().__init__(store)
+        self.why = why
+
+    def fixed(self, t: Fixed) -> None:
+        pass
+
+    def atom(self, t: Atom) -> None:
+        info = self.store._info[t.id]
+        info.uniform = info.uniform or self.why
+
+    def prod(self, t: Prod) -> None:
+        for f in t.factors:
+            self.fold(f)
+
+    def _parts(self, t: Cat | Zip) -> None:
+        carriers = [self.store.leaf_atoms(p) for p in t.parts]
+        if any(len(c) != 1 for c in carriers):
+            self.store.freeze(t, f"concatenation under a normalisation at {self.why}")
+            return
+        for c in carriers:
+            self.fold(c[0])
+        for (a,), (b,) in zip(carriers, carriers[1:]):
+            self.store.ratio_ties.add_edge(a.id, b.id, why=self.why)
+
+    cat = zip = _parts
+
+    def _settled(self, t: Stack | Sel) -> None:
+        self.fold(self.store.settle(t))
+
+    stack = sel = _settled
+
+
+class _Split(TermFold[list[Term] | None]):
+    """Consecutive pieces of the given sizes (``AxisStore.split``), over a resolved term."""
+
+    def __init__(self, store: AxisStore, sizes: list[int], why: str) -> None:
+        self.store, self.sizes, self.why = store, sizes, why
+
+    def fixed(self, t: Fixed) -> list[Term] | None:
+        return [Fixed(s) for s in self.sizes]
+
+    def atom(self, t: Atom) -> list[Term] | None:
+        info = self.store._info[t.id]
+        pieces = [self.store.new_atom(s, f"{info.origin}[{i}]") for i, s in enumerate(self.sizes)]
+        self.store._bind(t, cat(pieces), self.why)
+        return list(pieces)
+
+    def cat(self, t: Cat) -> list[Term] | None:
+        out: list[Term] = []
+        parts = list(t.parts)
+        for s in self.sizes:
+            taken: list[Term] = []
+            need = s
+            while need > 0:
+                p = parts.pop(0)
+                if p.size <= need:
+                    taken.append(p)
+                    need -= p.size
+                else:
+                    halves = self.store.split(p, [need, p.size - need], self.why)
+                    if halves is None:
+                        return None
+                    taken.append(halves[0])
+                    parts.insert(0, halves[1])
+                    need = 0
+            out.append(cat(taken))
+        return out
+
+    def prod(self, t: Prod) -> list[Term] | None:
+        sizes, why = self.sizes, self.why
+        outer, inner = t.factors[0], prod(t.factors[1:])
+        if any(s % inner.size for s in sizes):
+            return None
+        outer_pieces = self.store.split(outer, [s // inner.size for s in sizes], why)
+        if outer_pieces is None:
+            return None
+        return [prod([o, inner]) for o in outer_pieces]
+
+    def zip(self, t: Zip) -> list[Term] | None:
+        sizes, why = self.sizes, self.why
+        k = len(t.parts)
+        if any(s % k for s in sizes):
+            return self.store.split(self.store._unzip(t, why), sizes, why)
+        cuts = [self.store.split(p, [s // k for s in sizes], why) for p in t.parts]
+        if any(c is None for c in cuts):
+            return None
+        return [zip_(c[i] for c in cuts) for i in range(len(sizes))]  # type: ignore[index]
+
+    def _settled(self, t: Stack | Sel) -> list[Term] | None:
+        return self.fold(self.store.settle(t, self.why))
+
+    stack = sel = _settled
+
+
+class _Factor(TermFold[list[Term] | None]):
+    """A row-major product of axes of the given sizes (``AxisStore.factor``), over a resolved
+    term with at least two sizes other than 1."""
+
+    def __init__(self, store: AxisStore, sizes: list[int], why: str) -> None:
+        self.store, self.targets, self.why = store, list(sizes), why
+        self.real = [s for s in sizes if s != 1]
+
+    def fixed(self, t: Fixed) -> list[Term] | None:
+        return [Fixed(s) for s in self.targets]
+
+    def atom(self, t: Atom) -> list[Term] | None:
+        info = self.store._info[t.id]
+        pieces: list[Term] = [
+            self.store.new_atom(s, f"{info.origin}.{i}") if s != 1 else Fixed(1)
+            for i, s in enumerate(self.targets)
+        ]
+        self.store._bind(t, prod(pieces), self.why)
+        return pieces
+
+    def cat(self, t: Cat) -> list[Term] | None:
+        store, targets, real, why = self.store, self.targets, self.real, self.why
+        if len(real) == 2 and t.size % real[0] == 0:
+            rows = store.split(t, [t.size // real[0]] * real[0], why)
             if rows is not None and all(not isinstance(r, Fixed) for r in rows):
                 # (parts, within-part): a selector and a stack, so that a following transpose
                 # and flatten can interleave the parts (channel shuffle) without tying them.
                 for r in rows[1:]:
-                    self.size_ties.append((rows[0], r))
-                return self._place(targets, [Sel(tuple(rows)), Stack(tuple(rows))])
-        if isinstance(t, Cat):
-            k = targets[0] if targets[0] != 1 else None
-            parts = t.parts
-            if k is None or len(parts) % k or len({p.size for p in parts}) != 1:
-                return None
-            # k equal pieces: the outer factor enumerates them, so they must carry the same units.
-            group = len(parts) // k
-            rows = [cat(parts[i * group : (i + 1) * group]) for i in range(k)]
-            for r in rows[1:]:
-                self.unify(rows[0], r, why)
-            rest = self.factor(rows[0], targets[1:], why)
-            return None if rest is None else [Fixed(k), *rest]
-        assert isinstance(t, Prod)
+                    store.size_ties.append((rows[0], r))
+                return store._place(targets, [Sel(tuple(rows)), Stack(tuple(rows))])
+        k = targets[0] if targets[0] != 1 else None
+        parts = t.parts
+        if k is None or len(parts) % k or len({p.size for p in parts}) != 1:
+            return None
+        # k equal pieces: the outer factor enumerates them, so they must carry the same units.
+        group = len(parts) // k
+        rows = [cat(parts[i * group : (i + 1) * group]) for i in range(k)]
+        for r in rows[1:]:
+            store.unify(rows[0], r, why)
+        rest = store.factor(rows[0], targets[1:], why)
+        return None if rest is None else [Fixed(k), *rest]
+
+    def prod(self, t: Prod) -> list[Term] | None:
+        targets, why = self.targets, self.why
         factors = list(t.factors)
         out: list[Term] = []
         for s in targets:
@@ -565,7 +701,7 @@ class AxisStore:
                     want = s // have
                     if s % have or f.size % want:
                         return None
-                    halves = self.factor(f, [want, f.size // want], why)
+                    halves = self.store.factor(f, [want, f.size // want], why)
                     if halves is None:
                         return None
                     taken.append(halves[0])
@@ -577,11 +713,15 @@ class AxisStore:
             out[last] = prod([out[last], *factors])
         return out
 
-    @staticmethod
-    def _place(targets: list[int], terms: list[Term]) -> list[Term]:
-        """Put ``terms`` at the non-1 positions of ``targets`` and Fixed(1) elsewhere."""
-        it = iter(terms)
-        return [next(it) if s != 1 else Fixed(1) for s in targets]
+    def zip(self, t: Zip) -> list[Term] | None:
+        if self.real == [t.parts[0].size, len(t.parts)]:
+            return self.store._place(self.targets, [Stack(t.parts), Sel(t.parts)])
+        return self.store.factor(self.store._unzip(t, self.why), self.targets, self.why)
+
+    def _settled(self, t: Stack | Sel) -> list[Term] | None:
+        return self.store.factor(self.store.settle(t, self.why), self.targets, self.why)
+
+    stack = sel = _settled
 
 
 def _boundaries(t: Term) -> list[int]:

@@ -9,7 +9,9 @@ from typing import Union
 
 import networkx as nx
 
-from ..axes.terms import Atom, Fixed, Term
+from ..axes.fold import TermFold
+from ..axes.sizes import new_size
+from ..axes.terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip
 from ..errors import (
     ConstraintError,
     FrozenGroupError,
@@ -20,7 +22,6 @@ from ..errors import (
 )
 from ..graph.width_graph import WidthGraph, WidthGroup
 from ..rules.context import BLOCKED
-from .mapping import new_size
 
 Factor = Union[float, int, Mapping[str, Union[int, float]]]  # noqa: UP007 - a runtime alias (py3.10)
 
@@ -172,15 +173,40 @@ def _aligned(store, a: Term, b: Term) -> list[tuple[Term, Term]]:
     """Split a same-size requirement into requirements on matching pieces, where the two
     layouts have the same structure."""
     a, b = store.resolve(a), store.resolve(b)
-    if a == b or (isinstance(a, Fixed) and isinstance(b, Fixed)):
+    if a == b:
         return []
-    same_shape = type(a) is type(b) and not isinstance(a, (Atom, Fixed))
-    if same_shape:
-        ka = getattr(a, "parts", None) or getattr(a, "factors", None) or ()
-        kb = getattr(b, "parts", None) or getattr(b, "factors", None) or ()
-        if len(ka) == len(kb) and all(x.size == y.size for x, y in zip(ka, kb)):
-            return [pair for x, y in zip(ka, kb) for pair in _aligned(store, x, y)]
+    if type(a) is type(b):
+        ka, kb = _AlignedPieces().fold(a), _AlignedPieces().fold(b)
+        if ka is not None and kb is not None and len(ka) == len(kb):
+            if all(x.size == y.size for x, y in zip(ka, kb)):
+                return [pair for x, y in zip(ka, kb) for pair in _aligned(store, x, y)]
     return [(a, b)]
+
+
+class _AlignedPieces(TermFold[tuple[Term, ...] | None]):
+    """The pieces ``_aligned`` matches between two terms of one kind: None for an atom (the
+    requirement stays on it), no pieces for what carries no group (two Fixed never conflict)."""
+
+    def fixed(self, t: Fixed) -> tuple[Term, ...] | None:
+        return ()
+
+    def atom(self, t: Atom) -> tuple[Term, ...] | None:
+        return None
+
+    def cat(self, t: Cat) -> tuple[Term, ...] | None:
+        return t.parts
+
+    def zip(self, t: Zip) -> tuple[Term, ...] | None:
+        return t.parts
+
+    def prod(self, t: Prod) -> tuple[Term, ...] | None:
+        return t.factors
+
+    def stack(self, t: Stack) -> tuple[Term, ...] | None:  # rows not compared (as before)
+        return ()
+
+    def sel(self, t: Sel) -> tuple[Term, ...] | None:
+        return ()
 
 
 def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[int, int]:
