@@ -249,16 +249,55 @@ def grown_config(
         built = _shapes(_build_on_meta(model, check))
     except Exception as e:  # noqa: BLE001 - the config class rejects the combination
         why = f"{type(config).__name__} rejects {changes}: {type(e).__name__}: {e}"
+        involved = sorted(changes)
     else:
         wrong = [k for k, s in new_shapes.items() if k in built and built[k] != s]
         if not wrong:
             return changes
         shown = ", ".join(f"{k} {tuple(new_shapes[k])} vs {built[k]}" for k in wrong[:3])
         why = f"with {changes or 'no changes'} the config builds different shapes ({shown})"
+        rows = [
+            i for i, (k, d) in enumerate(axes) if k in built and built[k][d] != new_shapes[k][d]
+        ]
+        involved = sorted(n for n in exponents if any(exponents[n][i] for i in rows))
     raise ConstraintError(
         f"no {type(config).__name__} describes the widened {type(model).__name__}: {why}. "
-        "Use an integer factor, or a dict of widths that grows every layer alike (see "
-        "autogrow.analyze(model) for the groups)."
+        + _config_advice(base, new_shapes, axes, involved, exponents)
+    )
+
+
+def _config_advice(
+    base: dict[str, tuple[int, ...]],
+    new_shapes: dict[str, tuple[int, ...]],
+    axes: list[tuple[str, int]],
+    fields: list[str],
+    exponents: dict[str, list[float]],
+) -> str:
+    """What to do when no config describes the grown shapes, fitting how they grew: advise an
+    integer factor only where some axis grew by a fraction, and name the fields involved."""
+    fractional = [i for i, (k, d) in enumerate(axes) if new_shapes[k][d] % base[k][d]]
+    if fractional:
+        i = fractional[0]
+        k, d = axes[i]
+        fields = sorted({*fields, *(n for n in exponents if exponents[n][i])})
+    if not fields:
+        named, verb = "the config's fields", "set"
+    else:
+        plural = len(fields) > 1
+        named = f"config field{'s' if plural else ''} {', '.join(fields[:6])}"
+        verb = "set" if plural else "sets"
+    if fractional:
+        return (
+            f"{k} axis {d} grows {base[k][d]} -> {new_shapes[k][d]}, a fraction that {named} "
+            "cannot follow while the other axes they size keep theirs. Use an integer factor, "
+            "or a dict of widths that grows every layer alike (see autogrow.analyze(model) for "
+            "the groups)."
+        )
+    return (
+        f"Every axis grows by a whole factor, but {named} {verb} several of them together "
+        "(a head size derived from hidden / heads, one field for groups that grew by different "
+        "factors). Grow the groups those fields size by one factor, with a dict of widths "
+        "(see autogrow.analyze(model) for the groups)."
     )
 
 

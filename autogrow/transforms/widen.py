@@ -26,7 +26,7 @@ from ..rules.context import REDUCE, Analysis
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
-from .plan import Factor, check_factor, plan_widths
+from .plan import Factor, check_factor, plan_widths, report_partial_growth
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 
 
@@ -242,6 +242,7 @@ class WidenTransform(Transform[WidenPlan]):
         return (_apply_inplace if inplace else _apply_copy)(model, self.tensors, self.attrs)
 
     def finish(self, result: nn.Module) -> None:
+        report_partial_growth(self.graph, self.factor, self.widths)  # groups kept, once per call
         if self.noise > 0:
             _add_noise(result, self.graph.analysis, self.maps, self.noise, self.generator)
 
