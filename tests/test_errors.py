@@ -130,3 +130,15 @@ def test_torch_log_during_tracing_is_held_back_unless_asked(monkeypatch, capfd):
     with quiet_torch() as held:
         logging.getLogger("torch.fx.experimental.symbolic_shapes").warning("a graph dump")
     assert held == [] and "a graph dump" in capfd.readouterr().err
+
+
+@pytest.mark.slow  # a timm model whose grown copy fails to run (about 40 s on 2 cores)
+def test_widen_verification_failure_names_module_width_groups_and_line():
+    timm = pytest.importorskip("timm")  # in the dev extra: always present in CI
+    model = timm.create_model("mobilevitv2_050", pretrained=False).eval()
+    with pytest.raises(autogrow.VerificationError) as info:
+        autogrow.widen(model, 2.0, example_inputs=(torch.randn(1, 3, 64, 64),), seed=0)
+    message = str(info.value)
+    assert "Raised in module 'stages.2.1.transformer.0.attn' (LinearSelfAttention)" in message
+    assert "in width group(s) 'stages.2.1." in message  # the groups widen changed there
+    assert "mobilevit.py:" in message and "qkv.split(" in message  # the model's own line
