@@ -6,7 +6,8 @@ import torch
 import autogrow.axes
 import autogrow.transforms.mapping
 from autogrow.axes.fold import TermFold
-from autogrow.axes.terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip, cat, prod
+from autogrow.axes.store import AxisStore
+from autogrow.axes.terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip, cat, prod
 from autogrow.transforms.mapping import UnitMap, identity_map, new_size, sample_map, term_map
 
 

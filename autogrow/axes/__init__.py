@@ -7,7 +7,8 @@ one method per term kind).
 
 from .fold import ResolvedFold, TermFold
 from .sizes import NewSize, new_size
-from .terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip, cat, prod, zip_
+from .store import AxisStore
+from .terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip, cat, prod, zip_
 
 __all__ = [
     "Atom",

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from .terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
+    from .store import AxisStore
+    from .terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip
 
 __all__ = ["ResolvedFold", "TermFold"]
 

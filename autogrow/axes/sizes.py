@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .fold import ResolvedFold
-from .terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
+from .store import AxisStore
+from .terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip
 
 __all__ = ["NewSize", "new_size"]
 

@@ -10,7 +10,8 @@ from typing import Any
 import networkx as nx
 
 from .._text import aligned_table, owner_module
-from ..axes.terms import Atom, AxisStore, Term
+from ..axes.store import AxisStore
+from ..axes.terms import Atom, Term
 from ..errors import GroupNotFoundError
 from ..rules.context import COPY, REDUCE, TAPS, Analysis
 

@@ -18,7 +18,8 @@ import torch
 from torch import fx, nn
 
 from .._text import owner_module
-from ..axes.terms import AxisStore, Fixed, Term
+from ..axes.store import AxisStore
+from ..axes.terms import Fixed, Term
 from ..tracing.trace import TensorMeta, Traced, TracerKind
 from .registry import Call, Dynamic, RuleRegistry, TensorValue
 

@@ -9,7 +9,8 @@ import torch
 
 from ..axes.fold import ResolvedFold
 from ..axes.sizes import new_size
-from ..axes.terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
+from ..axes.store import AxisStore
+from ..axes.terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip
 
 __all__ = [
     "SYMMETRIES",
