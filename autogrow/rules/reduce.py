@@ -58,7 +58,6 @@ def mean(call: Call, ctx: RuleContext) -> Any:
         "nansum",
         "prod",
         "logsumexp",
-        "cumsum",
         "count_nonzero",
         "frobenius_norm",
         "nuclear_norm",
@@ -115,6 +114,34 @@ def normalize(call: Call, ctx: RuleContext) -> Any:
         for d in _reduced_dims(x, call.args["dim"]):
             ctx.freeze(x.terms[d], f"{call.name} over this axis at {call.where()}")
     return same_as(x, call)
+
+
+@rules.rule("cumsum", signature="input, dim, *, dtype=None", names=("cumprod", "logcumsumexp"))
+def cumsum(call: Call, ctx: RuleContext) -> Any:
+    """A running sum along ``dim``: each position sums the ones before it, so ``dim`` is frozen
+    (as for ``sum``); the other axes keep their units."""
+    x = call.args["input"]
+    d = x.dim(int(call.args["dim"]))
+    ctx.freeze(x.terms[d], f"{call.name} along this axis at {call.where()}")
+    return same_as(x, call)
+
+
+@rules.rule("diff", signature="input, n=1, dim=-1, prepend=None, append=None")
+def diff(call: Call, ctx: RuleContext) -> Any:
+    """Differences of neighbours along ``dim`` (position ids in causal masks): ``dim`` mixes
+    positions and is frozen; ``prepend``/``append`` share the other axes with the input."""
+    x = call.args["input"]
+    d = x.dim(int(call.args["dim"]))
+    ctx.freeze(x.terms[d], f"{call.name} along this axis at {call.where()}")
+    for key in ("prepend", "append"):
+        other = call.args[key]
+        if isinstance(other, TensorValue) and other.ndim == x.ndim:
+            ctx.freeze(other.terms[d], f"{call.name} along this axis at {call.where()}")
+            for i in range(x.ndim):
+                if i != d and other.shape[i] == x.shape[i] != 1:
+                    ctx.unify(other.terms[i], x.terms[i], call)
+    shape = out_shape(call)
+    return TensorValue([Fixed(shape[i]) if i == d else t for i, t in enumerate(x.terms)], shape)
 
 
 @rules.rule("amax", signature="input, dim=None, keepdim=False", names=("amin",))
