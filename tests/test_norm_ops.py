@@ -259,3 +259,44 @@ def test_falcon_hidden_width_is_not_frozen_by_its_causal_mask():
     assert wide.config.hidden_size == 64
     with torch.no_grad():
         assert max_rel_err(wide(ids).logits, model(ids).logits) < 1e-4
+
+
+class Blur(nn.Module):
+    """An anti-aliasing blur (timm's BlurPool2d, TResNet): a fixed depthwise filter buffer
+    applied functionally, with the channel count kept in an attribute."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (k[:, None] * k[None, :] / 16).repeat(channels, 1, 1, 1))
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), self.filt, stride=2,
+                        groups=self.channels)  # fmt: skip
+
+
+def _blur_net(blur: type) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), blur(8), nn.Conv2d(8, 4, 1))
+
+
+@pytest.mark.parametrize("factor", [2.0, 1.5])
+def test_functional_depthwise_conv_updates_its_group_count(factor):
+    torch.manual_seed(0)
+    model = _blur_net(Blur).eval()
+    x = torch.randn(2, 3, 9, 9)
+    wide = autogrow.widen(model, factor, example_inputs=(x,), seed=0)
+    assert wide[2].channels == round(8 * factor) == wide[2].filt.shape[0]
+    with torch.no_grad():
+        assert max_rel_err(wide(x), model(x)) < 1e-4
+
+
+def test_timm_blur_pool():
+    layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(0)
+    model = _blur_net(layers.BlurPool2d).eval()
+    x = torch.randn(2, 3, 9, 9)
+    wide = autogrow.widen(model, 2.0, example_inputs=(x,), seed=0)
+    assert wide[2].channels == 16
+    with torch.no_grad():
+        assert max_rel_err(wide(x), model(x)) < 1e-4

@@ -69,7 +69,10 @@ def conv(call: Call, ctx: RuleContext) -> Any:
         mult = w.shape[0] // groups
         out_term = prod([c_in, Fixed(mult)])
         ctx.unify(w.terms[0], out_term, call)
-        ctx.set_attr(mod, "groups", lambda size: size(c_in))
+        if mod is not None:
+            ctx.set_attr(mod, "groups", lambda size: size(c_in))
+        else:  # F.conv2d(x, self.filt, groups=self.channels): the size forward code passes
+            ctx.literal(c_in, groups, call)
     else:
         inner_in = grouped(ctx, c_in, groups, call)
         inner_out = grouped(ctx, w.terms[0], groups, call)
