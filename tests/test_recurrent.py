@@ -253,3 +253,23 @@ def test_exported_recurrent_op():
     assert (wide.rnn.hidden_size, wide.rnn.proj_size) == (16, 8)
     with torch.no_grad():
         assert max_rel_err(wide(x), model(x)) < 1e-4
+
+
+def test_optimizer_state_and_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = dict(kind="LSTM", layers=2, bidirectional=True, batch_first=True, proj_size=5)
+    model = SeqNet(**config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = _inputs(True)
+    sum(o.sum() for o in model(x)).backward()
+    opt.step()
+    wide, new_opt = autogrow.widen(model, 2.0, example_inputs=(x,), seed=0, optimizer=opt)
+    assert new_opt.state[wide.rnn.weight_hh_l1]["exp_avg"].shape == (64, 10)
+    new_opt.zero_grad()
+    sum(o.sum() for o in wide(x)).backward()
+    new_opt.step()
+    autogrow.save(wide, tmp_path, factory="test_recurrent:SeqNet", factory_kwargs=config)
+    loaded = autogrow.load(tmp_path, trust=True).eval()
+    wide.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(wide(x), loaded(x)))
