@@ -273,3 +273,40 @@ def test_optimizer_state_and_checkpoint_round_trip(tmp_path):
     wide.eval()
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(wide(x), loaded(x)))
+
+
+class ZeroState(nn.Module):
+    """Without biases, started from explicit zero states sized from the module's attributes."""
+
+    def __init__(self, kind: str, **kw):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(3, 8, bias=False, **kw)
+        out = kw.get("proj_size") or 8
+        self.head = nn.Linear(out * (2 if kw.get("bidirectional") else 1), 2)
+
+    def forward(self, x):
+        rnn = self.rnn
+        layers = rnn.num_layers * (2 if rnn.bidirectional else 1)
+        h0 = torch.zeros(layers, x.shape[1], rnn.proj_size or rnn.hidden_size)
+        if isinstance(rnn, nn.LSTM):
+            c0 = x.new_zeros(layers, x.shape[1], rnn.hidden_size)
+            return self.head(rnn(x, hx=(h0, c0))[0])
+        return self.head(rnn(x, h0)[0])
+
+
+@pytest.mark.parametrize(
+    "kind,kw",
+    [
+        ("GRU", dict(num_layers=2)),
+        ("LSTM", dict(proj_size=3, num_layers=2, bidirectional=True)),
+        ("RNN", dict(bidirectional=True)),
+    ],
+)
+def test_no_bias_and_zero_initial_state(kind, kw):
+    torch.manual_seed(0)
+    model = ZeroState(kind, **kw).eval()
+    x = torch.randn(5, 2, 3)
+    wide = autogrow.widen(model, 2.0, example_inputs=(x,), seed=0)
+    assert wide.rnn.hidden_size == 16
+    with torch.no_grad():
+        assert max_rel_err(wide(x), model(x)) < 1e-4
