@@ -9,35 +9,74 @@ True
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__  # noqa: F401 - autogrow.__version__
-from .checkpoint import CheckpointError, register_factory, seed_model, unregister_factory
-from .checkpoint.io import load, save
 from .errors import (
     AutogrowError,
     ConstraintError,
     ExampleInputsError,
     FrozenGroupError,
     GroupNotFoundError,
+    GrowthWarning,
     HardcodedSizeError,
     InvalidArgumentError,
     TracingError,
     UnsupportedOpError,
     VerificationError,
 )
-from .graph import WidthGraph, WidthGroup, analyze
-from .rules import Call, RuleRegistry, TensorValue, get_default_registry
-from .training import Grower, op
-from .transforms.deepen import InsertionPoint, deepen, insertion_points
-from .transforms.widen import widen
+
+if TYPE_CHECKING:  # imported on first use (below), so that `import autogrow` stays cheap
+    from .checkpoint import CheckpointError, register_factory, seed_model, unregister_factory
+    from .checkpoint.io import load, save
+    from .graph import WidthGraph, WidthGroup, analyze
+    from .rules import Call, RuleRegistry, TensorValue
+    from .training import Grower, op
+    from .transforms.deepen import InsertionPoint, deepen, insertion_points
+    from .transforms.widen import widen
+
+# Public name -> the module that defines it. Importing torch and the analysis engine takes
+# seconds, so `import autogrow` (and `autogrow --help`) defers them to the first attribute use
+# (PEP 562); the exceptions above are plain Python and stay eager.
+_LAZY = {
+    "CheckpointError": ".checkpoint",
+    "seed_model": ".checkpoint",
+    "register_factory": ".checkpoint",
+    "unregister_factory": ".checkpoint",
+    "load": ".checkpoint.io",
+    "save": ".checkpoint.io",
+    "WidthGraph": ".graph",
+    "WidthGroup": ".graph",
+    "analyze": ".graph",
+    "Call": ".rules",
+    "RuleRegistry": ".rules",
+    "TensorValue": ".rules",
+    "Grower": ".training",
+    "op": ".training",
+    "InsertionPoint": ".transforms.deepen",
+    "deepen": ".transforms.deepen",
+    "insertion_points": ".transforms.deepen",
+    "widen": ".transforms.widen",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name == "default_registry":  # built on first use (see autogrow.rules)
+        from .rules import get_default_registry
+
         return get_default_registry()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "default_registry"})
 
 
 def register_rule(target: Any, rule: Callable, *, signature: str = "*args, **kwargs") -> None:
@@ -62,6 +101,8 @@ def register_rule(target: Any, rule: Callable, *, signature: str = "*args, **kwa
     autogrow.register_rule(F.glu, glu_rule, signature="input, dim=-1")
     ```
     """
+    from .rules import get_default_registry
+
     name = f"user:{getattr(target, '__qualname__', target)}"
     get_default_registry().rule(name, signature=signature, names=(target,))(rule)
 
@@ -91,6 +132,8 @@ def register_module_rule(module_type: type, rule: Callable) -> None:
     autogrow.register_module_rule(Scale, scale_rule)
     ```
     """
+    from .rules import get_default_registry
+
     get_default_registry().register_module_rule(module_type, rule)
 
 
@@ -103,6 +146,7 @@ __all__ = [
     "FrozenGroupError",
     "GroupNotFoundError",
     "Grower",
+    "GrowthWarning",
     "HardcodedSizeError",
     "InsertionPoint",
     "InvalidArgumentError",

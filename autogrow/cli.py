@@ -19,21 +19,17 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ._text import aligned_table
 from ._version import __version__
-from .checkpoint.io import RECIPE, load, save
-from .checkpoint.recipe import recipe_of, seed_model
-from .checkpoint.trust import allowed_factory
 from .errors import AutogrowError, InvalidArgumentError
-from .graph import analyze
-from .transforms.deepen import deepen, insertion_points
-from .transforms.widen import widen
-from .verify import compare, run
+
+# torch and the growth machinery are imported by the commands that use them, so that
+# `autogrow --help` and argument errors answer at once (benchmarks/startup.py).
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,6 +190,9 @@ def build_model(
     >>> build_model("torch.nn:Linear", kwargs='{"in_features": 3, "out_features": 2}')
     Linear(in_features=3, out_features=2, bias=True)
     """
+    from .checkpoint.io import RECIPE, load
+    from .checkpoint.recipe import seed_model
+
     if Path(spec).is_dir() and (Path(spec) / RECIPE).exists():
         if num_classes is not None or kwargs is not None:
             raise InvalidArgumentError(
@@ -257,6 +256,8 @@ def example_inputs(shape: str | None, dtype: str) -> tuple[torch.Tensor, ...] | 
     """
     if shape is None:
         return None
+    import torch
+
     try:
         dims = tuple(int(s) for s in shape.split(","))
     except ValueError:
@@ -274,6 +275,8 @@ def example_inputs(shape: str | None, dtype: str) -> tuple[torch.Tensor, ...] | 
 
 def _fresh_like(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     """Floating inputs redrawn (values the transform never saw); others kept."""
+    import torch
+
     gen = torch.Generator().manual_seed(1)
     return tuple(
         torch.randn(x.shape, generator=gen, dtype=x.dtype)
@@ -304,6 +307,9 @@ def inspect_command(args: argparse.Namespace) -> int:
       "groups": [...
     0
     """
+    from .graph import analyze
+    from .transforms.deepen import insertion_points
+
     model, inputs = _load_args(args)
     graph = analyze(model, inputs)
     points = insertion_points(model, inputs)
@@ -312,7 +318,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         data["insertion_points"] = [
             {
                 "where": p.where,
-                "kind": p.kind,
+                "kind": str(p.kind),
                 "inserts": p.inserts,
                 "exact_in_train": p.exact_in_train,
             }
@@ -346,7 +352,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     blocks = [p for p in points if p.kind == "block"]
     shown = points if args.all or not blocks else blocks
     rows = [
-        (p.where or "<model>", p.kind, p.inserts, "yes" if p.exact_in_train else "eval only")
+        (p.where or "<model>", str(p.kind), p.inserts, "yes" if p.exact_in_train else "eval only")
         for p in shown
     ]
     note = f"{len(points)} insertion points"
@@ -368,9 +374,11 @@ def widen_command(args: argparse.Namespace) -> int:
     autogrow widen torchvision:resnet18 --factor 1.5 --seed 0 --out wide/
     ```
     """
+    from .transforms.widen import widen_with_plan
+
     model, inputs = _load_args(args)
     factor: Any = args.factor if args.factor is not None else _width_dict(args.width)
-    grown = widen(
+    grown = widen_with_plan(
         model,
         factor,
         example_inputs=inputs,
@@ -379,8 +387,7 @@ def widen_command(args: argparse.Namespace) -> int:
         noise=args.noise,
         verify=not args.no_verify and args.noise == 0,
     )
-    seed = grown.autogrow_recipe.steps[-1].args["seed"]
-    _report(args, model, grown, inputs, f"widened (seed {seed})")
+    _report(args, model, grown.model, inputs, f"widened (seed {grown.plan.seed})")
     return 0
 
 
@@ -391,6 +398,8 @@ def deepen_command(args: argparse.Namespace) -> int:
     autogrow deepen wide/ --after layer2 -n 2 --out deeper/
     ```
     """
+    from .transforms.deepen import deepen
+
     model, inputs = _load_args(args)
     grown = deepen(
         model, after=args.after, n=args.n, example_inputs=inputs, verify=not args.no_verify
@@ -421,6 +430,11 @@ def _width_dict(items: list[str]) -> dict[str, int | float]:
 def _report(
     args: argparse.Namespace, model: nn.Module, grown: nn.Module, inputs: Any, what: str
 ) -> None:
+    from .checkpoint.io import save
+    from .checkpoint.recipe import recipe_of
+    from .checkpoint.trust import allowed_factory
+    from .verify import compare, run
+
     before = sum(p.numel() for p in model.parameters())
     after = sum(p.numel() for p in grown.parameters())
     print(f"{args.model}: {what}")

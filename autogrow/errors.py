@@ -1,10 +1,15 @@
-"""The exceptions autogrow raises.
+"""The exceptions and warnings autogrow raises.
 
 Every refusal is an :class:`AutogrowError` subclass whose message names the op, the module
 (qualified name) and, where the tracer recorded it, the source line, and says what to do.
+A growth that succeeds only in part is reported by a :class:`GrowthWarning`.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 
 class AutogrowError(Exception):
@@ -59,7 +64,9 @@ class TracingError(AutogrowError):
 
 
 class ExampleInputsError(AutogrowError):
-    """Example inputs were not given and cannot be inferred from the model's entry layer.
+    """Example inputs were not given and cannot be inferred from the model's entry layer, or
+    the model cannot run on the inferred ones (the message says what was inferred, from which
+    layer).
 
     >>> import torch, autogrow
     >>> try:
@@ -159,3 +166,51 @@ class VerificationError(AutogrowError):
         print(e)  # the widened model differs from the original: max relative error ...
     ```
     """
+
+
+class GrowthWarning(UserWarning):
+    """``widen`` with a float factor grew only some groups as asked.
+
+    Emitted once per call, after the growth succeeded, listing each group kept at its width
+    (or grown less), its width, what it grew to and why: a LayerNorm/GroupNorm-normalised
+    (uniform) group grows by whole multiples only, groups normalised together share one
+    integer factor, a size tie or an op without a rule freezes it. The model returned still
+    computes the same function. ``WidthGraph.max_factor`` answers the same question
+    before widening.
+
+    >>> import warnings, torch, autogrow
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(),
+    ...                     nn.Linear(16, 2))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     wide = autogrow.widen(net, 1.5, seed=0)
+    >>> [type(w.message).__name__ for w in caught]
+    ['GrowthWarning']
+    >>> lines = str(caught[0].message).splitlines()
+    >>> print(lines[0])
+    widen with factor 1.5 grew 1 of 2 widenable groups; these kept their width or grew less:
+    >>> print(lines[1].replace(" (op 'layer_norm' in module '1')", ""))
+      0: width 8 kept (x1.5 asks 12): uniform: grows by whole multiples only
+
+    Silence it with ``warnings.filterwarnings("ignore", category=autogrow.GrowthWarning)``.
+    """
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_growth(message: str) -> None:
+    """Emit a :class:`GrowthWarning` attributed to the first caller outside autogrow.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_growth("kept: a")
+    >>> caught[0].category.__name__, str(caught[0].message)
+    ('GrowthWarning', 'kept: a')
+    """
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, GrowthWarning, stacklevel=level)

@@ -9,8 +9,12 @@ those dtypes. ``widen``/``deepen`` take ``tolerance=`` to override it.
 
 from __future__ import annotations
 
+import linecache
 import math
+import os
+import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +129,85 @@ def compare(new_output: Any, reference: Any) -> Comparison:
     return Comparison([relative_error(a, b) for a, b in zip(new, old)])
 
 
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+@dataclass
+class Failure:
+    """Where a model's forward raised: the innermost of its modules and the model's own line.
+
+    ``module`` is the qualified name of the innermost submodule of the model whose code was
+    running (None if the error came from the top-level forward), ``source`` the innermost
+    frame outside the torch package, as ``'file.py:12: code'`` (None if there is none).
+    """
+
+    module: str | None
+    module_type: str | None
+    source: str | None
+
+
+def locate_failure(model: nn.Module, error: BaseException) -> Failure:
+    """The innermost module of ``model`` and the innermost non-torch line on ``error``'s
+    traceback (found from the frames' ``self``; nothing is recorded while the model runs).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(6, 2))
+    >>> try:
+    ...     net(torch.ones(1, 4))
+    ... except RuntimeError as e:
+    ...     failure = locate_failure(net, e)
+    >>> failure.module, failure.module_type
+    ('1', 'Linear')
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    module = source = None
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            module = owner
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_TORCH_DIR) and path != os.path.abspath(__file__):
+            code = linecache.getline(path, line).strip()
+            source = f"{path}:{line}: {code}" if code else f"{path}:{line}"
+    if module is None:
+        return Failure(None, None, source)
+    return Failure(names[id(module)] or None, type(module).__name__, source)
+
+
+def _failure_message(
+    what: str,
+    model: nn.Module,
+    error: BaseException,
+    describe_module: Callable[[str], str | None] | None,
+) -> str:
+    failure = locate_failure(model, error)
+    text = str(error).splitlines()[0] if str(error) else ""
+    where = ""
+    if failure.module is not None:
+        where = f" Raised in module {failure.module!r} ({failure.module_type})"
+        about = describe_module(failure.module) if describe_module is not None else None
+        if about:
+            where += f", {about}"
+        where += "."
+    elif failure.module_type is not None:
+        where = f" Raised in the model's own forward ({failure.module_type})."
+    if failure.source:
+        where += f" The model's line: {failure.source}."
+    return (
+        f"the {what} model failed to run on the example inputs: {type(error).__name__}: "
+        f"{text.rstrip('.')}.{where} This usually means forward code depends on a size "
+        "autogrow could not see (a literal or a module attribute); please report it with the "
+        "model's forward code. Nothing was returned."
+    )
+
+
 def verify(
-    model: nn.Module, inputs: tuple, reference: Any, *, what: str, tolerance: float | None = None
+    model: nn.Module,
+    inputs: tuple,
+    reference: Any,
+    *,
+    what: str,
+    tolerance: float | None = None,
+    describe_module: Callable[[str], str | None] | None = None,
 ) -> Comparison:
     """Run ``model`` and raise VerificationError unless it matches ``reference``.
 
@@ -134,16 +215,24 @@ def verify(
     ``default_tolerance(compute_dtype(model, reference))``: 1e-4 in float32/float64, 8 × the
     dtype's eps in half precision. The message names the tolerance, where it came from and how
     to change it, and calls the difference a bug only beyond what the dtype's rounding explains.
+
+    When the model fails to run, the message names the innermost of its modules whose code
+    raised, and the innermost line outside torch (:func:`locate_failure`);
+    ``describe_module(name)``, when given, adds what the transform knows of that module (the
+    width groups it is in) to the message.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(6, 2))
+    >>> try:
+    ...     verify(net, (torch.ones(1, 4),), None, what="widened",
+    ...            describe_module=lambda name: f"in width group {name!r}")
+    ... except VerificationError as e:
+    ...     print(str(e).split(". ")[1])
+    Raised in module '1' (Linear), in width group '1'
     """
     try:
         output = run(model, inputs)
     except Exception as e:  # noqa: BLE001 - a model that cannot run is a failed verification
-        raise VerificationError(
-            f"the {what} model failed to run on the example inputs: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. This usually means forward code depends "
-            "on a size autogrow could not see (a literal or a module attribute); please report it "
-            "with the model's forward code."
-        ) from e
+        raise VerificationError(_failure_message(what, model, e, describe_module)) from e
     if any(r.numel() > 1 and bool((r == r.flatten()[0]).all()) for r in flatten_output(reference)):
         warnings.warn(
             "the original model's output is constant on the example inputs (a zero-initialised "

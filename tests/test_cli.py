@@ -141,3 +141,40 @@ def test_installed_script_and_python_m(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and done.stderr.startswith("autogrow: error: factor must be")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _loaded_after(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after running ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return {name.split(".")[0] for name in done.stdout.split()}
+
+
+def test_import_autogrow_loads_no_optional_package():
+    loaded = _loaded_after("import autogrow")
+    heavy = {"torchvision", "transformers", "optuna", "timm", "matplotlib", "torch"}
+    assert not loaded & heavy
+    assert "torch" in _loaded_after("import autogrow; autogrow.widen")  # on first use
+
+
+def test_help_does_not_import_torch():
+    loaded = _loaded_after(
+        "import contextlib, io\n"
+        "from autogrow import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.build_parser().format_help()\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass"
+    )
+    assert "autogrow" in loaded and "torch" not in loaded and "optuna" not in loaded

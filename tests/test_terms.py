@@ -1,8 +1,13 @@
 """The axis-term algebra: unification, refinement, and the mappings composed from it."""
 
+import pytest
 import torch
 
-from autogrow.axes.terms import Atom, AxisStore, Cat, Fixed, Prod, Zip, cat, prod
+import autogrow.axes
+import autogrow.transforms.mapping
+from autogrow.axes.fold import TermFold
+from autogrow.axes.store import AxisStore
+from autogrow.axes.terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip, cat, prod
 from autogrow.transforms.mapping import UnitMap, identity_map, new_size, sample_map, term_map
 
 
@@ -145,3 +150,44 @@ def test_term_map_of_a_concatenation_offsets_each_piece():
 
 def test_atoms_are_compared_by_id():
     assert Atom(1, 4) == Atom(1, 7) and Atom(1, 4) != Atom(2, 4)
+
+
+def test_every_term_kind_dispatches_to_its_own_fold_method():
+    rows = (Atom(0, 2), Atom(1, 2))
+    examples = {
+        Fixed: Fixed(2),
+        Atom: Atom(0, 2),
+        Cat: Cat((Atom(0, 2), Fixed(1))),
+        Prod: Prod((Atom(0, 2), Fixed(3))),
+        Zip: Zip(rows),
+        Stack: Stack(rows),
+        Sel: Sel(rows),
+    }
+    assert set(Term.__subclasses__()) == set(examples), "a new term kind needs a TermFold method"
+
+    class Kind(TermFold[str]):
+        pass
+
+    for name in ("fixed", "atom", "cat", "prod", "zip", "stack", "sel"):
+        setattr(Kind, name, lambda self, t, name=name: name)
+    seen = {kind: Kind().fold(t) for kind, t in examples.items()}
+    assert seen == {kind: kind.__name__.lower() for kind in examples}
+
+
+def test_a_fold_that_misses_a_kind_fails_loudly():
+    class OnlyFixed(TermFold[int]):
+        def fixed(self, t):
+            return t.size
+
+    assert OnlyFixed().fold(Fixed(3)) == 3
+    with pytest.raises(NotImplementedError, match="OnlyFixed does not handle Zip"):
+        OnlyFixed().fold(Zip((Fixed(2), Fixed(2))))
+
+
+def test_new_size_lives_in_the_axes_layer():
+    assert autogrow.transforms.mapping.new_size is autogrow.axes.new_size
+    s = AxisStore()
+    a, b = s.new_atom(2, "a"), s.new_atom(3, "b")
+    t = cat([prod([a, Fixed(4)]), Zip((b, b)), Fixed(1)])
+    assert new_size(s, t, {}) == t.size == 8 + 6 + 1
+    assert new_size(s, t, {a.id: 3, b.id: 5}) == 12 + 10 + 1

@@ -154,12 +154,13 @@ def test_llama_widen_then_deepen_then_widen_chain():
 
 
 def test_non_integer_factor_keeps_normalised_widths_when_the_config_allows():
-    # Llama states head_dim in its config: heads grow x1.5 alone; the RMSNorm'd hidden size
-    # needs an integer factor and stays.
+    # Llama states head_dim in its config, but LlamaConfig validates hidden_size % heads == 0
+    # (from_pretrained would reject 6 heads over a hidden size of 64): heads stay with the
+    # RMSNorm'd hidden size, which needs an integer factor; the FFN grows x1.5.
     model = _model("llama")
     big = autogrow.widen(model, 1.5, example_inputs=_inputs("llama"), seed=0)
     assert big.config.hidden_size == 64
-    assert big.config.num_attention_heads == 6 and big.config.num_key_value_heads == 3
+    assert big.config.num_attention_heads == 4 and big.config.num_key_value_heads == 2
     assert big.config.intermediate_size == 192
     _assert_config_rebuilds(big)
     # BERT derives the head size from hidden / heads: heads stay with the hidden size.

@@ -76,6 +76,11 @@ class ModelAdapter:
         and buffer name of ``model`` to its shape after widening."""
         return None
 
+    def check_grown(self, model: nn.Module, what: str) -> None:
+        """Raise an ``AutogrowError`` if the library could not rebuild the grown ``model``
+        (``what``: "widened" or "deepened"); called after the changes, before verification,
+        so that a refusal is undone like a failed verification."""
+
     def layer_stacks(self, model: nn.Module) -> dict[str, str]:
         """Containers of identical layers whose length the library records: name → what
         records it (deepen appends there by default and keeps the record in step)."""

@@ -22,7 +22,9 @@ Nothing here imports transformers: a model is recognised by its config's class h
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -82,7 +84,7 @@ def constrain(analysis: Any, model: nn.Module) -> None:
             f"per-head value size at attention in module '{axes.module}' "
             "(a transformers config describes one head_dim)",
         )
-    if not analysis.attention or not _head_size_derived(model):
+    if not analysis.attention or not (_head_size_derived(model) or _heads_divide_fields(model)):
         return
     hidden = _residual_atom(analysis)
     if hidden is None:
@@ -105,6 +107,48 @@ def _head_size_derived(model: nn.Module) -> bool:
         return _shapes(_build_on_meta(model, probe)) == _shapes(_build_on_meta(model, config))
     except Exception:  # noqa: BLE001 - the doubled count does not divide the hidden size
         return False
+
+
+def _heads_divide_fields(model: nn.Module) -> bool:
+    """Whether the config class rejects a head count that divides none of its sizes (its
+    validation asks hidden size % heads == 0, even where head_dim is a field of its own):
+    then heads can only grow with the hidden size, as where the head size is derived."""
+    config = model.config
+    fields = [k for k in HEAD_COUNTS if type(getattr(config, k, None)) is int]
+    if not fields:
+        return False
+    heads = getattr(config, fields[0])
+    sizes = [v for v in _int_fields(config).values() if v > heads]
+    odd = next(
+        p
+        for p in range(heads + 1, 10 * heads + 100)
+        if all(p % q for q in range(2, p)) and all(v % p for v in sizes)
+    )
+    data = config.to_dict()
+    data[fields[0]] = odd
+    for k in KV_HEAD_COUNTS:  # grouped-query heads must divide the head count: keep them valid
+        if type(data.get(k)) is int:
+            data[k] = 1
+    try:
+        with _quiet():
+            type(config).from_dict(data)
+    except Exception:  # noqa: BLE001 - any validation error means: not on its own
+        return True
+    return False
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep transformers' own log lines and warnings about probe configs from the user."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _residual_atom(analysis: Any) -> Any:
@@ -205,16 +249,55 @@ def grown_config(
         built = _shapes(_build_on_meta(model, check))
     except Exception as e:  # noqa: BLE001 - the config class rejects the combination
         why = f"{type(config).__name__} rejects {changes}: {type(e).__name__}: {e}"
+        involved = sorted(changes)
     else:
         wrong = [k for k, s in new_shapes.items() if k in built and built[k] != s]
         if not wrong:
             return changes
         shown = ", ".join(f"{k} {tuple(new_shapes[k])} vs {built[k]}" for k in wrong[:3])
         why = f"with {changes or 'no changes'} the config builds different shapes ({shown})"
+        rows = [
+            i for i, (k, d) in enumerate(axes) if k in built and built[k][d] != new_shapes[k][d]
+        ]
+        involved = sorted(n for n in exponents if any(exponents[n][i] for i in rows))
     raise ConstraintError(
         f"no {type(config).__name__} describes the widened {type(model).__name__}: {why}. "
-        "Use an integer factor, or a dict of widths that grows every layer alike (see "
-        "autogrow.analyze(model) for the groups)."
+        + _config_advice(base, new_shapes, axes, involved, exponents)
+    )
+
+
+def _config_advice(
+    base: dict[str, tuple[int, ...]],
+    new_shapes: dict[str, tuple[int, ...]],
+    axes: list[tuple[str, int]],
+    fields: list[str],
+    exponents: dict[str, list[float]],
+) -> str:
+    """What to do when no config describes the grown shapes, fitting how they grew: advise an
+    integer factor only where some axis grew by a fraction, and name the fields involved."""
+    fractional = [i for i, (k, d) in enumerate(axes) if new_shapes[k][d] % base[k][d]]
+    if fractional:
+        i = fractional[0]
+        k, d = axes[i]
+        fields = sorted({*fields, *(n for n in exponents if exponents[n][i])})
+    if not fields:
+        named, verb = "the config's fields", "set"
+    else:
+        plural = len(fields) > 1
+        named = f"config field{'s' if plural else ''} {', '.join(fields[:6])}"
+        verb = "set" if plural else "sets"
+    if fractional:
+        return (
+            f"{k} axis {d} grows {base[k][d]} -> {new_shapes[k][d]}, a fraction that {named} "
+            "cannot follow while the other axes they size keep theirs. Use an integer factor, "
+            "or a dict of widths that grows every layer alike (see autogrow.analyze(model) for "
+            "the groups)."
+        )
+    return (
+        f"Every axis grows by a whole factor, but {named} {verb} several of them together "
+        "(a head size derived from hidden / heads, one field for groups that grew by different "
+        "factors). Grow the groups those fields size by one factor, with a dict of widths "
+        "(see autogrow.analyze(model) for the groups)."
     )
 
 
@@ -318,6 +401,11 @@ def sync_layer_count(
     return restore
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 class TransformersAdapter(ModelAdapter):
     """Hugging Face transformers models (``PreTrainedModel``), recognised without importing
     transformers: their config must describe the grown model (``type(model)(model.config)``
@@ -354,6 +442,41 @@ class TransformersAdapter(ModelAdapter):
             )
         changes = grown_config(model, new_shapes, ratios.pop() if ratios else None)
         return lambda result: apply_config(result, changes)
+
+    def check_grown(self, model: nn.Module, what: str) -> None:
+        # save_pretrained/from_pretrained rebuild the model from its config: the grown model
+        # must be exactly what its config builds, or it would reload different (or not at all).
+        try:
+            # from_pretrained reads config.json back through the config class, which validates
+            # the fields together (e.g. hidden size a multiple of the head count).
+            with _quiet():
+                reloaded = type(model.config).from_dict(model.config.to_dict())
+            built = _shapes(_build_on_meta(model, reloaded))
+        except Exception as e:  # noqa: BLE001 - the config class rejects its own fields
+            raise ConstraintError(
+                f"the {what} {type(model).__name__}'s config would not load back "
+                f"({type(e).__name__}: {_first_line(e)}), so from_pretrained could not reload "
+                "it. Use a factor the config can describe (autogrow.analyze(model) shows the "
+                "groups), e.g. 2.0"
+            ) from None
+        have = _shapes(model)
+        extra = sorted(have.keys() - built.keys())
+        missing = sorted(built.keys() - have.keys())
+        wrong = sorted(k for k in have.keys() & built.keys() if have[k] != built[k])
+        if not (extra or missing or wrong):
+            return
+        parts = [
+            f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("new", extra), ("missing", missing), ("reshaped", wrong))
+            if names
+        ]
+        raise ConstraintError(
+            f"{type(model.config).__name__} cannot describe the {what} {type(model).__name__} "
+            f"(tensors {'; '.join(parts)}), so save_pretrained/from_pretrained would not "
+            "reload it. Grow only what the config describes: for depth, the layer stacks "
+            f"({', '.join(layer_stacks(model)) or 'none found'}); for width, a factor the "
+            "config's fields can express."
+        )
 
     def layer_stacks(self, model: nn.Module) -> dict[str, str]:
         return layer_stacks(model)

@@ -8,10 +8,7 @@ Every axis of every traced tensor and parameter is described by a *term*:
 - ``Prod(factors)``: row-major product, outermost first (``flatten``, heads × head_dim,
   ``(c g)`` after a channel shuffle).
 
-:class:`AxisStore` unifies terms ("these axes carry the same units"). Unifying an atom with a
-structured term *binds* the atom to that term, which is how a chunked, grouped or multi-head axis
-refines the group that produced it. Whatever cannot be unified is frozen: frozen atoms keep
-their size and identity, so freezing is always a safe answer.
+:class:`~autogrow.axes.store.AxisStore` (in :mod:`autogrow.axes.store`) unifies terms.
 """
 
 from __future__ import annotations
@@ -19,13 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-import networkx as nx
+from .fold import TermFold
 
 __all__ = [
     "Atom",
-    "AtomInfo",
-    "AxisStore",
     "Cat",
     "Fixed",
     "Prod",
@@ -39,6 +35,9 @@ __all__ = [
 ]
 
 
+R = TypeVar("R")
+
+
 class Term:
     """Base class of axis terms; ``size`` is the number of positions along the axis."""
 
@@ -48,10 +47,17 @@ class Term:
         """The atoms this term mentions, left to right (unresolved)."""
         return iter(())
 
+    def accept(self, fold: TermFold[R]) -> R:
+        """``fold``'s method for this term's kind (each kind overrides this)."""
+        raise TypeError(f"{type(self).__name__} is not a term kind that TermFold knows")
+
 
 @dataclass(frozen=True)
 class Fixed(Term):
     size: int
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.fixed(self)
 
     def __repr__(self) -> str:
         return str(self.size)
@@ -64,6 +70,9 @@ class Atom(Term):
 
     def atoms(self) -> Iterator[Atom]:
         yield self
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.atom(self)
 
     def __repr__(self) -> str:
         return f"a{self.id}"
@@ -81,6 +90,9 @@ class Cat(Term):
         for p in self.parts:
             yield from p.atoms()
 
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.cat(self)
+
     def __repr__(self) -> str:
         return "[" + " | ".join(map(repr, self.parts)) + "]"
 
@@ -96,6 +108,9 @@ class Prod(Term):
     def atoms(self) -> Iterator[Atom]:
         for f in self.factors:
             yield from f.atoms()
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.prod(self)
 
     def __repr__(self) -> str:
         return "(" + " ".join(map(repr, self.factors)) + ")"
@@ -115,6 +130,9 @@ class Zip(Term):
     def atoms(self) -> Iterator[Atom]:
         for p in self.parts:
             yield from p.atoms()
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.zip(self)
 
     def __repr__(self) -> str:
         return "zip(" + ", ".join(map(repr, self.parts)) + ")"
@@ -136,6 +154,9 @@ class Stack(Term):
         for r in self.rows:
             yield from r.atoms()
 
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.stack(self)
+
     def __repr__(self) -> str:
         return "stack(" + ", ".join(map(repr, self.rows)) + ")"
 
@@ -149,6 +170,9 @@ class Sel(Term):
     @property
     def size(self) -> int:  # type: ignore[override]
         return len(self.rows)
+
+    def accept(self, fold: TermFold[R]) -> R:
+        return fold.sel(self)
 
     def __repr__(self) -> str:
         return f"sel{len(self.rows)}"
@@ -205,413 +229,3 @@ def prod(factors: Iterable[Term]) -> Term:
     if not flat:
         return Fixed(1)
     return flat[0] if len(flat) == 1 else Prod(tuple(flat))
-
-
-@dataclass
-class AtomInfo:
-    """Facts attached to a root atom (a width group in the making)."""
-
-    size: int
-    origin: str
-    frozen: str | None = None  # why, when frozen
-    uniform: str | None = None  # why every unit must be replicated equally often
-    binding: Term | None = None
-
-
-class AxisStore:
-    """Union-find over atoms, with bindings of atoms to structured terms.
-
-    ``ties`` is a networkx graph over atom ids whose edges record every "same units" fact
-    (with the op that stated it); the width groups are the unbound roots after resolution.
-    ``ratio_ties`` links atoms that must be widened by the same integer factor (several atoms
-    under one normalisation).
-    """
-
-    def __init__(self) -> None:
-        self._parent: dict[int, int] = {}
-        self._info: dict[int, AtomInfo] = {}
-        self.ties: nx.Graph = nx.Graph()
-        self.ratio_ties: nx.Graph = nx.Graph()
-        self.size_ties: list[tuple[Term, Term]] = []  # must keep equal sizes (interleaved parts)
-
-    # -- atoms ---------------------------------------------------------------------------
-    def new_atom(self, size: int, origin: str, frozen: str | None = None) -> Atom:
-        aid = len(self._parent)
-        self._parent[aid] = aid
-        self._info[aid] = AtomInfo(size=size, origin=origin, frozen=frozen)
-        self.ties.add_node(aid, origin=origin)
-        return Atom(aid, size)
-
-    def find(self, a: Atom) -> Atom:
-        root = a.id
-        while self._parent[root] != root:
-            self._parent[root] = self._parent[self._parent[root]]
-            root = self._parent[root]
-        return Atom(root, self._info[root].size)
-
-    def info(self, a: Atom) -> AtomInfo:
-        return self._info[self.find(a).id]
-
-    def atom(self, aid: int) -> Atom:
-        return Atom(aid, self._info[aid].size)
-
-    def all_atoms(self) -> list[Atom]:
-        return [Atom(i, info.size) for i, info in self._info.items()]
-
-    # -- resolution ----------------------------------------------------------------------
-    def resolve(self, t: Term) -> Term:
-        """The term with every atom replaced by its root or its binding, normalised."""
-        if isinstance(t, Atom):
-            r = self.find(t)
-            b = self._info[r.id].binding
-            return r if b is None else self.resolve(b)
-        if isinstance(t, Cat):
-            return cat(self.resolve(p) for p in t.parts)
-        if isinstance(t, Prod):
-            return prod(self.resolve(f) for f in t.factors)
-        if isinstance(t, Zip):
-            return zip_(self.resolve(p) for p in t.parts)
-        if isinstance(t, Stack):
-            rows = tuple(self.resolve(r) for r in t.rows)
-            return rows[0] if all(r == rows[0] for r in rows) else Stack(rows)
-        if isinstance(t, Sel):
-            return Sel(tuple(self.resolve(r) for r in t.rows))
-        return t
-
-    def settle(self, t: Term, why: str = "stacked parts used") -> Term:
-        """Replace stack/selector pairs by the conservative reading: the parts tied together."""
-        t = self.resolve(t)
-        if isinstance(t, Stack):
-            for r in t.rows[1:]:
-                self.unify(t.rows[0], r, why)
-            return self.resolve(t.rows[0])
-        if isinstance(t, Sel):
-            return Fixed(t.size)
-        if isinstance(t, Cat):
-            return cat(self.settle(p, why) for p in t.parts)
-        if isinstance(t, Prod):
-            return prod(self.settle(f, why) for f in t.factors)
-        if isinstance(t, Zip):
-            return zip_(self.settle(p, why) for p in t.parts)
-        return t
-
-    def _has_stack(self, t: Term) -> bool:
-        if isinstance(t, (Stack, Sel)):
-            return True
-        children = getattr(t, "parts", None) or getattr(t, "factors", None) or ()
-        return any(self._has_stack(c) for c in children)
-
-    def leaf_atoms(self, t: Term) -> list[Atom]:
-        """Distinct unbound root atoms under ``t``, in order."""
-        seen: dict[int, Atom] = {}
-        for a in self.resolve(t).atoms():
-            seen.setdefault(a.id, a)
-        return list(seen.values())
-
-    # -- constraints ---------------------------------------------------------------------
-    def freeze(self, t: Term, why: str) -> None:
-        for a in self.leaf_atoms(t):
-            info = self._info[a.id]
-            if info.frozen is None:
-                info.frozen = why
-
-    def require_uniform(self, t: Term, why: str) -> None:
-        """Every unit along ``t`` must be replicated equally often (a norm averages over it).
-
-        Factors of a product are independently uniform; the parts of a concatenation must also
-        share one replication factor (a ratio tie), else the mean over the whole axis moves.
-        """
-        t = self.resolve(t)
-        if isinstance(t, Atom):
-            info = self._info[t.id]
-            info.uniform = info.uniform or why
-        elif isinstance(t, Prod):
-            for f in t.factors:
-                self.require_uniform(f, why)
-        elif isinstance(t, (Stack, Sel)):
-            self.require_uniform(self.settle(t), why)
-        elif isinstance(t, (Cat, Zip)):
-            carriers = [self.leaf_atoms(p) for p in t.parts]
-            if any(len(c) != 1 for c in carriers):
-                self.freeze(t, f"concatenation under a normalisation at {why}")
-                return
-            for c in carriers:
-                self.require_uniform(c[0], why)
-            for (a,), (b,) in zip(carriers, carriers[1:]):
-                self.ratio_ties.add_edge(a.id, b.id, why=why)
-
-    def _bind(self, a: Atom, t: Term, why: str) -> None:
-        if self._has_stack(t):
-            t = self.settle(t, why)
-            if isinstance(t, Atom) and t.id == a.id:
-                return
-        info = self._info[a.id]
-        info.binding = t
-        for b in t.atoms():
-            self.ties.add_edge(a.id, b.id, why=why, kind="refines")
-        if info.frozen:
-            self.freeze(t, info.frozen)
-        if info.uniform:
-            self.require_uniform(t, info.uniform)
-
-    def _union(self, a: Atom, b: Atom, why: str) -> None:
-        self.ties.add_edge(a.id, b.id, why=why, kind="same")
-        ia, ib = self._info[a.id], self._info[b.id]
-        self._parent[b.id] = a.id
-        ia.frozen = ia.frozen or ib.frozen
-        ia.uniform = ia.uniform or ib.uniform
-
-    # -- unification ---------------------------------------------------------------------
-    def can_unify(self, t1: Term, t2: Term) -> bool:
-        """Whether unifying would succeed without freezing anything (a cheap, sound check)."""
-        a, b = self.resolve(t1), self.resolve(t2)
-        if a.size != b.size:
-            return False
-        if a == b:
-            return True
-        if isinstance(a, Atom) or isinstance(b, Atom):
-            atom, other = (a, b) if isinstance(a, Atom) else (b, a)
-            return not isinstance(other, Fixed) and all(x.id != atom.id for x in other.atoms())
-        if isinstance(a, Cat) and isinstance(b, Cat):
-            return _boundaries(a) == _boundaries(b) and all(
-                self.can_unify(x, y) for x, y in zip(a.parts, b.parts)
-            )
-        if isinstance(a, Prod) and isinstance(b, Prod):
-            return [f.size for f in a.factors] == [f.size for f in b.factors] and all(
-                self.can_unify(x, y) for x, y in zip(a.factors, b.factors)
-            )
-        if isinstance(a, Zip) and isinstance(b, Zip):
-            return len(a.parts) == len(b.parts) and all(
-                self.can_unify(x, y) for x, y in zip(a.parts, b.parts)
-            )
-        return False
-
-    def unify(self, t1: Term, t2: Term, why: str) -> None:
-        """State that two axes carry the same units; freeze both when that cannot be expressed."""
-        a, b = self.resolve(t1), self.resolve(t2)
-        if a.size != b.size:
-            raise ValueError(f"cannot unify axes of sizes {a.size} and {b.size} ({why})")
-        if a == b:
-            return
-        if isinstance(a, (Stack, Sel)) or isinstance(b, (Stack, Sel)):
-            a, b = self.settle(a, why), self.settle(b, why)
-            if a == b:
-                return
-        if isinstance(a, Zip) and isinstance(b, Zip) and len(a.parts) == len(b.parts):
-            for x, y in zip(a.parts, b.parts):
-                self.unify(x, y, why)
-            return
-        if isinstance(a, Atom) and isinstance(b, Atom):
-            self._union(a, b, why)
-        elif isinstance(a, Atom) or isinstance(b, Atom):
-            atom, other = (a, b) if isinstance(a, Atom) else (b, a)
-            if isinstance(other, Fixed):
-                self.freeze(atom, f"meets a fixed axis of size {other.size} at {why}")
-            elif any(x.id == atom.id for x in other.atoms()):
-                self.freeze(other, f"cyclic layout at {why}")
-            else:
-                self._bind(atom, other, why)
-        elif isinstance(a, Fixed) or isinstance(b, Fixed):
-            self.freeze(a, f"meets a fixed axis at {why}")
-            self.freeze(b, f"meets a fixed axis at {why}")
-        elif not self._unify_structured(a, b, why):
-            self.freeze(a, f"incompatible layouts {a!r} vs {b!r} at {why}")
-            self.freeze(b, f"incompatible layouts {a!r} vs {b!r} at {why}")
-
-    def _unify_structured(self, a: Term, b: Term, why: str) -> bool:
-        if isinstance(a, Zip) or isinstance(b, Zip):  # against another layout: parts tied
-            a, b = self._unzip(a, why), self._unzip(b, why)
-            self.unify(a, b, why)
-            return True
-        if isinstance(a, Cat) or isinstance(b, Cat):
-            cuts = sorted(set(_boundaries(a)) | set(_boundaries(b)))
-            sizes = [y - x for x, y in zip([0, *cuts], [*cuts, a.size])]
-            pa, pb = self.split(a, sizes), self.split(b, sizes)
-            if pa is None or pb is None:
-                return False
-            for x, y in zip(pa, pb):
-                self.unify(x, y, why)
-            return True
-        assert isinstance(a, Prod) and isinstance(b, Prod)
-        sizes = _common_refinement([f.size for f in a.factors], [f.size for f in b.factors])
-        if sizes is None:
-            return False
-        fa, fb = self.factor(a, sizes), self.factor(b, sizes)
-        if fa is None or fb is None:
-            return False
-        for x, y in zip(fa, fb):
-            self.unify(x, y, why)
-        return True
-
-    def _unzip(self, t: Term, why: str) -> Term:
-        """The conservative reading of an interleaving: one group repeated k times."""
-        if not isinstance(t, Zip):
-            return t
-        for p in t.parts[1:]:
-            self.unify(t.parts[0], p, why)
-        return prod([self.resolve(t.parts[0]), Fixed(len(t.parts))])
-
-    # -- refinement ------------------------------------------------------------------------
-    def split(self, t: Term, sizes: list[int], why: str = "split") -> list[Term] | None:
-        """Cut an axis into consecutive pieces of the given sizes, or None if impossible."""
-        t = self.resolve(t)
-        if len(sizes) == 1:
-            return [t]
-        if isinstance(t, (Stack, Sel)):
-            t = self.settle(t, why)
-        if isinstance(t, Zip):
-            k = len(t.parts)
-            if any(s % k for s in sizes):
-                return self.split(self._unzip(t, why), sizes, why)
-            cuts = [self.split(p, [s // k for s in sizes], why) for p in t.parts]
-            if any(c is None for c in cuts):
-                return None
-            return [zip_(c[i] for c in cuts) for i in range(len(sizes))]  # type: ignore[index]
-        if isinstance(t, Fixed):
-            return [Fixed(s) for s in sizes]
-        if isinstance(t, Atom):
-            info = self._info[t.id]
-            pieces = [self.new_atom(s, f"{info.origin}[{i}]") for i, s in enumerate(sizes)]
-            self._bind(t, cat(pieces), why)
-            return list(pieces)
-        if isinstance(t, Cat):
-            out: list[Term] = []
-            parts = list(t.parts)
-            for s in sizes:
-                taken: list[Term] = []
-                need = s
-                while need > 0:
-                    p = parts.pop(0)
-                    if p.size <= need:
-                        taken.append(p)
-                        need -= p.size
-                    else:
-                        halves = self.split(p, [need, p.size - need], why)
-                        if halves is None:
-                            return None
-                        taken.append(halves[0])
-                        parts.insert(0, halves[1])
-                        need = 0
-                out.append(cat(taken))
-            return out
-        assert isinstance(t, Prod)
-        outer, inner = t.factors[0], prod(t.factors[1:])
-        if any(s % inner.size for s in sizes):
-            return None
-        outer_pieces = self.split(outer, [s // inner.size for s in sizes], why)
-        if outer_pieces is None:
-            return None
-        return [prod([o, inner]) for o in outer_pieces]
-
-    def factor(self, t: Term, sizes: list[int], why: str = "reshape") -> list[Term] | None:
-        """Express an axis as a row-major product of axes of the given sizes, or None."""
-        t = self.resolve(t)
-        assert math.prod(sizes) == t.size, (t, sizes)
-        targets = [s for s in sizes]
-        if len([s for s in targets if s != 1]) <= 1:
-            return [t if s == t.size and s != 1 else Fixed(s) for s in targets]
-        if isinstance(t, (Stack, Sel)):
-            return self.factor(self.settle(t, why), sizes, why)
-        real = [s for s in targets if s != 1]
-        if isinstance(t, Zip):
-            if real == [t.parts[0].size, len(t.parts)]:
-                return self._place(targets, [Stack(t.parts), Sel(t.parts)])
-            return self.factor(self._unzip(t, why), sizes, why)
-        if isinstance(t, Fixed):
-            return [Fixed(s) for s in targets]
-        if isinstance(t, Atom):
-            info = self._info[t.id]
-            pieces: list[Term] = [
-                self.new_atom(s, f"{info.origin}.{i}") if s != 1 else Fixed(1)
-                for i, s in enumerate(targets)
-            ]
-            self._bind(t, prod(pieces), why)
-            return pieces
-        if isinstance(t, Cat) and len(real) == 2 and t.size % real[0] == 0:
-            rows = self.split(t, [t.size // real[0]] * real[0], why)
-            if rows is not None and all(not isinstance(r, Fixed) for r in rows):
-                # (parts, within-part): a selector and a stack, so that a following transpose
-                # and flatten can interleave the parts (channel shuffle) without tying them.
-                for r in rows[1:]:
-                    self.size_ties.append((rows[0], r))
-                return self._place(targets, [Sel(tuple(rows)), Stack(tuple(rows))])
-        if isinstance(t, Cat):
-            k = targets[0] if targets[0] != 1 else None
-            parts = t.parts
-            if k is None or len(parts) % k or len({p.size for p in parts}) != 1:
-                return None
-            # k equal pieces: the outer factor enumerates them, so they must carry the same units.
-            group = len(parts) // k
-            rows = [cat(parts[i * group : (i + 1) * group]) for i in range(k)]
-            for r in rows[1:]:
-                self.unify(rows[0], r, why)
-            rest = self.factor(rows[0], targets[1:], why)
-            return None if rest is None else [Fixed(k), *rest]
-        assert isinstance(t, Prod)
-        factors = list(t.factors)
-        out: list[Term] = []
-        for s in targets:
-            if s == 1:
-                out.append(Fixed(1))
-                continue
-            taken: list[Term] = []
-            have = 1
-            while have < s:
-                f = factors.pop(0)
-                if have * f.size <= s:
-                    taken.append(f)
-                    have *= f.size
-                else:
-                    want = s // have
-                    if s % have or f.size % want:
-                        return None
-                    halves = self.factor(f, [want, f.size // want], why)
-                    if halves is None:
-                        return None
-                    taken.append(halves[0])
-                    factors.insert(0, halves[1])
-                    have = s
-            out.append(prod(taken))
-        if factors:  # leftover size-1 atoms still carry units: keep them in the last axis
-            last = max(i for i, s in enumerate(targets) if s != 1)
-            out[last] = prod([out[last], *factors])
-        return out
-
-    @staticmethod
-    def _place(targets: list[int], terms: list[Term]) -> list[Term]:
-        """Put ``terms`` at the non-1 positions of ``targets`` and Fixed(1) elsewhere."""
-        it = iter(terms)
-        return [next(it) if s != 1 else Fixed(1) for s in targets]
-
-
-def _boundaries(t: Term) -> list[int]:
-    if not isinstance(t, Cat):
-        return []
-    cuts, pos = [], 0
-    for p in t.parts[:-1]:
-        pos += p.size
-        cuts.append(pos)
-    return cuts
-
-
-def _common_refinement(a: list[int], b: list[int]) -> list[int] | None:
-    """Sizes that refine two row-major factorisations of the same number, or None."""
-    out: list[int] = []
-    a, b = [x for x in a if x != 1], [x for x in b if x != 1]
-    while a and b:
-        x, y = a[0], b[0]
-        if x == y:
-            out.append(x)
-            a.pop(0)
-            b.pop(0)
-        elif x % y == 0:
-            out.append(y)
-            a[0] = x // y
-            b.pop(0)
-        elif y % x == 0:
-            out.append(x)
-            b[0] = y // x
-            a.pop(0)
-        else:
-            return None
-    return out if not a and not b else None

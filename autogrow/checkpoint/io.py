@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from .._version import __version__
-from ..errors import AutogrowError
+from ..errors import AutogrowError, GrowthWarning
 from ..transforms.deepen import InsertionPoint, deepen
 from ..transforms.widen import widen
 from .recipe import (
@@ -277,14 +278,16 @@ def _replay(model: nn.Module, step: Step) -> nn.Module:
                 "record; register the rules in autogrow.default_registry before loading"
             )
         factor = args["factor"]
-        return widen(
-            model,
-            dict(factor) if isinstance(factor, Mapping) else factor,
-            example_inputs=inputs,
-            seed=args["seed"],
-            symmetry=args["symmetry"],
-            verify=False,
-        )
+        with warnings.catch_warnings():  # reported when the model was grown, not on each load
+            warnings.simplefilter("ignore", GrowthWarning)
+            return widen(
+                model,
+                dict(factor) if isinstance(factor, Mapping) else factor,
+                example_inputs=inputs,
+                seed=args["seed"],
+                symmetry=args["symmetry"],
+                verify=False,
+            )
     elif step.op == "deepen":
         after = [InsertionPoint(where, kind, "", True) for where, kind in args["after"]]
         return deepen(model, after=after, n=args["n"], example_inputs=inputs, verify=False)

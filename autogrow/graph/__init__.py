@@ -9,7 +9,7 @@ from torch import nn
 from ..adapters import adapter_for
 from ..rules import RuleRegistry, get_default_registry
 from ..tracing import prepare_inputs, trace
-from ..tracing.trace import TracerKind, trace_export
+from ..tracing.trace import TracerKind, quiet_torch, trace_export
 from .build import Analysis, build
 from .width_graph import Member, WidthGraph, WidthGroup
 
@@ -64,7 +64,8 @@ def analyze_traced(
     analysis = build(traced, registry)
     if traced.kind == TracerKind.FX and analysis.blocked:
         try:
-            alternative = build(trace_export(model, inputs), registry)
+            with quiet_torch():
+                alternative = build(trace_export(model, tuple(inputs)), registry)
         except Exception:  # noqa: BLE001 - the fx analysis stands
             alternative = None
         if alternative is not None and _free_axes(alternative) > _free_axes(analysis):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
 from .._text import aligned_table, owner_module
-from ..axes.terms import Atom, AxisStore, Term
+from ..axes.store import AxisStore
+from ..axes.terms import Atom, Term
+from ..errors import GroupNotFoundError
 from ..rules.context import COPY, REDUCE, TAPS, Analysis
 
 
@@ -194,6 +197,89 @@ class WidthGraph:
         True
         """
         return self._by_id.get(atom_id)
+
+    def max_factor(self, key: str | WidthGroup, factor: float) -> float:
+        """The largest factor, up to ``factor``, that a group takes when the model is widened
+        by the float ``factor``, as its own constraints and its ratio ties decide.
+
+        * ``1.0`` for a frozen group;
+        * a whole number, ``floor(factor)``, for a *uniform* group (a LayerNorm/GroupNorm or a
+          mean averages over it, so every unit is replicated equally often);
+        * for groups in a ratio tie (normalised together, or a head count the config derives
+          from the hidden size): the smallest whole factor among them, ``1.0`` if one of them
+          is frozen;
+        * else ``round(width × factor) / width``.
+
+        Planning can keep a group further, where forward code keeps its size equal to another
+        axis (a channel shuffle, a view sized from another tensor); ``widen`` lists every group
+        it kept or grew less in one :class:`~autogrow.GrowthWarning`.
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(),
+        ...                     nn.Linear(16, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> graph.max_factor("0", 1.5), graph.max_factor("0", 2.5)  # LayerNorm'd: whole multiples
+        (1.0, 2.0)
+        >>> graph.max_factor("2", 1.5), graph.max_factor("4", 1.5)  # plain; the output: frozen
+        (1.5, 1.0)
+        """
+        group = key if isinstance(key, WidthGroup) else self.group(key)
+        if group is None:
+            raise GroupNotFoundError(
+                f"{key!r} names no width group and no module with parameters in one"
+            )
+        return self._whole_or_own(group, float(factor), tied=True)
+
+    def admissible_factors(self, factor: float) -> dict[str, float]:
+        """:meth:`max_factor` of every widenable group, by group name.
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(),
+        ...                     nn.Linear(16, 2))
+        >>> autogrow.analyze(net).admissible_factors(1.5)
+        {'0': 1.0, '2': 1.5}
+        """
+        return {g.name: self.max_factor(g, factor) for g in self.groups if g.widenable}
+
+    def ratio_tied(self, group: WidthGroup) -> list[WidthGroup]:
+        """The other groups that must grow by the same whole factor as ``group`` (a ratio
+        tie: parts normalised together, or heads whose size the config derives).
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> graph.ratio_tied(graph.group("0"))
+        []
+        """
+        store = self.store
+        linked = nx.Graph()
+        for a, b in store.ratio_ties.edges:
+            for x in store.leaf_atoms(store.atom(a)):
+                for y in store.leaf_atoms(store.atom(b)):
+                    linked.add_edge(x.id, y.id)
+        if group.id not in linked:
+            return []
+        cls = nx.node_connected_component(linked, group.id) - {group.id}
+        return [g for i in sorted(cls) if (g := self.by_id(i)) is not None]
+
+    def _whole_or_own(self, group: WidthGroup, factor: float, *, tied: bool) -> float:
+        if not group.widenable:
+            return 1.0
+        if group.uniform:
+            own = float(math.floor(factor + 1e-9))
+        else:
+            own = max(group.width, round(group.width * factor)) / group.width
+        if not tied:
+            return own
+        others = self.ratio_tied(group)
+        if not others:
+            return own
+        ks = [own] + [self._whole_or_own(g, factor, tied=False) for g in others]
+        if any(not g.widenable for g in others):
+            return 1.0
+        return float(int(min(ks)))
 
     @property
     def nx(self) -> nx.Graph:

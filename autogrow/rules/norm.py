@@ -63,14 +63,14 @@ def batch_norm(call: Call, ctx: RuleContext) -> Any:
     x = call.args["input"]
     channel = x.terms[1] if x.ndim > 1 else x.terms[0]
     _per_channel(call, ctx, channel, _BN_TENSORS)
-    mod = _norm_module(ctx, call, _NORMS)
+    mod = _norm_module(ctx, call, _RUNNING_STAT_NORMS)
     ctx.set_attr(mod, "num_features", lambda size: size(channel))
     if call.name == "_native_batch_norm_legit_no_training":
         return (same_as(x, call), ctx.fixed_tensor((0,)), ctx.fixed_tensor((0,)))
     return same_as(x, call)
 
 
-_NORMS = (nn.modules.batchnorm._NormBase,)
+_RUNNING_STAT_NORMS = (nn.modules.batchnorm._NormBase,)  # batch and instance norms
 
 
 def _owner(call: Call) -> str | None:

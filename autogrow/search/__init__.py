@@ -14,11 +14,20 @@ and ``import autogrow.search`` never require it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .space import Growth, SearchSpace, Training, load_space
+if TYPE_CHECKING:  # imported on first use: `autogrow --help` registers the search commands
+    from .space import Growth, SearchSpace, Training, load_space  # without importing torch
 
 __all__ = ["Growth", "SearchSpace", "Training", "load_space", "run", "load_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Growth", "SearchSpace", "Training", "load_space"):
+        from . import space
+
+        return getattr(space, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run(space: SearchSpace, n_trials: int = 20, **kwargs: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import FrozenGroupError, GroupNotFoundError
+from ..transforms.layer_kinds import is_activation
 from .space import Growth
 
 SITE_ATTR = "_autogrow_site"
@@ -75,7 +76,7 @@ def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
         if blocks:
             deepen = tuple(blocks)
         else:
-            deepen = tuple(p.where for p in points if _is_activation(model.get_submodule(p.where)))
+            deepen = tuple(p.where for p in points if is_activation(model.get_submodule(p.where)))
         stages = frozenset(blocks)
     else:
         for name in growth.deepen:
@@ -118,10 +119,6 @@ def module_label(m: nn.Module) -> str:
 
 def _is_stage(m: nn.Module) -> bool:
     return isinstance(m, (nn.Sequential, nn.ModuleList))
-
-
-def _is_activation(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("torch.nn.modules.activation")
 
 
 def tag(model: nn.Module, site_map: Mapping[str, str]) -> nn.Module:

@@ -8,6 +8,9 @@ lifted placeholders) and where shapes come from (our own run, or export's fake v
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -18,7 +21,8 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from ..adapters import adapter_for
-from ..errors import TracingError
+from ..errors import ExampleInputsError, TracingError
+from .inputs import InferredInputs
 
 
 class TracerKind(str, Enum):
@@ -120,18 +124,43 @@ _INTERNAL_PATHS = (
 )
 
 
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def _internal(frame: str) -> bool:
+    """Whether a 'File "...", line N, in f' line is torch's own code, not the model's."""
+    path = frame[5:].split(",")[0].strip().strip(chr(34))
+    return path.startswith(_TORCH_DIR) or any(p in frame for p in _INTERNAL_PATHS)
+
+
 def parse_stack_trace(trace: str) -> str | None:
-    """'file.py:12: x = x.view(-1, 400)': the innermost user frame of a recorded trace."""
+    """'file.py:12: x = x.view(-1, 400)': the innermost user frame of a recorded trace.
+
+    Frames inside the torch package (``torch.split`` is Python code in torch/functional.py)
+    are skipped, so the line is the model's. A line that opens more parentheses than it
+    closes (a call continued on the next lines) is shown as ``code ...)``.
+
+    >>> parse_stack_trace('''File "/src/net.py", line 12, in forward
+    ...     a, b = torch.split(x, [4, 4])
+    ... File "%sfunctional.py", line 165, in split
+    ...     return handle_torch_function(''' % _TORCH_DIR)
+    '/src/net.py:12: a, b = torch.split(x, [4, 4])'
+    >>> parse_stack_trace('File "/src/net.py", line 3, in forward\\n  y = torch.cat((a, b),')
+    '/src/net.py:3: y = torch.cat((a, b), ...)'
+    """
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
     frames = []
     for i, ln in enumerate(lines):
         if ln.startswith("File "):
             nxt = lines[i + 1] if i + 1 < len(lines) else ""
             frames.append((ln, "" if nxt.startswith("File ") else nxt))
-    user = [f for f in frames if not any(p in f[0] for p in _INTERNAL_PATHS)]
+    user = [f for f in frames if not _internal(f[0])]
     if not user:
         return None
     where, code = user[-1]
+    unclosed = code.count("(") - code.count(")")
+    if unclosed > 0:
+        code = f"{code} ...{')' * unclosed}"
     parts = where.split(",")
     loc = f"{parts[0][5:].strip().strip(chr(34))}:{parts[1].strip().removeprefix('line ')}"
     return f"{loc}: {code}" if code else loc
@@ -240,24 +269,99 @@ def trace_export(model: nn.Module, inputs: tuple) -> Traced:
     return Traced(model, graph, TracerKind.EXPORT, params, user_inputs, meta, None)
 
 
+DEBUG_ENV = "AUTOGROW_DEBUG"
+"""Set this environment variable (``AUTOGROW_DEBUG=1``) to let torch's log and warnings
+during tracing through; by default :func:`quiet_torch` holds them back."""
+
+
+class _Hold(logging.Handler):
+    def __init__(self, held: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.held = held
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.held.append(f"{record.name}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - a record that cannot format is dropped
+            pass
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[list[str]]:
+    """Hold back what torch logs and warns while capturing a model (graph dumps, fake-tensor
+    tracebacks, export's UserWarnings), so that a refusal is autogrow's one-line message and
+    a success prints nothing. Yields the list the held lines go to. With the environment
+    variable ``AUTOGROW_DEBUG`` set, nothing is held back.
+
+    >>> import warnings
+    >>> with quiet_torch() as held:
+    ...     logging.getLogger("torch.export").warning("graph dump")
+    ...     warnings.warn("was assigned during export")
+    >>> held
+    ['torch.export: graph dump', 'warning: was assigned during export']
+    """
+    held: list[str] = []
+    if os.environ.get(DEBUG_ENV):
+        yield held
+        return
+    hold = _Hold(held)
+    loggers = [logging.getLogger("torch")] + [
+        lg
+        for name, lg in logging.Logger.manager.loggerDict.items()
+        if name.startswith("torch.") and isinstance(lg, logging.Logger) and lg.handlers
+    ]
+    saved = [(lg, lg.handlers, lg.propagate) for lg in loggers]
+    for lg in loggers:  # a record reaches one of these first, then stops (no propagation)
+        lg.handlers, lg.propagate = [hold], False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield held
+    finally:
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+        held.extend(f"warning: {w.message}" for w in caught)
+
+
 def trace(
     model: nn.Module, inputs: tuple, leaf_types: tuple[type, ...] = (), reference: bool = True
 ) -> Traced:
     """Trace with torch.fx; fall back to torch.export where symbolic tracing cannot follow.
-    ``reference``: also compute the model's eval-mode output (to verify against)."""
-    try:
-        return trace_fx(model, inputs, leaf_types, reference)
-    except Exception as fx_error:  # noqa: BLE001 - any tracing failure sends us to the fallback
+    ``reference``: also compute the model's eval-mode output (to verify against).
+
+    torch's log and warnings are held back (:func:`quiet_torch`). When ``inputs`` were
+    inferred (:class:`~autogrow.tracing.inputs.InferredInputs`) and neither tracer can run the
+    model on them, the error is an ExampleInputsError saying what was inferred.
+    """
+    plain = tuple(inputs)  # torch.export's pytree does not know tuple subclasses
+    with quiet_torch() as held:
         try:
-            return trace_export(model, inputs)
-        except Exception as export_error:  # noqa: BLE001
-            raise TracingError(
-                f"cannot trace {type(model).__name__}.\n"
-                f"  torch.fx symbolic_trace failed: {_first_line(fx_error)}\n"
-                f"  torch.export fallback failed: {_first_line(export_error)}\n"
-                "Check that example_inputs match what forward() expects, and that forward has no "
-                "control flow on tensor values (shape-based control flow is fine for export)."
-            ) from export_error
+            return trace_fx(model, plain, leaf_types, reference)
+        except Exception as fx_error:  # noqa: BLE001 - any tracing failure sends us to the fallback
+            try:
+                return trace_export(model, plain)
+            except Exception as export_error:  # noqa: BLE001
+                failure = (
+                    f"  torch.fx symbolic_trace failed: {_first_line(fx_error)}\n"
+                    f"  torch.export fallback failed: {_first_line(export_error)}\n"
+                )
+                error = export_error
+    log = (
+        f" ({len(held)} lines of torch log and warnings held back: set {DEBUG_ENV}=1 to see them)"
+        if held
+        else ""
+    )
+    if isinstance(inputs, InferredInputs):
+        raise ExampleInputsError(
+            f"cannot run {type(model).__name__} on the example inputs autogrow inferred: "
+            f"{inputs.origin}.\n{failure}"
+            f"Pass example_inputs=(...) with the tensors forward() expects.{log}"
+        ) from error
+    raise TracingError(
+        f"cannot trace {type(model).__name__}.\n{failure}"
+        "Check that example_inputs match what forward() expects, and that forward has no "
+        f"control flow on tensor values (shape-based control flow is fine for export).{log}"
+    ) from error
 
 
 def _first_line(e: BaseException) -> str:

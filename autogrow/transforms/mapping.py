@@ -7,7 +7,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..axes.terms import Atom, AxisStore, Cat, Fixed, Prod, Sel, Stack, Term, Zip
+from ..axes.fold import ResolvedFold
+from ..axes.sizes import new_size
+from ..axes.store import AxisStore
+from ..axes.terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip
+
+__all__ = [
+    "SYMMETRIES",
+    "TermMap",
+    "UnitMap",
+    "identity_map",
+    "new_size",
+    "sample_map",
+    "term_map",
+]
 
 SYMMETRIES = ("split", "none")
 
@@ -53,54 +66,59 @@ def identity_map(n: int) -> UnitMap:
 
 def term_map(store: AxisStore, term: Term, maps: dict[int, UnitMap]) -> UnitMap:
     """The mapping of a whole axis, composed from its groups' mappings."""
-    t = store.resolve(term)
-    if isinstance(t, (Fixed, Sel)):
+    return TermMap(store, maps).fold(term)
+
+
+class TermMap(ResolvedFold[UnitMap]):
+    """The unit map of an axis from its groups' maps (root atom id -> map; identity otherwise).
+
+    >>> from autogrow.axes import AxisStore, Fixed, cat
+    >>> s = AxisStore()
+    >>> a = s.new_atom(2, "a")
+    >>> m = TermMap(s, {a.id: UnitMap(torch.tensor([0, 1, 1]), torch.ones(3))}).fold(
+    ...     cat([Fixed(1), a])
+    ... )
+    >>> m.source.tolist()
+    [0, 1, 2, 2]
+    """
+
+    def __init__(self, store: AxisStore, maps: dict[int, UnitMap]) -> None:
+        super().__init__(store)
+        self.maps = maps
+
+    def fixed(self, t: Fixed) -> UnitMap:
         return identity_map(t.size)
-    if isinstance(t, Stack):  # only reachable once its rows were tied (settled)
-        return term_map(store, t.rows[0], maps)
-    if isinstance(t, Atom):
-        return maps.get(t.id) or identity_map(t.size)
-    if isinstance(t, Zip):
+
+    def sel(self, t: Sel) -> UnitMap:
+        return identity_map(t.size)
+
+    def stack(self, t: Stack) -> UnitMap:  # only reachable once its rows were tied (settled)
+        return self.fold(t.rows[0])
+
+    def atom(self, t: Atom) -> UnitMap:
+        return self.maps.get(t.id) or identity_map(t.size)
+
+    def zip(self, t: Zip) -> UnitMap:
         k = len(t.parts)
-        part_maps = [term_map(store, p, maps) for p in t.parts]
+        part_maps = [self.fold(p) for p in t.parts]
         source = torch.stack([m.source * k + j for j, m in enumerate(part_maps)], 1).reshape(-1)
         share = torch.stack([m.share for m in part_maps], 1).reshape(-1)
         return UnitMap(source, share)
-    if isinstance(t, Cat):
+
+    def cat(self, t: Cat) -> UnitMap:
         sources, shares, offset = [], [], 0
         for p in t.parts:
-            m = term_map(store, p, maps)
+            m = self.fold(p)
             sources.append(m.source + offset)
             shares.append(m.share)
             offset += p.size
         return UnitMap(torch.cat(sources), torch.cat(shares))
-    assert isinstance(t, Prod)
-    result = term_map(store, t.factors[0], maps)
-    old_size = t.factors[0].size
-    for f in t.factors[1:]:
-        inner = term_map(store, f, maps)
-        source = (result.source[:, None] * f.size + inner.source[None, :]).reshape(-1)
-        share = (result.share[:, None] * inner.share[None, :]).reshape(-1)
-        result = UnitMap(source, share)
-        old_size *= f.size
-    return result
 
-
-def new_size(store: AxisStore, term: Term, sizes: dict[int, int]) -> int:
-    """The size of an axis after its groups take their new widths."""
-    t = store.resolve(term)
-    if isinstance(t, (Fixed, Sel)):
-        return t.size
-    if isinstance(t, Stack):
-        return new_size(store, t.rows[0], sizes)
-    if isinstance(t, Zip):
-        return len(t.parts) * new_size(store, t.parts[0], sizes)
-    if isinstance(t, Atom):
-        return sizes.get(t.id, t.size)
-    if isinstance(t, Cat):
-        return sum(new_size(store, p, sizes) for p in t.parts)
-    assert isinstance(t, Prod)
-    out = 1
-    for f in t.factors:
-        out *= new_size(store, f, sizes)
-    return out
+    def prod(self, t: Prod) -> UnitMap:
+        result = self.fold(t.factors[0])
+        for f in t.factors[1:]:
+            inner = self.fold(f)
+            source = (result.source[:, None] * f.size + inner.source[None, :]).reshape(-1)
+            share = (result.share[:, None] * inner.share[None, :]).reshape(-1)
+            result = UnitMap(source, share)
+        return result

@@ -1,4 +1,9 @@
-"""Net2WiderNet for any traced model: analyse → plan widths → map units → copy → verify."""
+"""Net2WiderNet for any traced model: analyse → plan widths → map units → copy → verify.
+
+:func:`widen` is a thin wrapper of :func:`widen_with_plan`, which runs the shared grow skeleton
+(:func:`autogrow.transforms.skeleton.grow`) with :class:`WidenTransform`'s parts and also
+returns the frozen :class:`WidenPlan`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import copy
 import math
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, overload
 
 import torch
@@ -16,14 +23,11 @@ from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis
-from ..tracing import prepare_inputs
-from ..verify import check_tolerance, run
-from ..verify import verify as verify_outputs
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
-from .lineage import record_step
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
-from .optimizer import check_optimizer, grow_optimizer
-from .plan import Factor, check_factor, plan_widths
+from .optimizer import grow_optimizer
+from .plan import Factor, check_factor, plan_widths, report_partial_growth
+from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 
 
 @overload
@@ -121,57 +125,189 @@ def widen(
     >>> wide[0].out_features, wide[2].in_features
     (16, 16)
     """
-    _check_options(factor, symmetry, noise)
-    check_tolerance(tolerance)
-    if optimizer is not None:
-        check_optimizer(optimizer, model)  # before anything is changed
-    inputs = prepare_inputs(model, example_inputs)
-    graph = analyze_traced(model, inputs, registry or get_default_registry(), reference=verify)
-    widths = plan_widths(graph, factor)
-    if seed is None:  # drawn up front so that the recipe records the seed actually used
-        seed = random.SystemRandom().randrange(2**62)
-    generator = torch.Generator().manual_seed(seed)
-    maps = {
-        gid: sample_map(
-            graph.by_id(gid).width,
-            n,
-            uniform=graph.by_id(gid).uniform is not None,
-            symmetry=symmetry,
-            generator=generator,
-        )
-        for gid, n in sorted(widths.items())
-    }
-    axis_maps = param_axis_maps(graph.analysis, maps)
-    tensors = grown_tensors(graph.analysis, maps, axis_maps)
-    attrs = attribute_updates(graph, widths)
-    reference = graph.analysis.traced.reference_output
-    if verify and reference is None:
-        reference = run(model, inputs)
-    old_params = dict(model.named_parameters(remove_duplicate=False))  # before inplace edits
-    # The model's library may have to describe the grown model (a config): raises before any change.
-    adapter_update = adapter_for(model).prepare_widen(
+    return widen_with_plan(
         model,
-        graph.analysis,
-        lambda term: new_size(graph.store, term, widths),
-        _new_shapes(model, tensors),
+        factor,
+        example_inputs=example_inputs,
+        seed=seed,
+        symmetry=symmetry,
+        noise=noise,
+        inplace=inplace,
+        verify=verify,
+        tolerance=tolerance,
+        registry=registry,
+        optimizer=optimizer,
+    ).returned()
+
+
+@dataclass(frozen=True)
+class WidenPlan:
+    """What one :func:`widen` call decided: the new widths, the unit maps and its options.
+
+    Attributes:
+        factor: the ``factor`` argument (a float, or a read-only copy of the dict).
+        widths: width group name → its new width, for every group that grows.
+        maps: width group name → its :class:`~autogrow.transforms.mapping.UnitMap` (which old
+            unit each new unit copies, and its share of the outgoing weights).
+        seed: the seed of the unit mappings, shares and noise (drawn when ``seed=None``).
+        symmetry: ``"split"`` or ``"none"``.
+        noise: the noise scale added after verification (0: exact).
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> plan = widen_with_plan(net, 1.5, seed=3).plan
+    >>> dict(plan.widths), plan.seed, plan.maps["0"].size
+    ({'0': 12}, 3, 12)
+    """
+
+    factor: Factor
+    widths: Mapping[str, int]
+    maps: Mapping[str, UnitMap]
+    seed: int
+    symmetry: str
+    noise: float
+
+
+class WidenTransform(Transform[WidenPlan]):
+    """widen's parts for :func:`~autogrow.transforms.skeleton.grow`: analyse, plan widths, map
+    units, copy the grown tensors, add noise, grow the optimizer's state.
+
+    >>> WidenTransform(2.0, seed=0).op
+    'widen'
+    """
+
+    op = "widen"
+    what = "widened"
+
+    def __init__(
+        self,
+        factor: Factor,
+        *,
+        seed: int | None = None,
+        symmetry: str = "split",
+        noise: float = 0.0,
+        registry: RuleRegistry | None = None,
+    ) -> None:
+        _check_options(factor, symmetry, noise)
+        self.factor, self.seed, self.symmetry, self.noise = factor, seed, symmetry, noise
+        self.registry = registry
+
+    def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
+        registry = self.registry or get_default_registry()
+        graph = self.graph = analyze_traced(model, inputs, registry, reference=verify)
+        widths = self.widths = plan_widths(graph, self.factor)
+        if self.seed is None:  # drawn up front so that the recipe records the seed actually used
+            self.seed = random.SystemRandom().randrange(2**62)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.maps = {
+            gid: sample_map(
+                graph.by_id(gid).width,
+                n,
+                uniform=graph.by_id(gid).uniform is not None,
+                symmetry=self.symmetry,
+                generator=self.generator,
+            )
+            for gid, n in sorted(widths.items())
+        }
+        self.axis_maps = param_axis_maps(graph.analysis, self.maps)
+        self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
+        self.attrs = attribute_updates(graph, widths)
+        names = {gid: graph.by_id(gid).name for gid in widths}
+        factor = self.factor
+        if isinstance(factor, Mapping):
+            factor = MappingProxyType(dict(factor))
+        plan = WidenPlan(
+            factor,
+            MappingProxyType({names[gid]: n for gid, n in widths.items()}),
+            MappingProxyType({names[gid]: m for gid, m in self.maps.items()}),
+            self.seed,
+            self.symmetry,
+            self.noise,
+        )
+        return plan, graph.analysis.traced.reference_output
+
+    def prepare_adapter(self, model: nn.Module):
+        # The model's library may have to describe the grown model (a config): raises before
+        # any change.
+        graph, widths = self.graph, self.widths
+        return adapter_for(model).prepare_widen(
+            model,
+            graph.analysis,
+            lambda term: new_size(graph.store, term, widths),
+            _new_shapes(model, self.tensors),
+        )
+
+    def apply(self, model: nn.Module, *, inplace: bool) -> tuple[nn.Module, Undo]:
+        self.old_params = dict(model.named_parameters(remove_duplicate=False))  # before edits
+        return (_apply_inplace if inplace else _apply_copy)(model, self.tensors, self.attrs)
+
+    def finish(self, result: nn.Module) -> None:
+        report_partial_growth(self.graph, self.factor, self.widths)  # groups kept, once per call
+        if self.noise > 0:
+            _add_noise(result, self.graph.analysis, self.maps, self.noise, self.generator)
+
+    def describe_module(self, name: str) -> str | None:
+        groups = [
+            g
+            for g in self.graph.groups
+            if g.id in self.widths and any(m == name or m.startswith(f"{name}.") for m in g.modules)
+        ]
+        if not groups:
+            return None
+        shown = ", ".join(f"{g.name!r} ({g.width} -> {self.widths[g.id]})" for g in groups[:4])
+        return f"in width group(s) {shown}"
+
+    def recipe_args(self) -> dict[str, Any]:
+        factor = dict(self.factor) if isinstance(self.factor, Mapping) else self.factor
+        return {
+            "factor": factor,
+            "seed": self.seed,
+            "symmetry": self.symmetry,
+            "noise": self.noise,
+            "custom_registry": self.registry is not None,
+        }
+
+    def grow_optimizer(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module, result: nn.Module
+    ) -> torch.optim.Optimizer:
+        return grow_optimizer(optimizer, self.old_params, result, self.axis_maps)
+
+
+def widen_with_plan(
+    model: nn.Module,
+    factor: Factor,
+    *,
+    example_inputs: tuple[Any, ...] | None = None,
+    seed: int | None = None,
+    symmetry: str = "split",
+    noise: float = 0.0,
+    inplace: bool = False,
+    verify: bool = True,
+    tolerance: float | None = None,
+    registry: RuleRegistry | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Grown[WidenPlan]:
+    """:func:`widen`, returning a :class:`~autogrow.transforms.skeleton.Grown`: the wider
+    model, the :class:`WidenPlan` (new widths, unit maps, the seed actually used, options)
+    and, when ``optimizer`` is given, the grown optimizer (else None). Arguments, errors and
+    the model as for :func:`widen`.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> grown = widen_with_plan(net, 2.0)
+    >>> grown.model[0].out_features, dict(grown.plan.widths), isinstance(grown.plan.seed, int)
+    (16, {'0': 16}, True)
+    """
+    transform = WidenTransform(factor, seed=seed, symmetry=symmetry, noise=noise, registry=registry)
+    return grow(
+        model,
+        transform,
+        example_inputs=example_inputs,
+        inplace=inplace,
+        verify=verify,
+        tolerance=tolerance,
+        optimizer=optimizer,
     )
-    result, undo = (_apply_inplace if inplace else _apply_copy)(model, tensors, attrs)
-    if adapter_update is not None:
-        undo = chain_undo(adapter_update(result), undo)
-    if verify:
-        try:
-            verify_outputs(result, inputs, reference, what="widened", tolerance=tolerance)
-        except Exception:
-            undo()
-            raise
-    if noise > 0:
-        _add_noise(result, graph.analysis, maps, noise, generator)
-    factor_arg = dict(factor) if isinstance(factor, Mapping) else factor
-    args = {"factor": factor_arg, "seed": seed, "symmetry": symmetry, "noise": noise}
-    record_step(model, result, "widen", {**args, "custom_registry": registry is not None}, inputs)
-    if optimizer is not None:
-        return result, grow_optimizer(optimizer, old_params, result, axis_maps)
-    return result
 
 
 def _new_shapes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -179,17 +315,6 @@ def _new_shapes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str,
     named = _named_tensors(model)
     grown = {id(named[n]): t.shape for n, t in tensors.items() if n in named}
     return {n: tuple(grown.get(id(t), t.shape)) for n, t in named.items()}
-
-
-def chain_undo(first: Any, second: Any) -> Any:
-    """One undo function that runs ``first`` then ``second`` (widen and deepen both stack
-    a transformers config undo on top of the tensor undo)."""
-
-    def undo() -> None:
-        first()
-        second()
-
-    return undo
 
 
 def _check_options(factor: Any, symmetry: str, noise: float) -> None:
@@ -250,10 +375,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             )
             raise HardcodedSizeError(
                 f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
-                f"{new} when "
-                f"group(s) {', '.join(groups) or '?'} widen. Compute it from the tensor instead "
-                "(x.flatten(1), x.view(x.size(0), -1)), keep it in a module attribute, or leave "
-                "those groups out: widen(model, {...}) with the groups you want."
+                f"{new} when group(s) {', '.join(groups) or '?'} widen. {lit.advice(model)}"
             )
         put(found[0], found[1], new, lit.call.where())
     return [(m, a, v) for (m, a), v in updates.items()]
@@ -312,7 +434,7 @@ def _apply_copy(model: nn.Module, tensors: dict[str, torch.Tensor], attrs: list)
 
 def _apply_inplace(model: nn.Module, tensors: dict[str, torch.Tensor], attrs: list) -> tuple:
     originals = _named_tensors(model)
-    # Every name of a tied tensor (transformers' lm_head / wte) must get the new one.
+    # Every name of a tied tensor (an output head tied to the input embedding) gets the new one.
     aliases = {n: [a for a, t in originals.items() if t is originals[n]] for n in tensors}
     old_attrs = [(m, a, getattr(model.get_submodule(m), a)) for m, a, _ in attrs]
     for name, t in tensors.items():

@@ -1,0 +1,219 @@
+"""Rules for ops that lay axes side by side or cut and pick from them: ``cat``, ``stack``,
+``split``/``chunk``/``unbind``, indexing and slicing.
+
+Concatenation makes a ``Cat`` of the parts; split/chunk cut an axis at fixed sizes (a literal
+size that widening would change is recorded, see :meth:`RuleContext.literal`); indexing picks
+positions from an axis, which only ``Fixed`` axes or whole parts of a ``Cat`` allow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..axes.terms import Fixed, Term, cat
+from ..tracing.trace import TracerKind
+from .common import out_shape
+from .registry import Call, Dynamic, RuleSet, TensorValue
+from .shape import _has_atoms
+
+if TYPE_CHECKING:
+    from .context import RuleContext
+
+
+rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_registry
+
+
+@rules.rule("cat", signature="tensors, dim=0", names=("concat", "concatenate"))
+def cat_(call: Call, ctx: RuleContext) -> Any:
+    parts = [v for v in call.args["tensors"] if isinstance(v, TensorValue) and v.shape != (0,)]
+    shape = out_shape(call)
+    d = call.args["dim"]
+    d = d + len(shape) if d < 0 else d
+    terms: list[Term] = []
+    for i in range(len(shape)):
+        if i == d:
+            terms.append(cat(p.terms[d] for p in parts))
+            continue
+        for p in parts[1:]:
+            ctx.unify(parts[0].terms[i], p.terms[i], call)
+        terms.append(parts[0].terms[i])
+    return TensorValue(terms, shape)
+
+
+@rules.rule("stack", signature="tensors, dim=0")
+def stack(call: Call, ctx: RuleContext) -> Any:
+    parts = call.args["tensors"]
+    shape = out_shape(call)
+    d = call.args["dim"]
+    d = d + len(shape) if d < 0 else d
+    for p in parts[1:]:
+        for a, b in zip(parts[0].terms, p.terms):
+            ctx.unify(a, b, call)
+    terms = list(parts[0].terms)
+    terms.insert(d, Fixed(len(parts)))
+    return TensorValue(terms, shape)
+
+
+def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -> Any:
+    sizes = [m.shape[d] for m in call.out]
+    pieces = ctx.store.split(x.terms[d], sizes, call.where())
+    if pieces is None:
+        return ctx.block(call, "cannot cut this axis into the requested pieces")
+    if isinstance(literal, int) and not isinstance(literal, Dynamic):
+        # split(x, 64): the piece size is fixed in code, so pieces keep their size.
+        for p in pieces:
+            if _has_atoms(ctx, p):
+                ctx.literal(p, p.size, call)
+    elif isinstance(literal, (list, tuple)):
+        for p, s in zip(pieces, literal):
+            if _has_atoms(ctx, p):
+                ctx.literal(p, s, call)
+    else:
+        # chunk(x, n): pieces must stay of equal size; tying them is the simple sufficient way.
+        for p in pieces[1:]:
+            if p.size == pieces[0].size:
+                ctx.unify(pieces[0], p, call)
+    out = []
+    for p, m in zip(pieces, call.out):
+        terms = list(x.terms)
+        terms[d] = p
+        out.append(TensorValue(terms, m.shape))
+    return tuple(out)
+
+
+@rules.rule(
+    "split",
+    signature="input, split_size_or_sections, dim=0",
+    names=("split_with_sizes",),
+    also={"split_with_sizes": "input, split_sizes, dim=0"},
+)
+def split(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    literal = call.args.get("split_size_or_sections", call.args.get("split_sizes"))
+    if ctx.traced.kind == TracerKind.EXPORT and isinstance(literal, int):
+        literal = None  # export specialises every size; chunk() arrives here as split
+    return _split(call, ctx, x, d, literal)
+
+
+@rules.rule("chunk", signature="input, chunks, dim=0", names=("tensor_split",))
+def chunk(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    return _split(call, ctx, x, x.dim(call.args["dim"]), None)
+
+
+@rules.rule("unbind", signature="input, dim=0")
+def unbind(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    ctx.freeze(x.terms[d], f"unbind at {call.where()}")
+    return tuple(
+        TensorValue([t for i, t in enumerate(x.terms) if i != d], m.shape) for m in call.out
+    )
+
+
+def _slice_axis(call: Call, ctx: RuleContext, t: Term, n: int, s: slice) -> Term | None:
+    start, stop, step = s.indices(n)
+    if step != 1:
+        ctx.freeze(t, f"strided slice at {call.where()}")
+        return Fixed(len(range(start, stop, step)))
+    if start == 0 and stop == n:
+        return t
+    literal = any(isinstance(b, int) and not isinstance(b, Dynamic) for b in (s.start, s.stop))
+    if literal and ctx.traced.kind == TracerKind.FX and _has_atoms(ctx, t):
+        ctx.freeze(t, f"slice with literal bounds at {call.where()}")
+        return Fixed(max(stop - start, 0))
+    sizes = [x for x in (start, stop - start, n - stop) if x > 0]
+    pieces = ctx.store.split(t, sizes, call.where())
+    if pieces is None:
+        ctx.freeze(t, f"cannot slice this axis at {call.where()}")
+        return Fixed(max(stop - start, 0))
+    return pieces[1] if start > 0 else pieces[0]
+
+
+def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> Any:
+    idx = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, TensorValue) for i in idx):
+        return _advanced_index(call, ctx, x, list(idx))
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list[Any] = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (x.ndim - n_real))
+        else:
+            expanded.append(i)
+    expanded.extend([slice(None)] * (x.ndim - sum(1 for i in expanded if i is not None)))
+    terms: list[Term] = []
+    d = 0
+    for i in expanded:
+        if i is None:
+            terms.append(Fixed(1))
+            continue
+        t, n = x.terms[d], x.shape[d]
+        if isinstance(i, int):
+            if _has_atoms(ctx, t):
+                ctx.freeze(t, f"integer index on this axis at {call.where()}")
+        elif isinstance(i, slice):
+            sliced = _slice_axis(call, ctx, t, n, i)
+            terms.append(sliced if sliced is not None else Fixed(1))
+        else:
+            return ctx.block(call, f"unsupported index {i!r}")
+        d += 1
+    return TensorValue(terms, out_shape(call))
+
+
+def _advanced_index(call: Call, ctx: RuleContext, x: TensorValue, idx: list[Any]) -> Any:
+    tensor_pos = [p for p, i in enumerate(idx) if isinstance(i, TensorValue)]
+    others_plain = all(
+        i is None or i == slice(None) for p, i in enumerate(idx) if p not in tensor_pos
+    )
+    if len(tensor_pos) != 1 or not others_plain or None in idx:
+        return ctx.block(call, "advanced indexing with several index tensors")
+    p = tensor_pos[0]
+    ctx.freeze(x.terms[p], f"gathered by an index tensor at {call.where()}")
+    ind = idx[p]
+    terms = [*x.terms[:p], *ind.terms, *x.terms[p + 1 :]]
+    return TensorValue(terms, out_shape(call))
+
+
+@rules.rule("getitem", signature="obj, index")
+def getitem(call: Call, ctx: RuleContext) -> Any:
+    obj, index = call.args["obj"], call.args["index"]
+    if isinstance(obj, TensorValue):
+        return index_tensor(call, ctx, obj, index)
+    if obj is None:
+        return call.out
+    return obj[index]
+
+
+@rules.rule("index", signature="input, indices")
+def index(call: Call, ctx: RuleContext) -> Any:
+    return _advanced_index(call, ctx, call.args["input"], list(call.args["indices"]))
+
+
+@rules.rule("select", signature="input, dim, index")
+def select(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    if _has_atoms(ctx, x.terms[d]):
+        ctx.freeze(x.terms[d], f"select on this axis at {call.where()}")
+    return TensorValue([t for i, t in enumerate(x.terms) if i != d], out_shape(call))
+
+
+@rules.rule(
+    "slice",
+    signature="input, dim=0, start=None, end=None, step=1",
+    names=("narrow",),
+    also={"narrow": "input, dim, start, length"},
+)
+def slice_(call: Call, ctx: RuleContext) -> Any:
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    if "length" in call.args:
+        s = slice(call.args["start"], call.args["start"] + call.args["length"])
+    else:
+        s = slice(call.args["start"], call.args["end"], call.args["step"])
+    terms = list(x.terms)
+    sliced = _slice_axis(call, ctx, terms[d], x.shape[d], s)
+    terms[d] = sliced if sliced is not None else Fixed(out_shape(call)[d])
+    return TensorValue(terms, out_shape(call))

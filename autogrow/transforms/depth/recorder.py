@@ -1,0 +1,142 @@
+"""Recording one eval forward of the model, and the module-tree queries deepening asks of it.
+
+:class:`Recording` keeps, per module, its first call (args, kwargs, output), how often it ran
+and with which output shapes, and the order in which leaf modules finished. Block candidates
+and identity stacks are decided on these values; the recorded model output is the reference
+that verification compares the deepened model with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...adapters import adapter_for
+from ...tracing import eval_mode
+
+
+@dataclass
+class ModuleCall:
+    """A module's first call, and what later calls had in common with it."""
+
+    args: tuple
+    kwargs: dict
+    output: Any  # a clone for children of containers, else a meta tensor (shape and dtype)
+    device: torch.device | None = None
+    calls: int = 1
+    shapes: set = field(default_factory=set)
+
+
+class Recording:
+    """Per-module first call (args, kwargs, output), call counts and leaf order.
+
+    Only the children of Sequential/ModuleList containers (the candidate blocks) keep cloned
+    values; every other module keeps its output's shape and dtype, so memory stays bounded.
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple) -> None:
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.calls: dict[str, ModuleCall] = {}
+        self.order: list[str] = []  # leaf modules, in the order their forward ended
+        self.keep = {
+            f"{name}.{key}" if name else key
+            for name, m in model.named_modules()
+            if is_container(m)
+            for key in m._modules
+        }
+        handles = []
+        for name, m in model.named_modules():
+            if name in self.keep:
+                handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
+            handles.append(m.register_forward_hook(self._post(name), with_kwargs=True))
+        self._pending: dict[str, tuple] = {}
+        self.zero_sets: dict[str, tuple[str, ...] | None] = {}
+        try:
+            with eval_mode(model), torch.no_grad():
+                self.output = model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _pre(self, name: str):
+        def hook(module, args, kwargs):
+            if name not in self.calls and name not in self._pending:
+                self._pending[name] = (clone(args), clone(kwargs))
+
+        return hook
+
+    def _post(self, name: str):
+        def hook(module, args, kwargs, output):
+            is_tensor = isinstance(output, torch.Tensor)
+            shape = tuple(output.shape) if is_tensor else None
+            call = self.calls.get(name)
+            if call is None:
+                a, k = self._pending.pop(name, ((), {}))
+                if name in self.keep:
+                    value = clone(output)
+                elif is_tensor:
+                    value = torch.empty(shape, dtype=output.dtype, device="meta")
+                else:
+                    value = None
+                device = output.device if is_tensor else None
+                call = self.calls[name] = ModuleCall(a, k, value, device)
+                if not any(True for _ in module.children()):
+                    self.order.append(name)
+            else:
+                call.calls += 1
+            call.shapes.add(shape)
+
+        return hook
+
+
+def clone(value: Any) -> Any:
+    """A detached copy of every tensor in (nested tuples, lists and dicts of) ``value``."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(clone(v) for v in value)
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    return value
+
+
+def hidden(output: Any) -> Any:
+    """A block's output, or the first element of a tuple (a library's layers may return
+    ``(hidden_states, ...)``)."""
+    if isinstance(output, tuple) and output and not hasattr(output, "_fields"):
+        return output[0]
+    return output
+
+
+def end_index(name: str, rec: Recording) -> int:
+    """One past the position in ``rec.order`` of the last leaf of module ``name``."""
+    prefix = f"{name}." if name else ""
+    last = -1
+    for i, leaf in enumerate(rec.order):
+        if leaf == name or leaf.startswith(prefix):
+            last = i
+    return last + 1
+
+
+def parent_of(model: nn.Module, name: str) -> tuple[nn.Module | None, str]:
+    """(parent module, attribute name) of submodule ``name``; (None, "") for the model."""
+    if not name:
+        return None, ""
+    parent, _, attr = name.rpartition(".")
+    return model.get_submodule(parent), attr
+
+
+def is_container(m: nn.Module) -> bool:
+    """An ``nn.Sequential`` or ``nn.ModuleList`` (whose children may be residual blocks)."""
+    return isinstance(m, (nn.Sequential, nn.ModuleList))
+
+
+def plain_sequential(m: nn.Module | None) -> bool:
+    """An ``nn.Sequential`` whose forward is Sequential's own (new layers can go into it)."""
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
