@@ -72,6 +72,7 @@ class LiteralSize:
     value: int | Term
     call: Call
     soft: bool = False  # export graphs specialise every size: sync an attribute if one matches
+    index: int | None = None  # position among the op's sizes (``size_leaves``), if known
 
     def advice(self, model: nn.Module) -> str:
         """What to do about this literal when widening would change it and no single int
@@ -242,12 +243,14 @@ class RuleContext:
         if module is not None:
             self.attrs.append(AttrBinding(module, attr, compute))
 
-    def literal(self, term: Term, value: int, call: Call) -> None:
-        """A size that forward code wrote as a literal; checked when the axis would change."""
+    def literal(self, term: Term, value: int, call: Call, index: int | None = None) -> None:
+        """A size that forward code wrote as a literal; checked when the axis would change.
+        ``index``: its position among the sizes the op was given (its arguments after the
+        input tensor, flattened), which lets widen find the attribute it came from."""
         if self.traced.kind == TracerKind.EXPORT:
-            self.literals.append(LiteralSize(term, int(value), call, soft=True))
+            self.literals.append(LiteralSize(term, int(value), call, soft=True, index=index))
         elif not isinstance(value, Dynamic):
-            self.literals.append(LiteralSize(term, int(value), call))
+            self.literals.append(LiteralSize(term, int(value), call, index=index))
 
     def same_size(self, term: Term, source: Term, call: Call) -> None:
         """Forward code sizes ``term`` by reading ``source`` (``x.view(b, y.size(1))``): tie the

@@ -63,11 +63,11 @@ def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -
         # split(x, 64): the piece size is fixed in code, so pieces keep their size.
         for p in pieces:
             if _has_atoms(ctx, p):
-                ctx.literal(p, p.size, call)
+                ctx.literal(p, p.size, call, index=0)
     elif isinstance(literal, (list, tuple)):
-        for p, s in zip(pieces, literal):
+        for i, (p, s) in enumerate(zip(pieces, literal)):
             if _has_atoms(ctx, p):
-                ctx.literal(p, s, call)
+                ctx.literal(p, s, call, index=i)
     else:
         # chunk(x, n): pieces must stay of equal size; tying them is the simple sufficient way.
         for p in pieces[1:]:

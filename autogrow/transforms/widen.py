@@ -22,7 +22,8 @@ from ..adapters import adapter_for
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
-from ..rules.context import REDUCE, Analysis
+from ..rules.context import REDUCE, Analysis, LiteralSize
+from .attributes import AttributeProber
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
@@ -332,7 +333,15 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
 
 
 def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:
-    """(module, attribute, new value) for every size attribute that forward code reads."""
+    """(module, attribute, new value) for every size attribute that forward code reads.
+
+    The rules' attribute bindings come first. A literal size that widening would change is
+    traced back to the attribute the forward code read by probing
+    (:class:`~autogrow.transforms.attributes.AttributeProber`, fx traces only); the attribute
+    gets the value that makes the literal the new size, and one more symbolic trace checks
+    that every literal then follows its axis and nothing else moved. A literal with no
+    attribute behind it raises HardcodedSizeError naming the source line.
+    """
     analysis, store = graph.analysis, graph.store
     model = analysis.traced.model
 
@@ -350,8 +359,16 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             )
         updates[(module, attr)] = value
 
+    def refuse(lit: LiteralSize, new: int, advice: str) -> HardcodedSizeError:
+        groups = sorted({g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))})
+        return HardcodedSizeError(
+            f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
+            f"{new} when group(s) {', '.join(groups) or '?'} widen. {advice}"
+        )
+
     for b in analysis.attrs:
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
+    blocking: list[tuple[LiteralSize, int]] = []
     for lit in analysis.literals:
         new = size(lit.term)
         if not isinstance(lit.value, int):  # sized from another axis: the sizes must agree
@@ -366,23 +383,82 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             continue
         if new == lit.value:
             continue
-        found = _attribute_for_literal(model, lit.call.node, lit.value)
-        if found is None and lit.soft:
+        if lit.soft:  # an exported graph: no fx trace to probe, sync an attribute by value
+            found = _attribute_for_literal(model, lit.call.node, lit.value)
+            if found is not None:
+                put(found[0], found[1], new, lit.call.where())
             continue  # probably computed from a shape at run time; verification will tell
-        if found is None:
-            groups = sorted(
-                {g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))}
+        blocking.append((lit, new))
+    if not blocking:
+        return [(m, a, v) for (m, a), v in updates.items()]
+
+    prober = AttributeProber(analysis.traced)
+    items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
+    for lit, new in blocking:
+        found = prober.sources(lit.call.node, lit.value, lit.index)
+        if not found:
+            raise refuse(lit, new, lit.advice(model))
+        # a literal that depends on several attributes: one already being updated may do
+        planned = [s for s in found if (s.module, s.attr) in updates and s.index is None]
+        done = [s for s in planned if s.slope * updates[(s.module, s.attr)] + s.offset == new]
+        if done:
+            continue
+        if len(found) > 1:
+            names = ", ".join(s.name for s in found)
+            raise refuse(
+                lit,
+                new,
+                f"It follows several attributes ({names}), so autogrow cannot tell which one "
+                "to change. Compute it from the tensor (x.size(d)), or leave those groups out.",
             )
-            raise HardcodedSizeError(
-                f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
-                f"{new} when group(s) {', '.join(groups) or '?'} widen. {lit.advice(model)}"
+        (src,) = found
+        value = src.solve(new)
+        if value is None:
+            raise refuse(
+                lit,
+                new,
+                f"It comes from attribute {src.name} = {src.old}, and no integer value of it "
+                f"gives {new}. Leave those groups out, or widen them by another factor.",
             )
-        put(found[0], found[1], new, lit.call.where())
-    return [(m, a, v) for (m, a), v in updates.items()]
+        key = (src.module, src.attr, src.index)
+        old = items.get(key)
+        if old is not None and old[0] != value:
+            raise ConstraintError(
+                f"attribute {src.name} would need two values ({old[0]} and {value}) after "
+                f"widening ({old[1]} and {lit.call.where()}); exclude one of its groups from "
+                "widening"
+            )
+        items[key] = (value, lit.call.where())
+    for (module, attr, index), (value, why) in items.items():
+        if index is not None:
+            current = updates.get((module, attr), getattr(model.get_submodule(module), attr))
+            items_now = list(current)
+            items_now[index] = value
+            updates[(module, attr)] = type(current)(items_now)
+        else:
+            put(module, attr, value, why)
+    result = [(m, a, v) for (m, a), v in updates.items()]
+    expected = {
+        (lit.call.node.name, lit.index): size(lit.term)
+        for lit in analysis.literals
+        if isinstance(lit.value, int) and not lit.soft and lit.index is not None
+    }
+    problem = prober.check(result, expected)
+    if problem is not None:
+        lit, new = blocking[0]
+        changed = ", ".join(f"{m}.{a}" if m else a for m, a in updates)
+        raise refuse(
+            lit,
+            new,
+            f"Updating the attributes it comes from ({changed}) does not keep the model "
+            f"consistent: {problem}. Leave those groups out.",
+        )
+    return result
 
 
 def _attribute_for_literal(model: nn.Module, node: Any, value: int) -> tuple[str, str] | None:
-    """An int attribute equal to ``value`` on the modules whose forward wrote the literal."""
+    """An int attribute equal to ``value`` on the modules whose forward wrote the literal (in
+    an exported graph, which cannot be probed; verification decides)."""
     stack = [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
     for path in [*reversed(stack), ""]:
         try:

@@ -1,0 +1,241 @@
+"""Where a literal size in an fx graph comes from: probing module attributes.
+
+torch.fx evaluates Python integers while it traces, so ``x.split([1, self.dim, self.dim])`` or
+``x.view(B, N, self.num_heads, -1)`` reach the graph as plain literals. When widening would
+change such a size, :class:`AttributeProber` finds the attribute the forward code read: it
+changes one ``int`` attribute (or one ``int`` inside a tuple or list attribute) of the modules
+that wrote the op, or of their direct children, re-traces the model symbolically (no
+computation) and watches the literal. The attribute that moves it, by a relation
+``literal = slope · attribute + offset`` that two probes (×2 and ×3) agree on, is its source;
+two attributes that happen to hold the same value (``num_heads == window_size``) are told apart
+because only one of them moves the literal. Probing runs only for literals that block a width
+change, and its traces are cached per probe.
+
+After widening, :meth:`AttributeProber.check` re-traces once with every attribute update
+applied and requires that each recorded literal now equals its axis's new size and that no
+other integer in the graph moved, so the model's own code computes the new sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from torch import fx, nn
+
+from ..tracing.trace import Traced, _Tracer
+
+Leaves = tuple[Any, ...]
+
+
+def size_leaves(node: fx.Node) -> Leaves:
+    """The sizes an op was given, in order: ``node.args`` after the input tensor, then the
+    keyword arguments, flattened through lists, tuples and slices; an int stays an int,
+    anything else (a node, None, a dtype) is ``None``. ``index`` of a
+    :class:`~autogrow.rules.context.LiteralSize` counts in this sequence."""
+    out: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, slice):
+            walk((v.start, v.stop, v.step))
+        else:
+            out.append(v if type(v) is int else None)
+
+    walk(tuple(node.args[1:]))
+    walk(tuple(node.kwargs.values()))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class AttrSource:
+    """``literal = slope · module.attr[index] + offset`` (``index`` None: the attribute is an
+    int itself, else the position of the int inside a tuple or list attribute)."""
+
+    module: str
+    attr: str
+    index: int | None
+    old: int
+    slope: Fraction
+    offset: Fraction
+
+    @property
+    def name(self) -> str:
+        where = f"{self.module}." if self.module else ""
+        item = f"[{self.index}]" if self.index is not None else ""
+        return f"{where}{self.attr}{item}"
+
+    def solve(self, literal: int) -> int | None:
+        """The attribute value that makes the literal ``literal``; None if not a positive int."""
+        value = (literal - self.offset) / self.slope
+        if value.denominator != 1 or value <= 0 or self.slope * value + self.offset != literal:
+            return None
+        return int(value)
+
+
+class AttributeProber:
+    """Probes the attributes of ``traced.model`` (an fx trace) for the sources of literals."""
+
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.model = traced.model
+        self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in traced.graph.nodes}
+        self._probes: dict[tuple, dict[str, tuple] | None] = {}
+        self.probes = 0  # how many re-traces ran (for tests and benchmarks)
+
+    # -- tracing ----------------------------------------------------------------------------
+    def _trace(self, changes: list[tuple[str, str, Any]]) -> dict[str, tuple] | None:
+        """Every node's (op, target, sizes) with the attributes set to new values, or None if
+        the model does not trace with them."""
+        self.probes += 1
+        try:
+            with _patched(self.model, changes), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = _Tracer(self.traced.leaf_types).trace(self.model)
+        except Exception:  # noqa: BLE001 - an attribute value the model rejects is no source
+            return None
+        return {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
+
+    def _probe(self, module: str, attr: str, index: int | None, value: int) -> dict | None:
+        key = (module, attr, index, value)
+        if key not in self._probes:
+            self._probes[key] = self._trace(
+                [(module, attr, _with(self._get(module, attr), index, value))]
+            )
+        return self._probes[key]
+
+    def _get(self, module: str, attr: str) -> Any:
+        return getattr(self.model.get_submodule(module), attr)
+
+    # -- sources ----------------------------------------------------------------------------
+    def sources(self, node: fx.Node, value: int, index: int | None) -> list[AttrSource]:
+        """The attributes that move the literal ``value`` at ``node`` (at ``index`` of its
+        sizes, or wherever it appears when None), from the innermost module that wrote the
+        op outwards; the first module level with any is returned, which may hold several (the
+        literal depends on each of them)."""
+        base = self.base.get(node.name)
+        if base is None:
+            return []
+        leaves = base[2]
+        positions = (
+            [index] if index is not None else [i for i, v in enumerate(leaves) if v == value]
+        )
+        positions = [p for p in positions if p < len(leaves) and leaves[p] == value]
+        if not positions:
+            return []
+        for level in _module_stack(node):
+            found = [
+                s
+                for module, attr, idx, v in self._candidates(level, value)
+                if (s := self._relation(node.name, positions, module, attr, idx, v)) is not None
+            ]
+            if found:
+                return found
+        return []
+
+    def _candidates(self, path: str, value: int) -> Iterator[tuple[str, str, int | None, int]]:
+        try:
+            module = self.model.get_submodule(path)
+        except AttributeError:
+            return
+        owners = [(path, module)]
+        owners += [(f"{path}.{n}" if path else n, m) for n, m in module.named_children()]
+        for name, m in owners:
+            for attr, v in vars(m).items():
+                if attr.startswith("_"):
+                    continue
+                if type(v) is int:
+                    if _related(v, value):
+                        yield name, attr, None, v
+                elif isinstance(v, (tuple, list)) and v and all(type(i) is int for i in v):
+                    for i, item in enumerate(v):
+                        if _related(item, value):
+                            yield name, attr, i, item
+
+    def _relation(
+        self, name: str, positions: list[int], module: str, attr: str, index: int | None, v: int
+    ) -> AttrSource | None:
+        literal = self.base[name][2][positions[0]]
+        moved = None
+        for k in (2, 3):
+            probe = self._probe(module, attr, index, k * v)
+            if probe is None or not _same_op(self.base[name], probe.get(name)):
+                return None
+            now = probe[name][2]
+            values = {now[p] for p in positions}
+            if len(values) != 1 or None in values:
+                return None  # the positions do not move alike: not one relation
+            (new,) = values
+            if k == 2:
+                if new == literal:
+                    return None  # this attribute does not move the literal
+                moved = new
+            else:
+                slope = Fraction(moved - literal, v)
+                if new - moved != slope * v:
+                    return None  # not a linear relation
+                return AttrSource(module, attr, index, v, slope, literal - slope * v)
+        return None
+
+    # -- the final check --------------------------------------------------------------------
+    def check(
+        self, updates: list[tuple[str, str, Any]], expected: dict[tuple[str, int], int]
+    ) -> str | None:
+        """Re-trace with ``updates`` applied: ``expected`` ((node name, size index) → its new
+        value) must hold, and every other size in the graph must be unchanged. Returns what
+        went wrong, or None."""
+        after = self._trace(updates)
+        if after is None:
+            return "the model no longer traces with the updated attributes"
+        if set(after) != set(self.base):
+            return "the updated attributes change the structure of the traced graph"
+        for name, (op, target, leaves) in self.base.items():
+            now = after[name]
+            if not _same_op((op, target, leaves), now):
+                return f"the updated attributes change op {name!r}"
+            for i, (old, new) in enumerate(zip(leaves, now[2])):
+                want = expected.get((name, i), old)
+                if new != want:
+                    return f"op {name!r} gets the size {new} where {want} is needed"
+        return None
+
+
+def _same_op(a: tuple | None, b: tuple | None) -> bool:
+    return a is not None and b is not None and a[:2] == b[:2] and len(a[2]) == len(b[2])
+
+
+def _related(v: int, value: int) -> bool:
+    return v > 1 and (value % v == 0 or v % value == 0)
+
+
+def _with(old: Any, index: int | None, value: int) -> Any:
+    if index is None:
+        return value
+    items = list(old)
+    items[index] = value
+    return type(old)(items)
+
+
+def _module_stack(node: fx.Node) -> list[str]:
+    stack = [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    return [*dict.fromkeys(reversed(stack)), ""]
+
+
+@contextlib.contextmanager
+def _patched(model: nn.Module, changes: list[tuple[str, str, Any]]) -> Iterator[None]:
+    saved = []
+    try:
+        for module, attr, value in changes:
+            m = model.get_submodule(module)
+            saved.append((m, attr, getattr(m, attr)))
+            setattr(m, attr, value)
+        yield
+    finally:
+        for m, attr, value in reversed(saved):
+            setattr(m, attr, value)

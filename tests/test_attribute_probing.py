@@ -1,0 +1,155 @@
+"""Literal sizes traced back to module attributes by probing (issue 12, section 1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import autogrow
+from autogrow.transforms.attributes import AttributeProber
+
+
+class SplitEmbed(nn.Module):
+    """split([1, embed_dim, embed_dim]): a class token and two halves."""
+
+    def __init__(self, d: int = 4) -> None:
+        super().__init__()
+        self.embed_dim = d
+        self.inp = nn.Linear(3, 1 + 2 * d)
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x):
+        c, a, b = self.inp(x).split([1, self.embed_dim, self.embed_dim], dim=-1)
+        return self.out(a * torch.sigmoid(b)) * torch.sigmoid(c.sum(-1, keepdim=True))
+
+
+class Windowed(nn.Module):
+    """num_heads == window_size == 2: only probing tells which one sizes the heads axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads = 2
+        self.window_size = 2
+        self.proj = nn.Linear(5, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        h = self.proj(x).view(B, N // self.window_size, self.window_size, self.num_heads, -1)
+        h = torch.relu(h.mean(2))
+        return self.out(h.reshape(B, N // self.window_size, -1))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_size = 6
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class ChildAttr(nn.Module):
+    """The forward code reads an attribute of a child module: ``self.block.hidden_size``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Block()
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        a, b = torch.relu(self.block(x)).split(self.block.hidden_size // 2, dim=-1)
+        return self.out(a * b)
+
+
+class TupleSplit(nn.Module):
+    """Split sizes held in a tuple attribute, as timm's MambaOut keeps ``split_indices``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split_indices = (4, 6)
+        self.fc = nn.Linear(3, 10)
+        self.a, self.b = nn.Linear(4, 2), nn.Linear(6, 2)
+
+    def forward(self, x):
+        u, v = torch.split(self.fc(x), self.split_indices, dim=-1)
+        return self.a(u) + self.b(torch.relu(v))
+
+
+class NoAttr(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 8)
+        self.a, self.b = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        u, v = self.fc(x).split([4, 4], dim=-1)  # the literal this test expects in the message
+        return self.a(u) + self.b(v)
+
+
+def _exact(model: nn.Module, x: torch.Tensor, verify: bool = True) -> nn.Module:
+    wide = autogrow.widen(model, 2.0, example_inputs=(x,), seed=0, verify=verify)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    return wide
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_split_with_an_int_attribute(verify):
+    net, x = SplitEmbed(), torch.randn(2, 3)
+    wide = _exact(net, x, verify)
+    assert wide.embed_dim == 8 and net.embed_dim == 4
+    assert wide.out.in_features == 8
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_two_attributes_with_the_same_value_are_told_apart(verify):
+    net, x = Windowed(), torch.randn(2, 4, 5)
+    wide = _exact(net, x, verify)
+    assert (wide.num_heads, wide.window_size) == (4, 2)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_attribute_of_a_child_module(verify):
+    net, x = ChildAttr(), torch.randn(2, 4)
+    wide = _exact(net, x, verify)
+    assert wide.block.hidden_size == 12
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_int_inside_a_tuple_attribute(verify):
+    net, x = TupleSplit(), torch.randn(2, 3)
+    wide = _exact(net, x, verify)
+    assert wide.split_indices == (8, 12) and net.split_indices == (4, 6)
+
+
+def test_inplace_undo_restores_probed_attributes():
+    net, x = TupleSplit(), torch.randn(2, 3)
+    wide = autogrow.widen(net, 2.0, example_inputs=(x,), seed=0, inplace=True)
+    assert wide is net and net.split_indices == (8, 12)
+
+
+def test_literal_without_attribute_names_the_line():
+    with pytest.raises(autogrow.HardcodedSizeError) as e:
+        autogrow.widen(NoAttr(), 2.0, example_inputs=(torch.randn(2, 3),))
+    assert "test_attribute_probing.py" in str(e.value) and "split" in str(e.value)
+
+
+def test_probing_finds_the_source_and_its_relation():
+    net = ChildAttr()
+    traced = autogrow.analyze(net, (torch.randn(2, 4),)).analysis.traced
+    prober = AttributeProber(traced)
+    node = next(n for n in traced.graph.nodes if n.target == "split")
+    (src,) = prober.sources(node, 3, 0)
+    assert (src.module, src.attr, src.solve(6)) == ("block", "hidden_size", 12)
+    assert net.block.hidden_size == 6  # restored after probing
+
+
+def test_no_probing_without_blocking_literal(monkeypatch):
+    calls = []
+    monkeypatch.setattr(AttributeProber, "__init__", lambda *a: calls.append(a))
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    autogrow.widen(net, 2.0, example_inputs=(torch.randn(2, 3),), seed=0)
+    assert calls == []
