@@ -19,7 +19,6 @@ other integer in the graph moved, so the model's own code computes the new sizes
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +26,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from ..tracing.trace import Traced, _Tracer
+from ..tracing.trace import Traced, _Tracer, quiet_torch
 
 Leaves = tuple[Any, ...]
 
@@ -87,6 +86,7 @@ class AttributeProber:
         self.model = traced.model
         self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in traced.graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
+        self._hints: set[tuple] = set()  # (module class, relative path, attr, index) found
         self.probes = 0  # how many re-traces ran (for tests and benchmarks)
 
     # -- tracing ----------------------------------------------------------------------------
@@ -95,8 +95,7 @@ class AttributeProber:
         the model does not trace with them."""
         self.probes += 1
         try:
-            with _patched(self.model, changes), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _patched(self.model, changes), quiet_torch():
                 graph = _Tracer(self.traced.leaf_types).trace(self.model)
         except Exception:  # noqa: BLE001 - an attribute value the model rejects is no source
             return None
@@ -118,24 +117,49 @@ class AttributeProber:
         """The attributes that move the literal ``value`` at ``node`` (at ``index`` of its
         sizes, or wherever it appears when None), from the innermost module that wrote the
         op outwards; the first module level with any is returned, which may hold several (the
-        literal depends on each of them)."""
+        literal depends on each of them).
+
+        To stay cheap, a level is first probed with all its candidates changed at once (one
+        trace: if the literal stays, none of them is its source), and an attribute found
+        for an earlier literal in a module of the same class (the next block of a stage) is
+        tried first.
+        """
         base = self.base.get(node.name)
         if base is None:
             return []
         leaves = base[2]
-        positions = (
-            [index] if index is not None else [i for i, v in enumerate(leaves) if v == value]
-        )
+        if index is not None:
+            positions = [index]
+        else:
+            positions = [i for i, v in enumerate(leaves) if v == value]
         positions = [p for p in positions if p < len(leaves) and leaves[p] == value]
         if not positions:
             return []
         for level in _module_stack(node):
+            try:
+                kind = type(self.model.get_submodule(level))
+            except AttributeError:
+                continue
+            cands = list(self._candidates(level, value))
+            if not cands:
+                continue
+            for c in cands:
+                if (kind, _relative(level, c[0]), c[1], c[2]) in self._hints:
+                    found = self._relation(node.name, positions, *c)
+                    if found is not None:
+                        return [found]
+            joint = self._trace(_joint([(m, a, i, 2 * v) for m, a, i, v in cands], self._get))
+            if joint is not None and _same_op(base, joint.get(node.name)):
+                if all(joint[node.name][2][p] == value for p in positions):
+                    continue  # changing every candidate at once leaves the literal alone
             found = [
-                s
-                for module, attr, idx, v in self._candidates(level, value)
-                if (s := self._relation(node.name, positions, module, attr, idx, v)) is not None
+                s for c in cands if (s := self._relation(node.name, positions, *c)) is not None
             ]
             if found:
+                if len(found) == 1:
+                    self._hints.add(
+                        (kind, _relative(level, found[0].module), found[0].attr, found[0].index)
+                    )
                 return found
         return []
 
@@ -185,25 +209,42 @@ class AttributeProber:
 
     # -- the final check --------------------------------------------------------------------
     def check(
-        self, updates: list[tuple[str, str, Any]], expected: dict[tuple[str, int], int]
+        self,
+        updates: list[tuple[str, str, Any]],
+        expected: dict[tuple[str, int], int],
+        reference: list[tuple[str, str, Any]],
     ) -> str | None:
         """Re-trace with ``updates`` applied: ``expected`` ((node name, size index) → its new
-        value) must hold, and every other size in the graph must be unchanged. Returns what
-        went wrong, or None."""
+        value) must hold, and every other size in the graph must be as in the trace with
+        only the ``reference`` updates (the attributes the rules bound). Returns what went
+        wrong, or None."""
         after = self._trace(updates)
-        if after is None:
+        ref = self._trace(reference) if reference else self.base
+        if after is None or ref is None:
             return "the model no longer traces with the updated attributes"
-        if set(after) != set(self.base):
+        if set(after) != set(ref):
             return "the updated attributes change the structure of the traced graph"
-        for name, (op, target, leaves) in self.base.items():
+        for name, old in ref.items():
             now = after[name]
-            if not _same_op((op, target, leaves), now):
+            if not _same_op(old, now):
                 return f"the updated attributes change op {name!r}"
-            for i, (old, new) in enumerate(zip(leaves, now[2])):
-                want = expected.get((name, i), old)
+            for i, (was, new) in enumerate(zip(old[2], now[2])):
+                want = expected.get((name, i), was)
                 if new != want:
                     return f"op {name!r} gets the size {new} where {want} is needed"
         return None
+
+
+def _relative(level: str, module: str) -> str:
+    return module[len(level) :].lstrip(".") if level else module
+
+
+def _joint(changes: list[tuple[str, str, int | None, int]], get: Any) -> list[tuple[str, str, Any]]:
+    """One (module, attr, value) per attribute, items of a tuple attribute combined."""
+    values: dict[tuple[str, str], Any] = {}
+    for module, attr, index, v in changes:
+        values[(module, attr)] = _with(values.get((module, attr), get(module, attr)), index, v)
+    return [(m, a, v) for (m, a), v in values.items()]
 
 
 def _same_op(a: tuple | None, b: tuple | None) -> bool:
@@ -229,13 +270,25 @@ def _module_stack(node: fx.Node) -> list[str]:
 
 @contextlib.contextmanager
 def _patched(model: nn.Module, changes: list[tuple[str, str, Any]]) -> Iterator[None]:
-    saved = []
+    """Set the attributes for one probe trace, and afterwards restore them and every module's
+    public state: forward code that caches values while tracing (timm's LeViT keeps an
+    ``attention_bias_cache`` dict) must not keep the probe's proxies."""
+    state = []
+    for m in model.modules():
+        public = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+        dicts = {k: dict(v) for k, v in public.items() if isinstance(v, dict)}
+        state.append((m, public, dicts))
     try:
         for module, attr, value in changes:
-            m = model.get_submodule(module)
-            saved.append((m, attr, getattr(m, attr)))
-            setattr(m, attr, value)
+            setattr(model.get_submodule(module), attr, value)
         yield
     finally:
-        for m, attr, value in reversed(saved):
-            setattr(m, attr, value)
+        for m, public, dicts in state:
+            for k in [k for k in vars(m) if not k.startswith("_") and k not in public]:
+                delattr(m, k)
+            for k, v in public.items():
+                if k in dicts:
+                    v.clear()
+                    v.update(dicts[k])
+                if vars(m).get(k) is not v:
+                    setattr(m, k, v)

@@ -391,6 +391,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         blocking.append((lit, new))
     if not blocking:
         return [(m, a, v) for (m, a), v in updates.items()]
+    bound = [(m, a, v) for (m, a), v in updates.items()]
 
     prober = AttributeProber(analysis.traced)
     items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
@@ -443,10 +444,10 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         for lit in analysis.literals
         if isinstance(lit.value, int) and not lit.soft and lit.index is not None
     }
-    problem = prober.check(result, expected)
+    problem = prober.check(result, expected, bound)
     if problem is not None:
         lit, new = blocking[0]
-        changed = ", ".join(f"{m}.{a}" if m else a for m, a in updates)
+        changed = ", ".join(sorted({f"{m}.{a}" if m else a for m, a, _ in items}))
         raise refuse(
             lit,
             new,
