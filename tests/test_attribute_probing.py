@@ -78,6 +78,22 @@ class TupleSplit(nn.Module):
         return self.a(u) + self.b(torch.relu(v))
 
 
+class Ghost(nn.Module):
+    """timm's GhostModule: ``out[:, :self.out_chs]`` keeps the whole concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_chs = 8
+        self.primary = nn.Conv2d(3, 4, 1)
+        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        out = torch.cat([x1, self.cheap(x1)], dim=1)
+        return self.head(out[:, : self.out_chs, :, :])
+
+
 class NoAttr(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -123,6 +139,13 @@ def test_int_inside_a_tuple_attribute(verify):
     net, x = TupleSplit(), torch.randn(2, 3)
     wide = _exact(net, x, verify)
     assert wide.split_indices == (8, 12) and net.split_indices == (4, 6)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_literal_slice_bound_that_keeps_the_whole_axis(verify):
+    net, x = Ghost(), torch.randn(1, 3, 5, 5)
+    wide = _exact(net, x, verify)
+    assert wide.out_chs == 16
 
 
 def test_inplace_undo_restores_probed_attributes():
