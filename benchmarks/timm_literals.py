@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import torch
 
@@ -58,6 +59,7 @@ def outcome(name: str) -> tuple[str, float]:
 
 def main(names: list[str]) -> None:
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the GrowthWarnings of partial growth
     for name in names or MODELS:
         result, seconds = outcome(name)
         print(f"| {name} | {result} | {seconds:.1f} s |", flush=True)

@@ -29,6 +29,7 @@ from torch import fx, nn
 from ..tracing.trace import Traced, _Tracer, quiet_torch
 
 Leaves = tuple[Any, ...]
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
 
 
 def size_leaves(node: fx.Node) -> Leaves:
@@ -119,10 +120,10 @@ class AttributeProber:
         op outwards; the first module level with any is returned, which may hold several (the
         literal depends on each of them).
 
-        To stay cheap, a level is first probed with all its candidates changed at once (one
-        trace: if the literal stays, none of them is its source), and an attribute found
-        for an earlier literal in a module of the same class (the next block of a stage) is
-        tried first.
+        To stay cheap, a level is first probed with all its candidates changed at once,
+        each by another prime factor (one trace: if the literal stays, none of them is its
+        source), and an attribute found for an earlier literal in a module of the same class
+        (the next block of a stage) is tried first.
         """
         base = self.base.get(node.name)
         if base is None:
@@ -148,7 +149,12 @@ class AttributeProber:
                     found = self._relation(node.name, positions, *c)
                     if found is not None:
                         return [found]
-            joint = self._trace(_joint([(m, a, i, 2 * v) for m, a, i, v in cands], self._get))
+            # distinct prime factors, so that a ratio of two candidates (in_channels //
+            # num_paths) cannot stay put by both moving alike
+            changes = [
+                (m, a, i, v * _PRIMES[k % len(_PRIMES)]) for k, (m, a, i, v) in enumerate(cands)
+            ]
+            joint = self._trace(_joint(changes, self._get))
             if joint is not None and _same_op(base, joint.get(node.name)):
                 if all(joint[node.name][2][p] == value for p in positions):
                     continue  # changing every candidate at once leaves the literal alone
