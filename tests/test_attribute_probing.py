@@ -148,7 +148,7 @@ def test_literal_slice_bound_that_keeps_the_whole_axis(verify):
     assert wide.out_chs == 16
 
 
-def test_inplace_undo_restores_probed_attributes():
+def test_inplace_updates_probed_attributes():
     net, x = TupleSplit(), torch.randn(2, 3)
     wide = autogrow.widen(net, 2.0, example_inputs=(x,), seed=0, inplace=True)
     assert wide is net and net.split_indices == (8, 12)
@@ -176,3 +176,19 @@ def test_no_probing_without_blocking_literal(monkeypatch):
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     autogrow.widen(net, 2.0, example_inputs=(torch.randn(2, 3),), seed=0)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("name", "attr"),
+    [("skresnet18", "layer1.0.conv1.in_channels"), ("ghostnet_100", "blocks.0.0.ghost1.out_chs")],
+)
+def test_timm_models_whose_literals_follow_attributes(name, attr):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net, x = timm.create_model(name, pretrained=False).eval(), torch.randn(1, 3, 64, 64)
+    wide = autogrow.widen(net, 2.0, example_inputs=(x,), seed=0, verify=False)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), net(x), rtol=1e-4, atol=1e-4)
+    module, _, name_ = attr.rpartition(".")
+    old = getattr(net.get_submodule(module), name_)
+    assert getattr(wide.get_submodule(module), name_) == 2 * old
