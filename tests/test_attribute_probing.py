@@ -94,6 +94,32 @@ class Ghost(nn.Module):
         return self.head(out[:, : self.out_chs, :, :])
 
 
+class Doubled(nn.Module):
+    """Sizes ``2 * self.k``: the attribute must stay an integer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = 2
+        self.fc = nn.Linear(3, 8)
+        self.a, self.b = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        u, v = self.fc(x).split([2 * self.k, 2 * self.k], dim=-1)
+        return self.a(u) + self.b(v)
+
+
+class Product(nn.Module):
+    """A size that follows two attributes: which one to change is not known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.dim = 2, 3
+        self.fc, self.out = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)).view(-1, self.heads * self.dim))
+
+
 class NoAttr(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -158,6 +184,18 @@ def test_literal_without_attribute_names_the_line():
     with pytest.raises(autogrow.HardcodedSizeError) as e:
         autogrow.widen(NoAttr(), 2.0, example_inputs=(torch.randn(2, 3),))
     assert "test_attribute_probing.py" in str(e.value) and "split" in str(e.value)
+
+
+def test_relation_with_a_slope():
+    net, x = Doubled(), torch.randn(2, 3)
+    assert _exact(net, x, verify=False).k == 4
+    with pytest.raises(autogrow.HardcodedSizeError, match="no integer value of it gives 5"):
+        autogrow.widen(net, 1.25, example_inputs=(x,), seed=0)
+
+
+def test_literal_following_several_attributes_is_refused():
+    with pytest.raises(autogrow.HardcodedSizeError, match=r"several attributes \(heads, dim\)"):
+        autogrow.widen(Product(), 2.0, example_inputs=(torch.randn(2, 3),))
 
 
 def test_probing_finds_the_source_and_its_relation():

@@ -225,8 +225,9 @@ class AttributeProber:
         only the ``reference`` updates (the attributes the rules bound). Returns what went
         wrong, or None."""
         after = self._trace(updates)
-        ref = self._trace(reference) if reference else self.base
-        if after is None or ref is None:
+        # a model that asserts on its attributes may not trace with the bound ones alone
+        ref = (self._trace(reference) if reference else None) or self.base
+        if after is None:
             return "the model no longer traces with the updated attributes"
         if set(after) != set(ref):
             return "the updated attributes change the structure of the traced graph"
