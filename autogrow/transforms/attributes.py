@@ -19,6 +19,8 @@ other integer in the graph moved, so the model's own code computes the new sizes
 from __future__ import annotations
 
 import contextlib
+import inspect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -80,15 +82,63 @@ class AttrSource:
 
 
 class AttributeProber:
-    """Probes the attributes of ``traced.model`` (an fx trace) for the sources of literals."""
+    """Probes the attributes of ``model`` (traced by fx as ``graph``) for the sources of
+    literals. ``AttributeProber.of(traced)`` probes a whole traced model;
+    ``AttributeProber.submodule(model, path, leaf_types)`` traces one submodule on its own
+    (for a model only torch.export could capture: its literals are found again in the
+    submodule's fx trace by source line)."""
 
-    def __init__(self, traced: Traced) -> None:
-        self.traced = traced
-        self.model = traced.model
-        self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in traced.graph.nodes}
+    def __init__(self, model: nn.Module, graph: fx.Graph, leaf_types: tuple[type, ...] = ()):
+        self.model = model
+        self.leaf_types = leaf_types
+        self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
+        self.nodes = {n.name: n for n in graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
         self._hints: set[tuple] = set()  # (module class, relative path, attr, index) found
         self.probes = 0  # how many re-traces ran (for tests and benchmarks)
+
+    @classmethod
+    def of(cls, traced: Traced) -> AttributeProber:
+        return cls(traced.model, traced.graph, traced.leaf_types)
+
+    @classmethod
+    def submodule(
+        cls, model: nn.Module, path: str, leaf_types: tuple[type, ...]
+    ) -> AttributeProber | None:
+        """A prober of ``model.get_submodule(path)`` traced alone, with source lines; None if
+        fx cannot trace it."""
+        try:
+            module = model.get_submodule(path)
+            # arguments with a default take it (``forward(x, x_prev=None)`` branches on it)
+            params = inspect.signature(module.forward).parameters.values()
+            concrete = {
+                p.name: p.default
+                for p in params
+                if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            }
+            with _patched(module, []), quiet_torch():
+                tracer = _Tracer(leaf_types, record_stack_traces=True)
+                graph = tracer.trace(module, concrete_args=concrete or None)
+        except Exception:  # noqa: BLE001 - then this submodule cannot be probed
+            return None
+        return cls(module, graph, leaf_types)
+
+    def nodes_at(self, frames: set[str], sizes: Leaves, index: int) -> list[fx.Node]:
+        """The nodes of this trace that can be an exported op given ``sizes`` (its
+        :func:`size_leaves`) from code at ``frames`` ('file.py:12', its stack): written under
+        one of those lines, with as many sizes, the same literal at ``index`` and no literal
+        that differs (a size fx sees computed from a shape is a node, not a number)."""
+        out = []
+        for n in self.nodes.values():
+            leaves = self.base[n.name][2]
+            if (
+                len(leaves) == len(sizes)
+                and leaves[index] == sizes[index]
+                and all(a is None or a == b for a, b in zip(leaves, sizes))
+                and stack_frames(n.meta.get("stack_trace")) & frames
+            ):
+                out.append(n)
+        return out
 
     # -- tracing ----------------------------------------------------------------------------
     def _trace(self, changes: list[tuple[str, str, Any]]) -> dict[str, tuple] | None:
@@ -97,7 +147,7 @@ class AttributeProber:
         self.probes += 1
         try:
             with _patched(self.model, changes), quiet_torch():
-                graph = _Tracer(self.traced.leaf_types).trace(self.model)
+                graph = _Tracer(self.leaf_types).trace(self.model)
         except Exception:  # noqa: BLE001 - an attribute value the model rejects is no source
             return None
         return {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
@@ -252,6 +302,11 @@ def _joint(changes: list[tuple[str, str, int | None, int]], get: Any) -> list[tu
     for module, attr, index, v in changes:
         values[(module, attr)] = _with(values.get((module, attr), get(module, attr)), index, v)
     return [(m, a, v) for (m, a), v in values.items()]
+
+
+def stack_frames(text: str | None) -> set[str]:
+    """Every 'file.py:12' of a recorded stack trace."""
+    return {f"{f}:{n}" for f, n in re.findall(r'File "([^"]+)", line (\d+)', text or "")}
 
 
 def _same_op(a: tuple | None, b: tuple | None) -> bool:

@@ -8,6 +8,7 @@ returns the frozen :class:`WidenPlan`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
-from .attributes import AttributeProber
+from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
@@ -369,6 +370,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
     for b in analysis.attrs:
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
     blocking: list[tuple[LiteralSize, int]] = []
+    soft: list[tuple[LiteralSize, int]] = []
+    probers: dict[str, AttributeProber | None] = {}
     for lit in analysis.literals:
         new = size(lit.term)
         if not isinstance(lit.value, int):  # sized from another axis: the sizes must agree
@@ -383,18 +386,38 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             continue
         if new == lit.value:
             continue
-        if lit.soft:  # an exported graph: no fx trace to probe, sync an attribute by value
-            found = _attribute_for_literal(model, lit.call.node, lit.value)
-            if found is not None:
-                put(found[0], found[1], new, lit.call.where())
-            continue  # probably computed from a shape at run time; verification will tell
-        blocking.append((lit, new))
+        (soft if lit.soft else blocking).append((lit, new))
+    items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
+
+    def keep(src: AttrSource, value: int, lit: LiteralSize) -> None:
+        key = (src.module, src.attr, src.index)
+        old = items.get(key)
+        if old is not None and old[0] != value:
+            raise ConstraintError(
+                f"attribute {src.name} would need two values ({old[0]} and {value}) after "
+                f"widening ({old[1]} and {lit.call.where()}); exclude one of its groups from "
+                "widening"
+            )
+        items[key] = (value, lit.call.where())
+
+    for lit, new in soft:  # an exported graph: probe the module that wrote it, traced alone
+        src = _soft_source(analysis.traced, lit, probers)
+        if src is _LITERAL:
+            raise refuse(lit, new, lit.advice(model))
+        value = src.solve(new) if isinstance(src, AttrSource) else None
+        if isinstance(src, AttrSource) and value is not None:
+            keep(src, value, lit)
+            continue
+        found = _attribute_for_literal(model, lit.call.node, lit.value)
+        if found is not None:
+            put(found[0], found[1], new, lit.call.where())
+        # else probably computed from a shape at run time; verification will tell
     if not blocking:
+        _apply_items(model, items, updates, put)
         return [(m, a, v) for (m, a), v in updates.items()]
     bound = [(m, a, v) for (m, a), v in updates.items()]
 
-    prober = AttributeProber(analysis.traced)
-    items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
+    prober = AttributeProber.of(analysis.traced)
     for lit, new in blocking:
         found = prober.sources(lit.call.node, lit.value, lit.index)
         if not found:
@@ -421,23 +444,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
                 f"It comes from attribute {src.name} = {src.old}, and no integer value of it "
                 f"gives {new}. Leave those groups out, or widen them by another factor.",
             )
-        key = (src.module, src.attr, src.index)
-        old = items.get(key)
-        if old is not None and old[0] != value:
-            raise ConstraintError(
-                f"attribute {src.name} would need two values ({old[0]} and {value}) after "
-                f"widening ({old[1]} and {lit.call.where()}); exclude one of its groups from "
-                "widening"
-            )
-        items[key] = (value, lit.call.where())
-    for (module, attr, index), (value, why) in items.items():
-        if index is not None:
-            current = updates.get((module, attr), getattr(model.get_submodule(module), attr))
-            items_now = list(current)
-            items_now[index] = value
-            updates[(module, attr)] = type(current)(items_now)
-        else:
-            put(module, attr, value, why)
+        keep(src, value, lit)
+    _apply_items(model, items, updates, put)
     result = [(m, a, v) for (m, a), v in updates.items()]
     expected = {
         (lit.call.node.name, lit.index): size(lit.term)
@@ -455,6 +463,52 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             f"consistent: {problem}. Leave those groups out.",
         )
     return result
+
+
+def _apply_items(model: nn.Module, items: dict, updates: dict, put: Any) -> None:
+    """Fold the probed (module, attr, index) → value into ``updates`` (tuples rebuilt)."""
+    for (module, attr, index), (value, why) in items.items():
+        if index is not None:
+            current = updates.get((module, attr), getattr(model.get_submodule(module), attr))
+            items_now = list(current)
+            items_now[index] = value
+            updates[(module, attr)] = type(current)(items_now)
+        else:
+            put(module, attr, value, why)
+
+
+_LITERAL = object()  # _soft_source: a plain literal in the model's code, no attribute behind it
+
+
+def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProber | None]) -> Any:
+    """The attribute behind a literal of an exported graph: the modules that wrote it
+    (innermost first) are traced alone with fx, the literal is found again by its source line,
+    and probed. ``_LITERAL`` when fx shows the very number written in the code and no
+    attribute moves it; None when that cannot be told (no submodule traces, the number is
+    computed from a shape, several attributes move it)."""
+    frames = stack_frames(lit.call.node.meta.get("stack_trace"))
+    if not frames or lit.index is None:
+        return None
+    stack = [str(p) for p, _ in (lit.call.node.meta.get("nn_module_stack") or {}).values()]
+    for path in reversed(stack):
+        if path not in probers:
+            probers[path] = AttributeProber.submodule(traced.model, path, traced.leaf_types)
+        prober = probers[path]
+        if prober is None:
+            continue
+        sizes = size_leaves(lit.call.node)
+        if lit.index >= len(sizes) or sizes[lit.index] != lit.value:
+            return None
+        nodes = prober.nodes_at(frames, sizes, lit.index)
+        found = {s for node in nodes for s in prober.sources(node, lit.value, lit.index)}
+        if not found and nodes:
+            return _LITERAL
+        if len(found) != 1:
+            return None
+        (src,) = found
+        full = ".".join(p for p in (path, src.module) if p)
+        return dataclasses.replace(src, module=full)
+    return None
 
 
 def _attribute_for_literal(model: nn.Module, node: Any, value: int) -> tuple[str, str] | None:
