@@ -120,6 +120,39 @@ class Product(nn.Module):
         return self.out(torch.relu(self.fc(x)).view(-1, self.heads * self.dim))
 
 
+class KeyValue(nn.Module):
+    """key_dim == val_dim, as in timm's TinyViT attention: only val_dim follows a width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = 2, 3, 3
+        self.qkv = nn.Linear(4, 2 * 9)
+        self.proj = nn.Linear(2 * 3, 4)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = (
+            self.qkv(x)
+            .view(B, N, self.num_heads, -1)
+            .split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        )
+        attn = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).softmax(-1)
+        return self.proj((attn @ v.transpose(1, 2)).transpose(1, 2).reshape(B, N, -1))
+
+
+class Exported(nn.Module):
+    """fx cannot trace this model (a branch on a size), torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.attn, self.head = nn.Linear(5, 4), KeyValue(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.shape[1] > 1:
+            x = torch.relu(x)
+        return self.head(self.attn(self.inp(x)))
+
+
 class NoAttr(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -174,6 +207,14 @@ def test_literal_slice_bound_that_keeps_the_whole_axis(verify):
     assert wide.out_chs == 16
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_exported_model_probes_the_module_traced_alone(verify):
+    net, x = Exported(), torch.randn(1, 4, 5)
+    assert autogrow.analyze(net, (x,)).analysis.traced.kind == "export"
+    wide = _exact(net, x, verify)
+    assert (wide.attn.key_dim, wide.attn.val_dim) == (3, 6)
+
+
 def test_inplace_updates_probed_attributes():
     net, x = TupleSplit(), torch.randn(2, 3)
     wide = autogrow.widen(net, 2.0, example_inputs=(x,), seed=0, inplace=True)
@@ -201,7 +242,7 @@ def test_literal_following_several_attributes_is_refused():
 def test_probing_finds_the_source_and_its_relation():
     net = ChildAttr()
     traced = autogrow.analyze(net, (torch.randn(2, 4),)).analysis.traced
-    prober = AttributeProber(traced)
+    prober = AttributeProber.of(traced)
     node = next(n for n in traced.graph.nodes if n.target == "split")
     (src,) = prober.sources(node, 3, 0)
     assert (src.module, src.attr, src.solve(6)) == ("block", "hidden_size", 12)
