@@ -88,9 +88,16 @@ class AttributeProber:
     (for a model only torch.export could capture: its literals are found again in the
     submodule's fx trace by source line)."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, leaf_types: tuple[type, ...] = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: fx.Graph,
+        leaf_types: tuple[type, ...] = (),
+        concrete: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model
         self.leaf_types = leaf_types
+        self.concrete = concrete  # forward's arguments fixed while tracing (fx concrete_args)
         self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
         self.nodes = {n.name: n for n in graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
@@ -121,7 +128,7 @@ class AttributeProber:
                 graph = tracer.trace(module, concrete_args=concrete or None)
         except Exception:  # noqa: BLE001 - then this submodule cannot be probed
             return None
-        return cls(module, graph, leaf_types)
+        return cls(module, graph, leaf_types, concrete or None)
 
     def nodes_at(self, frames: set[str], sizes: Leaves, index: int) -> list[fx.Node]:
         """The nodes of this trace that can be an exported op given ``sizes`` (its
@@ -147,7 +154,7 @@ class AttributeProber:
         self.probes += 1
         try:
             with _patched(self.model, changes), quiet_torch():
-                graph = _Tracer(self.leaf_types).trace(self.model)
+                graph = _Tracer(self.leaf_types).trace(self.model, concrete_args=self.concrete)
         except Exception:  # noqa: BLE001 - an attribute value the model rejects is no source
             return None
         return {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
