@@ -195,6 +195,13 @@ def test_attribute_of_a_child_module(verify):
     assert wide.block.hidden_size == 12
 
 
+def test_wrong_guess_by_value_is_caught_and_probed():
+    net, x = ChildAttr(), torch.randn(2, 4)
+    net.unused = 3  # the literal's value, but the code reads self.block.hidden_size // 2
+    wide = _exact(net, x, verify=False)
+    assert (wide.unused, wide.block.hidden_size) == (3, 12)
+
+
 @pytest.mark.parametrize("verify", [True, False])
 def test_int_inside_a_tuple_attribute(verify):
     net, x = TupleSplit(), torch.randn(2, 3)

@@ -36,7 +36,8 @@ _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
 
 def size_leaves(node: fx.Node) -> Leaves:
     """The sizes an op was given, in order: ``node.args`` after the input tensor, then the
-    keyword arguments, flattened through lists, tuples and slices; an int stays an int,
+    keyword arguments, flattened through lists, tuples and slices; an int or a float stays
+    itself (a float derived from a width, ``head_dim ** -0.5``, must not move either),
     anything else (a node, None, a dtype) is ``None``. ``index`` of a
     :class:`~autogrow.rules.context.LiteralSize` counts in this sequence."""
     out: list[Any] = []
@@ -48,7 +49,7 @@ def size_leaves(node: fx.Node) -> Leaves:
         elif isinstance(v, slice):
             walk((v.start, v.stop, v.step))
         else:
-            out.append(v if type(v) is int else None)
+            out.append(v if type(v) in (int, float) else None)
 
     walk(tuple(node.args[1:]))
     walk(tuple(node.kwargs.values()))
@@ -101,6 +102,7 @@ class AttributeProber:
         self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
         self.nodes = {n.name: n for n in graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
+        self._references: dict[str, dict] = {}  # check: the trace with the bound updates
         self._hints: set[tuple] = set()  # (module class, relative path, attr, index) found
         self.probes = 0  # how many re-traces ran (for tests and benchmarks)
 
@@ -189,8 +191,8 @@ class AttributeProber:
         if index is not None:
             positions = [index]
         else:
-            positions = [i for i, v in enumerate(leaves) if v == value]
-        positions = [p for p in positions if p < len(leaves) and leaves[p] == value]
+            positions = list(range(len(leaves)))
+        positions = [p for p in positions if p < len(leaves) and _is(leaves[p], value)]
         if not positions:
             return []
         for level in _module_stack(node):
@@ -283,7 +285,10 @@ class AttributeProber:
         wrong, or None."""
         after = self._trace(updates)
         # a model that asserts on its attributes may not trace with the bound ones alone
-        ref = (self._trace(reference) if reference else None) or self.base
+        key = repr(reference)
+        if key not in self._references:
+            self._references[key] = (self._trace(reference) if reference else None) or self.base
+        ref = self._references[key]
         if after is None:
             return "the model no longer traces with the updated attributes"
         if set(after) != set(ref):
@@ -314,6 +319,10 @@ def _joint(changes: list[tuple[str, str, int | None, int]], get: Any) -> list[tu
 def stack_frames(text: str | None) -> set[str]:
     """Every 'file.py:12' of a recorded stack trace."""
     return {f"{f}:{n}" for f, n in re.findall(r'File "([^"]+)", line (\d+)', text or "")}
+
+
+def _is(leaf: Any, value: int) -> bool:
+    return type(leaf) is int and leaf == value
 
 
 def _same_op(a: tuple | None, b: tuple | None) -> bool:

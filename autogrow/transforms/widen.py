@@ -418,6 +418,16 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
     bound = [(m, a, v) for (m, a), v in updates.items()]
 
     prober = AttributeProber.of(analysis.traced)
+    expected = {
+        (lit.call.node.name, lit.index): size(lit.term)
+        for lit in analysis.literals
+        if isinstance(lit.value, int) and not lit.soft and lit.index is not None
+    }
+    # The cheap guess first: each literal is the one int attribute of that value on the
+    # modules that wrote it. One checking trace tells whether that is right; probe if not.
+    guess = _guess_by_value(model, blocking, updates)
+    if guess is not None and prober.check(guess, expected, bound) is None:
+        return guess
     for lit, new in blocking:
         found = prober.sources(lit.call.node, lit.value, lit.index)
         if not found:
@@ -447,11 +457,6 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         keep(src, value, lit)
     _apply_items(model, items, updates, put)
     result = [(m, a, v) for (m, a), v in updates.items()]
-    expected = {
-        (lit.call.node.name, lit.index): size(lit.term)
-        for lit in analysis.literals
-        if isinstance(lit.value, int) and not lit.soft and lit.index is not None
-    }
     problem = prober.check(result, expected, bound)
     if problem is not None:
         lit, new = blocking[0]
@@ -478,6 +483,21 @@ def _apply_items(model: nn.Module, items: dict, updates: dict, put: Any) -> None
 
 
 _LITERAL = object()  # _soft_source: a plain literal in the model's code, no attribute behind it
+
+
+def _guess_by_value(
+    model: nn.Module, blocking: list[tuple[LiteralSize, int]], updates: dict
+) -> list[tuple[str, str, Any]] | None:
+    """``updates`` plus, for each blocking literal, the single int attribute that holds its
+    value (set to the new size); None where a literal has no such attribute or two literals
+    disagree. Only a guess: :meth:`AttributeProber.check` decides."""
+    guess = dict(updates)
+    for lit, new in blocking:
+        found = _attribute_for_literal(model, lit.call.node, lit.value)
+        if found is None or guess.get(found, new) != new:
+            return None
+        guess[found] = new
+    return [(m, a, v) for (m, a), v in guess.items()]
 
 
 def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProber | None]) -> Any:
