@@ -224,6 +224,21 @@ def test_exported_model_probes_the_module_traced_alone(verify):
     assert (wide.attn.key_dim, wide.attn.val_dim) == (3, 6)
 
 
+class KeyValueLiteral(KeyValue):
+    def forward(self, x, x_prev=None):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split([3, 3, 3], dim=3)
+        attn = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).softmax(-1)
+        return self.proj((attn @ v.transpose(1, 2)).transpose(1, 2).reshape(B, N, -1))
+
+
+def test_exported_model_with_a_plain_literal_names_the_line():
+    net, x = Exported(), torch.randn(1, 4, 5)
+    net.attn = KeyValueLiteral()
+    with pytest.raises(autogrow.HardcodedSizeError, match=r"written at .*test_attribute_probing"):
+        autogrow.widen(net, 2.0, example_inputs=(x,), seed=0)
+
+
 def test_inplace_updates_probed_attributes():
     net, x = TupleSplit(), torch.randn(2, 3)
     wide = autogrow.widen(net, 2.0, example_inputs=(x,), seed=0, inplace=True)

@@ -24,6 +24,7 @@ from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
+from ..tracing.trace import parse_stack_trace
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
@@ -402,8 +403,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
 
     for lit, new in soft:  # an exported graph: probe the module that wrote it, traced alone
         src = _soft_source(analysis.traced, lit, probers)
-        if src is _LITERAL:
-            raise refuse(lit, new, lit.advice(model))
+        if isinstance(src, str):  # the line where fx sees the number written
+            raise refuse(lit, new, f"The number is written at {src}. {lit.advice(model)}")
         value = src.solve(new) if isinstance(src, AttrSource) else None
         if isinstance(src, AttrSource) and value is not None:
             keep(src, value, lit)
@@ -482,9 +483,6 @@ def _apply_items(model: nn.Module, items: dict, updates: dict, put: Any) -> None
             put(module, attr, value, why)
 
 
-_LITERAL = object()  # _soft_source: a plain literal in the model's code, no attribute behind it
-
-
 def _guess_by_value(
     model: nn.Module, blocking: list[tuple[LiteralSize, int]], updates: dict
 ) -> list[tuple[str, str, Any]] | None:
@@ -503,8 +501,8 @@ def _guess_by_value(
 def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProber | None]) -> Any:
     """The attribute behind a literal of an exported graph: the modules that wrote it
     (innermost first) are traced alone with fx, the literal is found again by its source line,
-    and probed. ``_LITERAL`` when fx shows the very number written in the code and no
-    attribute moves it; None when that cannot be told (no submodule traces, the number is
+    and probed. The source line (a str) when fx shows the very number written in the code
+    and no attribute moves it; None when that cannot be told (no submodule traces, the number is
     computed from a shape, several attributes move it)."""
     frames = stack_frames(lit.call.node.meta.get("stack_trace"))
     if not frames or lit.index is None:
@@ -522,7 +520,8 @@ def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProb
         nodes = prober.nodes_at(frames, sizes, lit.index)
         found = {s for node in nodes for s in prober.sources(node, lit.value, lit.index)}
         if not found and nodes:
-            return _LITERAL
+            text = nodes[0].meta.get("stack_trace")
+            return (parse_stack_trace(text) if text else None) or "a line of the model's code"
         if len(found) != 1:
             return None
         (src,) = found
