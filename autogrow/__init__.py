@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported on first use (below), so that `import autogrow` st
     from .checkpoint.io import load, save
     from .graph import WidthGraph, WidthGroup, analyze
     from .rules import Call, RuleRegistry, TensorValue
+    from .training import Grower, op
     from .transforms.deepen import InsertionPoint, deepen, insertion_points
     from .transforms.widen import widen
 
@@ -52,6 +53,8 @@ _LAZY = {
     "Call": ".rules",
     "RuleRegistry": ".rules",
     "TensorValue": ".rules",
+    "Grower": ".training",
+    "op": ".training",
     "InsertionPoint": ".transforms.deepen",
     "deepen": ".transforms.deepen",
     "insertion_points": ".transforms.deepen",
@@ -142,6 +145,7 @@ __all__ = [
     "ExampleInputsError",
     "FrozenGroupError",
     "GroupNotFoundError",
+    "Grower",
     "GrowthWarning",
     "HardcodedSizeError",
     "InsertionPoint",
@@ -158,6 +162,7 @@ __all__ = [
     "default_registry",
     "insertion_points",
     "load",
+    "op",
     "register_factory",
     "register_module_rule",
     "register_rule",

@@ -143,6 +143,23 @@ class GlobalMaxPool(nn.Module):
         return x.amax(dim=(2, 3))
 
 
+class SpatialRNN(nn.Module):
+    """A recurrent layer run over the spatial positions in raster order:
+    (B, C, H, W) -> (B, directions·out, H, W), out = proj_size or hidden."""
+
+    def __init__(self, kind: str, c: int, hidden: int, layers: int, bidirectional: bool, proj: int):
+        super().__init__()
+        kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=True)
+        if proj:
+            kw["proj_size"] = proj
+        self.rnn = getattr(nn, kind)(c, hidden, **kw)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        out = self.rnn(x.flatten(2).transpose(1, 2))[0]
+        return out.transpose(1, 2).reshape(b, -1, h, w)
+
+
 class RandomNet(nn.Module):
     def __init__(self, features: nn.Module, head: nn.Module):
         super().__init__()
@@ -160,6 +177,7 @@ class RandomNet(nn.Module):
 #   ("conv", out, k, bias) ("gconv", out, k, groups) ("dwconv", k, mult)
 #   ("bn",) ("gn", groups) ("act", name, functional) ("pool", "max"|"avg")
 #   ("res", body) ("cat", [branch, ...]) ("chunk", left, right, combine) ("se", kind, hidden)
+#   ("rnn", kind, hidden, layers, bidirectional, proj)
 # head: "flatten" | "gap" | "gmp"
 # linear ops (state: features f):
 #   ("linear", out) ("bn1d",) ("ln",) ("act", name, functional) ("lres", prenorm, body)
@@ -175,7 +193,7 @@ def act_op(draw):
 
 @st.composite
 def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
-    kinds = ["conv", "conv", "act", "act", "bn", "gn", "dwconv", "se"]
+    kinds = ["conv", "conv", "act", "act", "bn", "gn", "dwconv", "se", "rnn"]
     if [g for g in (2, 3, 4) if c % g == 0]:
         kinds.append("gconv")
     if allow_pool and h >= 4:
@@ -207,6 +225,13 @@ def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
         return ("se", draw(st.sampled_from(["linear", "conv"])), draw(st.integers(1, 6))), c, h
     if kind == "pool":
         return ("pool", draw(st.sampled_from(["max", "avg"]))), c, h // 2
+    if kind == "rnn":
+        rnn = draw(st.sampled_from(["RNN", "GRU", "LSTM"]))
+        hidden = draw(st.integers(2, 6))
+        proj = draw(st.integers(0, hidden - 1)) if rnn == "LSTM" else 0
+        bidirectional = draw(st.booleans())
+        op = ("rnn", rnn, hidden, draw(st.integers(1, 2)), bidirectional, proj)
+        return op, (2 if bidirectional else 1) * (proj or hidden), h
     if kind == "res":
         body, c2, _ = draw(conv_seq(c, h, depth - 1, allow_pool=False, min_ops=1, max_ops=3))
         if c2 != c:
@@ -326,6 +351,10 @@ def build_conv_seq(ops, c: int) -> tuple[nn.Sequential, int]:
         elif kind == "se":
             _, se_kind, hidden = op
             layers.append(SELinear(c, hidden) if se_kind == "linear" else SEConv(c, hidden))
+        elif kind == "rnn":
+            _, rnn, hidden, n_layers, bidirectional, proj = op
+            layers.append(SpatialRNN(rnn, c, hidden, n_layers, bidirectional, proj))
+            c = (2 if bidirectional else 1) * (proj or hidden)
         elif kind == "res":
             body, c2 = build_conv_seq(op[1], c)
             assert c2 == c

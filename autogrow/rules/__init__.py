@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import attention, elementwise, linear, norm, reduce, shape, slicing, torchvision_ops
+from . import (
+    attention,
+    elementwise,
+    linear,
+    norm,
+    recurrent,
+    reduce,
+    shape,
+    slicing,
+    torchvision_ops,
+)
 from .context import COPY, REDUCE, TAPS, Analysis, Role, RuleContext
 from .registry import Call, Dynamic, ParamRef, RuleRegistry, RuleSet, TensorValue
 
@@ -36,7 +46,17 @@ __all__ = [
 ]
 
 # Installed in this order (a later module wins where two bind the same name).
-_RULE_MODULES = (attention, elementwise, linear, norm, reduce, shape, slicing, torchvision_ops)
+_RULE_MODULES = (
+    attention,
+    elementwise,
+    linear,
+    norm,
+    recurrent,
+    reduce,
+    shape,
+    slicing,
+    torchvision_ops,
+)
 _default: RuleRegistry | None = None
 
 

@@ -30,7 +30,7 @@ UNARY = (
     "to", "_to_copy", "alias", "type", "type_as", "cpu", "cuda", "requires_grad",
     "stochastic_depth", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
     "randn_like", "lift_fresh_copy", "nan_to_num", "floor", "ceil", "round", "trunc", "frac",
-    "logical_not", "bitwise_not", "isnan", "isinf", "_assert_tensor_metadata", "fill",
+    "logical_not", "bitwise_not", "invert", "isnan", "isinf", "_assert_tensor_metadata", "fill",
     "zero",
 )  # fmt: skip
 
@@ -38,7 +38,8 @@ BINARY = (
     "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod",
     "maximum", "minimum", "pow", "eq", "ne", "lt", "le", "gt", "ge", "where", "masked_fill",
     "logical_and", "logical_or", "bitwise_and", "bitwise_or", "atan2", "lerp", "addcmul",
-    "addcdiv", "copysign", "hypot", "xlogy", "ifelse",
+    "addcdiv", "copysign", "hypot", "xlogy", "ifelse", "bitwise_xor", "logical_xor", "__and__",
+    "__or__", "__xor__", "and_", "or_", "xor",
 )  # fmt: skip
 
 

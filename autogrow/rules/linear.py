@@ -11,11 +11,11 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from ..axes.terms import Fixed, prod
 from .common import COPY, REDUCE, TAPS, broadcast, grouped, module_at, out_shape, owner
-from .registry import Call, ParamRef, RuleSet, TensorValue
+from .registry import Call, ParamRef, RuleSet, TensorValue, target_name
 
 if TYPE_CHECKING:
     from .context import RuleContext
@@ -69,7 +69,10 @@ def conv(call: Call, ctx: RuleContext) -> Any:
         mult = w.shape[0] // groups
         out_term = prod([c_in, Fixed(mult)])
         ctx.unify(w.terms[0], out_term, call)
-        ctx.set_attr(mod, "groups", lambda size: size(c_in))
+        if mod is not None:
+            ctx.set_attr(mod, "groups", lambda size: size(c_in))
+        else:  # F.conv2d(x, self.filt, groups=self.channels): the size forward code passes
+            ctx.literal(c_in, groups, call)
     else:
         inner_in = grouped(ctx, c_in, groups, call)
         inner_out = grouped(ctx, w.terms[0], groups, call)
@@ -183,13 +186,17 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
     if a.ndim < 2 or b.ndim < 2:
         return ctx.block(call, "matmul with a 1-D operand")
     ctx.unify(a.terms[-1], b.terms[-2], call)
-    # The contraction can be compensated only by dividing a parameter's reduce axis.
-    if b.param is not None:
-        ctx.role(b, b.ndim - 2, REDUCE, call)
-        ctx.role(b, b.ndim - 1, COPY, call)
-    elif a.param is not None:
-        ctx.role(a, a.ndim - 1, REDUCE, call)
-        ctx.role(a, a.ndim - 2, COPY, call)
+    # The contraction can be compensated only by dividing a parameter's reduce axis; a
+    # parameter seen through a transpose (``x @ self.weight.T``) counts as one.
+    pb, pa = _param_view(ctx, call, 1, "other", b), _param_view(ctx, call, 0, "input", a)
+    if pb is not None:
+        param, axes = pb
+        ctx.role(param, axes[b.ndim - 2], REDUCE, call)
+        ctx.role(param, axes[b.ndim - 1], COPY, call)
+    elif pa is not None:
+        param, axes = pa
+        ctx.role(param, axes[a.ndim - 1], REDUCE, call)
+        ctx.role(param, axes[a.ndim - 2], COPY, call)
     else:
         ctx.freeze(a.terms[-1], f"contraction of two activations at {call.where()}")
     shape = out_shape(call)
@@ -198,6 +205,63 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
     lead_b = TensorValue(b.terms[:-2], b.shape[:-2])
     lead = broadcast(call, ctx, [lead_a, lead_b], batch).terms if batch else []
     return TensorValue([*lead, a.terms[-2], b.terms[-1]], shape)
+
+
+_TRANSPOSES = {"t", "numpy_T", "transpose", "swapaxes", "permute", "getattr"}
+
+
+def _param_view(
+    ctx: RuleContext, call: Call, index: int, name: str, value: TensorValue
+) -> tuple[TensorValue, list[int]] | None:
+    """The parameter an operand is, possibly seen through transposes and permutes, with the
+    parameter axis behind each axis of the operand; None for any other operand."""
+    if value.param is not None:
+        return value, list(range(value.ndim))
+    node = call.node
+    node = node.args[index] if len(node.args) > index else node.kwargs.get(name)
+    steps: list[list[int]] = []  # outermost first: operand axis i is input axis step[i]
+    for _ in range(4):
+        if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
+            return None
+        if target_name(node.target) not in _TRANSPOSES or not isinstance(node.args[0], fx.Node):
+            return None
+        source = ctx.values.get(node.args[0])
+        if not isinstance(source, TensorValue):
+            return None
+        step = _permutation(node, source.ndim)
+        if step is None:
+            return None
+        steps.append(step)
+        if source.param is not None:
+            axes = list(range(source.ndim))
+            for step in steps:
+                axes = [step[a] for a in axes]
+            return source, axes
+        node = node.args[0]
+    return None
+
+
+def _permutation(node: fx.Node, ndim: int) -> list[int] | None:
+    """Axis ``i`` of a transposing op's output is axis ``perm[i]`` of its input."""
+    name, args = target_name(node.target), node.args[1:]
+    perm = list(range(ndim))
+    if name in ("t", "numpy_T") or (name == "getattr" and args == ("T",)):
+        return perm[::-1]
+    if name == "getattr" and args == ("mT",) and ndim >= 2:
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+        return perm
+    if name in ("transpose", "swapaxes") and len(args) == 2:
+        if not all(isinstance(d, int) for d in args):
+            return None
+        i, j = (d % ndim for d in args)
+        perm[i], perm[j] = perm[j], perm[i]
+        return perm
+    if name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        if len(dims) != ndim or not all(isinstance(d, int) for d in dims):
+            return None
+        return [d % ndim for d in dims]
+    return None
 
 
 @rules.rule("addmm", signature="input, mat1, mat2, *, beta=1, alpha=1", names=("baddbmm",))

@@ -1,12 +1,14 @@
 """Rules for reductions, softmax and pooling.
 
-Replicating a unit changes a sum or a softmax over the widened axis, so those freeze it; a mean
-or a biased variance is unchanged only under uniform replication; a max is unchanged.
+Replicating a unit changes a sum, a p-norm or a softmax over the widened axis, so those freeze
+it; a mean or a biased variance is unchanged only under uniform replication; a max (and the
+``p = ±inf`` norm) is unchanged.
 Pooling reduces spatial axes and keeps the channel axis.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -56,9 +58,9 @@ def mean(call: Call, ctx: RuleContext) -> Any:
         "nansum",
         "prod",
         "logsumexp",
-        "cumsum",
-        "norm",
         "count_nonzero",
+        "frobenius_norm",
+        "nuclear_norm",
         "argmax",
         "argmin",
         "all",
@@ -67,6 +69,79 @@ def mean(call: Call, ctx: RuleContext) -> Any:
 )
 def sum_(call: Call, ctx: RuleContext) -> Any:
     return _reduce(call, ctx, "freeze")
+
+
+def _is_max_norm(p: Any) -> bool:
+    """``p = ±inf``: the norm is the largest (smallest) ``|x|``, unchanged by replication."""
+    return isinstance(p, (int, float)) and not isinstance(p, bool) and math.isinf(p)
+
+
+@rules.rule(
+    "norm",
+    signature="input, p='fro', dim=None, keepdim=False, out=None, dtype=None",
+    also={
+        "linalg_vector_norm": "input, p=2, dim=None, keepdim=False, *, dtype=None, out=None",
+        "linalg_norm": "input, p=None, dim=None, keepdim=False, *, out=None, dtype=None",
+        "linalg_matrix_norm": "input, p='fro', dim=(-2, -1), keepdim=False, *, dtype=None, "
+        "out=None",
+    },
+)
+def norm(call: Call, ctx: RuleContext) -> Any:
+    """A p-norm over some axes: ``(Σ |x_i|^p)^(1/p)`` counts a replicated unit once per replica,
+    so the reduced axes are frozen. ``p = ±inf`` (``max |x_i|``) is unchanged by replication;
+    a matrix norm (``'nuc'``, or a numeric ``p`` of ``linalg.norm`` over two axes) freezes."""
+    x, p, dim = call.args["input"], call.args["p"], call.args["dim"]
+    matrix = (
+        call.name == "linalg_matrix_norm"
+        or p == "nuc"
+        or (
+            call.name == "linalg_norm"
+            and p is not None
+            and (isinstance(dim, (list, tuple)) and len(dim) == 2 or (dim is None and x.ndim == 2))
+        )
+    )
+    if call.name == "linalg_matrix_norm" and dim is None:
+        call.args["dim"] = (-2, -1)
+    return _reduce(call, ctx, "none" if _is_max_norm(p) and not matrix else "freeze")
+
+
+@rules.rule("normalize", signature="input, p=2.0, dim=1, eps=1e-12, out=None")
+def normalize(call: Call, ctx: RuleContext) -> Any:
+    """``F.normalize``: ``x / max(‖x‖_p, eps)`` along ``dim``, unit by unit elsewhere. The norm
+    counts replicas (see :func:`norm`), so ``dim`` is frozen unless ``p = ±inf``."""
+    x = call.args["input"]
+    if not _is_max_norm(call.args["p"]):
+        for d in _reduced_dims(x, call.args["dim"]):
+            ctx.freeze(x.terms[d], f"{call.name} over this axis at {call.where()}")
+    return same_as(x, call)
+
+
+@rules.rule("cumsum", signature="input, dim, *, dtype=None", names=("cumprod", "logcumsumexp"))
+def cumsum(call: Call, ctx: RuleContext) -> Any:
+    """A running sum along ``dim``: each position sums the ones before it, so ``dim`` is frozen
+    (as for ``sum``); the other axes keep their units."""
+    x = call.args["input"]
+    d = x.dim(int(call.args["dim"]))
+    ctx.freeze(x.terms[d], f"{call.name} along this axis at {call.where()}")
+    return same_as(x, call)
+
+
+@rules.rule("diff", signature="input, n=1, dim=-1, prepend=None, append=None")
+def diff(call: Call, ctx: RuleContext) -> Any:
+    """Differences of neighbours along ``dim`` (position ids in causal masks): ``dim`` mixes
+    positions and is frozen; ``prepend``/``append`` share the other axes with the input."""
+    x = call.args["input"]
+    d = x.dim(int(call.args["dim"]))
+    ctx.freeze(x.terms[d], f"{call.name} along this axis at {call.where()}")
+    for key in ("prepend", "append"):
+        other = call.args[key]
+        if isinstance(other, TensorValue) and other.ndim == x.ndim:
+            ctx.freeze(other.terms[d], f"{call.name} along this axis at {call.where()}")
+            for i in range(x.ndim):
+                if i != d and other.shape[i] == x.shape[i] != 1:
+                    ctx.unify(other.terms[i], x.terms[i], call)
+    shape = out_shape(call)
+    return TensorValue([Fixed(shape[i]) if i == d else t for i, t in enumerate(x.terms)], shape)
 
 
 @rules.rule("amax", signature="input, dim=None, keepdim=False", names=("amin",))

@@ -10,6 +10,9 @@ Two kinds of state (derivation and measurements in ``docs/training-state.md``):
   *dually* to the weights: times ``s`` along replicated axes, copied along contracted ones. So
   ``exp_avg`` takes ``s`` and ``exp_avg_sq``/``max_exp_avg_sq`` take ``s²`` along the
   replicated axes, and are copied along the contracted ones. Step counts are kept.
+
+The same two kinds cover the other element-wise ``torch.optim`` optimizers (``STATE_RULES``):
+RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, Rprop and ASGD. Others are refused.
 """
 
 from __future__ import annotations
@@ -31,11 +34,37 @@ _ADAM: dict[str, Rule] = {
     "exp_avg_sq": (2, True),
     "max_exp_avg_sq": (2, True),
 }
-# Per supported optimizer class: how each state entry grows.
+# Per supported optimizer class: how each state entry grows. Gradient statistics (moments,
+# running sums of squares, the previous gradient) grow like the gradient, to the power of the
+# statistic; velocities and weight-space quantities (momentum buffers, Rprop's step sizes,
+# Adadelta's squared updates, ASGD's averaged weights) grow like the weights. Scalars are copied.
 STATE_RULES: dict[type[torch.optim.Optimizer], dict[str, Rule]] = {
     torch.optim.SGD: {"momentum_buffer": (1, False)},  # a velocity: grown like the weights
     torch.optim.Adam: _ADAM,
     torch.optim.AdamW: _ADAM,
+    torch.optim.RAdam: _ADAM,
+    torch.optim.NAdam: {**_ADAM, "mu_product": None},
+    torch.optim.Adamax: {"step": None, "exp_avg": (1, True), "exp_inf": (1, True)},
+    torch.optim.RMSprop: {
+        "step": None,
+        "square_avg": (2, True),
+        "grad_avg": (1, True),
+        "momentum_buffer": (1, False),
+    },
+    torch.optim.Adagrad: {"step": None, "sum": (2, True)},
+    torch.optim.Adadelta: {"step": None, "square_avg": (2, True), "acc_delta": (2, False)},
+    torch.optim.Rprop: {"step": None, "prev": (1, True), "step_size": (1, False)},
+    torch.optim.ASGD: {"step": None, "eta": None, "mu": None, "ax": (1, False)},
+}
+# Optimizers refused with a reason of their own (their state is not shaped like the parameters).
+_REFUSED: dict[str, str] = {
+    "Adafactor": (
+        "its factored second moments (row_var, col_var) are row and column means of the "
+        "squared gradient, which a widened axis changes in a way the old means do not determine"
+    ),
+    "LBFGS": "its state is a history of flattened update directions, not per-parameter tensors",
+    "SparseAdam": "it is meant for sparse gradients (embeddings) that autogrow does not grow",
+    "Muon": "its update orthogonalizes whole momentum matrices, which growth does not preserve",
 }
 
 
@@ -58,11 +87,13 @@ def check_optimizer(
         )
     powers = STATE_RULES.get(type(optimizer))
     if powers is None:
+        cls = type(optimizer)
+        why = _REFUSED.get(cls.__name__) if cls.__module__.startswith("torch.optim") else None
         supported = ", ".join(f"torch.optim.{c.__name__}" for c in STATE_RULES)
         raise InvalidArgumentError(
-            f"cannot grow the state of a {type(optimizer).__module__}."
-            f"{type(optimizer).__qualname__} optimizer: autogrow knows the state of {supported} "
-            "only. Pass optimizer=None and build a fresh optimizer over the grown model's "
+            f"cannot grow the state of a {cls.__module__}.{cls.__qualname__} optimizer: "
+            + (f"{why}. " if why else f"autogrow knows the state of {supported} only. ")
+            + "Pass optimizer=None and build a fresh optimizer over the grown model's "
             "parameters instead (its state starts empty)."
         )
     for state in optimizer.state.values():
@@ -114,7 +145,7 @@ def grow_optimizer(
     cloned. ``optimizer`` itself is left untouched.
 
     Args:
-        optimizer: a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over parameters of ``old``.
+        optimizer: a ``torch.optim`` optimizer of ``STATE_RULES`` over parameters of ``old``.
         old: the model before growth, or its parameters by qualified name.
         new: the grown model.
         mappings: per qualified parameter name, the grown axes (as ``widen`` computes them
@@ -171,7 +202,7 @@ def extend_optimizer(
     else the first group. ``optimizer`` itself is left untouched.
 
     Args:
-        optimizer: a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over parameters of ``old``.
+        optimizer: a ``torch.optim`` optimizer of ``STATE_RULES`` over parameters of ``old``.
         old: the model before deepening.
         new: the deepened model.
         copies: ``id(p)`` of every parameter ``p`` of ``old`` to its counterpart in ``new``.
@@ -206,7 +237,8 @@ def extend_optimizer(
         near = next(earlier, None)
         near = next(later, None) if near is None else near
         added.setdefault(0 if near is None else group_of[id(near)], []).append(q)
-    return _rebuild(optimizer, powers, replace, added)
+    position = {id(q): k for k, q in enumerate(ordered)}
+    return _rebuild(optimizer, powers, replace, added, position)
 
 
 def _rebuild(
@@ -214,8 +246,15 @@ def _rebuild(
     powers: Mapping[str, Rule],
     replace: Callable[[torch.Tensor], tuple[torch.Tensor, Sequence[AxisMap]]],
     added: Mapping[int, list[torch.Tensor]],
+    position: Mapping[int, int] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer of the same class over the replaced parameters (plus ``added[group]``)."""
+    """The optimizer of the same class over the replaced parameters (plus ``added[group]``).
+
+    A group whose parameters are in model order (``position``: parameter id -> index in the
+    new model) gets its added parameters in model order too, so that the new optimizer's
+    ``state_dict`` matches one built afresh over the grown model (a Trainer or Lightning
+    resuming from a checkpoint builds it so); other groups get them at the end.
+    """
     groups = []
     state: dict[torch.Tensor, dict[str, object]] = {}
     for i, group in enumerate(optimizer.param_groups):
@@ -228,7 +267,12 @@ def _rebuild(
                     key: _grow_entry(value, axes, powers[key])
                     for key, value in optimizer.state[p].items()
                 }
-        params += added.get(i, [])
+        extra = added.get(i, [])
+        ranks = [position.get(id(q), -1) for q in params] if position and extra else []
+        if ranks and -1 not in ranks and ranks == sorted(ranks):
+            params = sorted([*params, *extra], key=lambda q: position[id(q)])
+        else:
+            params += extra
         hyper = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
         groups.append({**hyper, "params": params})
     result = type(optimizer)(groups, **_constructor_defaults(optimizer))

@@ -100,7 +100,8 @@ def widen(
         tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
             1e-4 in float32, 8 × eps in float16/bfloat16 (``autogrow.verify.default_tolerance``).
         registry: rules to use instead of ``autogrow.rules.default_registry``.
-        optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
+        optimizer: a ``torch.optim`` optimizer whose state is shaped like the parameters (SGD,
+            Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam, ...) over ``model``'s parameters;
             widen then returns ``(model, new_optimizer)``, the new optimizer over the new
             parameters with its state grown by the same mapping (docs/training-state.md).
             The given optimizer is left untouched, also with ``inplace=True``.

@@ -198,7 +198,8 @@ def deepen(
         verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
         tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
             1e-4 in float32, 8 × eps in float16/bfloat16 (``autogrow.verify.default_tolerance``).
-        optimizer: a ``torch.optim.SGD``/``Adam``/``AdamW`` over ``model``'s parameters;
+        optimizer: a ``torch.optim`` optimizer whose state is shaped like the parameters (SGD,
+            Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam, ...) over ``model``'s parameters;
             deepen then returns ``(model, new_optimizer)``: the old layers keep their state
             (cloned), the new layers join the param group of the layer they follow, without
             state (see :func:`autogrow.transforms.optimizer.extend_optimizer`). The given

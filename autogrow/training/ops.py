@@ -1,0 +1,133 @@
+"""Growth operations a :class:`~autogrow.training.Grower` applies: small frozen records.
+
+``autogrow.op.widen(2.0)`` and ``autogrow.op.deepen()`` only record the arguments; the grower
+calls :func:`autogrow.widen` / :func:`autogrow.deepen` with them (and with its seed and the
+optimizer) when the schedule says so. Arguments are checked when the operation is made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["Deepen", "Op", "Widen", "op"]
+
+
+@dataclass(frozen=True)
+class Widen:
+    """``autogrow.widen(model, factor, symmetry=..., noise=...)`` at a scheduled step."""
+
+    factor: float | Mapping[str, int | float]
+    symmetry: str = "split"
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, Mapping):
+            object.__setattr__(self, "factor", dict(self.factor))
+        elif isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+            raise InvalidArgumentError(
+                f"op.widen: factor must be a number > 1 or a dict, got {self.factor!r}"
+            )
+        elif not math.isfinite(self.factor) or self.factor <= 1:
+            raise InvalidArgumentError(f"op.widen: factor must be > 1, got {self.factor!r}")
+        if self.symmetry not in ("split", "none"):
+            raise InvalidArgumentError(
+                f"op.widen: symmetry must be 'split' or 'none', got {self.symmetry!r}"
+            )
+        if not (isinstance(self.noise, int | float) and self.noise >= 0):
+            raise InvalidArgumentError(f"op.widen: noise must be >= 0, got {self.noise!r}")
+
+    def apply(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        seed: int,
+        inplace: bool = False,
+        **options: Any,
+    ) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+        """Widen ``model`` (and ``optimizer``'s state); returns ``(model, optimizer)``."""
+        from ..transforms.widen import widen
+
+        kw = dict(seed=seed, symmetry=self.symmetry, noise=self.noise, inplace=inplace, **options)
+        if optimizer is None:
+            return widen(model, self.factor, **kw), None
+        return widen(model, self.factor, optimizer=optimizer, **kw)
+
+
+@dataclass(frozen=True)
+class Deepen:
+    """``autogrow.deepen(model, after=..., n=...)`` at a scheduled step (deterministic)."""
+
+    after: str | Sequence[str] | None = None
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise InvalidArgumentError(f"op.deepen: n must be an int >= 1, got {self.n!r}")
+        if isinstance(self.after, list):
+            object.__setattr__(self, "after", tuple(self.after))
+
+    def apply(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        seed: int,
+        inplace: bool = False,
+        **options: Any,
+    ) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+        """Deepen ``model`` (and carry ``optimizer``); returns ``(model, optimizer)``."""
+        from ..transforms.deepen import deepen
+
+        after = list(self.after) if isinstance(self.after, tuple) else self.after
+        kw = dict(after=after, n=self.n, inplace=inplace, **options)
+        if optimizer is None:
+            return deepen(model, **kw), None
+        return deepen(model, optimizer=optimizer, **kw)
+
+
+Op = Widen | Deepen
+
+
+class op:  # noqa: N801 - a namespace: autogrow.op.widen(...), autogrow.op.deepen(...)
+    """Growth operations for :class:`autogrow.Grower` schedules.
+
+    >>> import autogrow
+    >>> autogrow.op.widen(2.0)
+    Widen(factor=2.0, symmetry='split', noise=0.0)
+    >>> autogrow.op.deepen(n=2)
+    Deepen(after=None, n=2)
+    """
+
+    Widen = Widen
+    Deepen = Deepen
+
+    @staticmethod
+    def widen(
+        factor: float | Mapping[str, int | float], *, symmetry: str = "split", noise: float = 0.0
+    ) -> Widen:
+        """Widen by ``factor`` (the arguments of :func:`autogrow.widen`; the grower's seed).
+
+        >>> import autogrow
+        >>> autogrow.op.widen({"0": 16}).factor
+        {'0': 16}
+        """
+        return Widen(factor, symmetry=symmetry, noise=noise)
+
+    @staticmethod
+    def deepen(after: str | Sequence[str] | None = None, *, n: int = 1) -> Deepen:
+        """Deepen after ``after`` (the arguments of :func:`autogrow.deepen`).
+
+        >>> import autogrow
+        >>> autogrow.op.deepen("layers").after
+        'layers'
+        """
+        return Deepen(after, n=n)
