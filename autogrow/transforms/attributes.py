@@ -276,13 +276,15 @@ class AttributeProber:
     def check(
         self,
         updates: list[tuple[str, str, Any]],
-        expected: dict[tuple[str, int], int],
+        expected: dict[tuple[str, int], set[int]],
         reference: list[tuple[str, str, Any]],
+        required: list[tuple[str, list[int], int]] = (),  # type: ignore[assignment]
     ) -> str | None:
-        """Re-trace with ``updates`` applied: ``expected`` ((node name, size index) → its new
-        value) must hold, and every other size in the graph must be as in the trace with
-        only the ``reference`` updates (the attributes the rules bound). Returns what went
-        wrong, or None."""
+        """Re-trace with ``updates`` applied: each size in ``expected`` ((node name, size
+        index) → the values it may take) must take one of them, every other size in the graph
+        must be as in the trace with only the ``reference`` updates (the attributes the rules
+        bound), and each ``required`` (node name, indices, value) must have the value at one
+        of the indices. Returns what went wrong, or None."""
         after = self._trace(updates)
         # a model that asserts on its attributes may not trace with the bound ones alone
         key = repr(reference)
@@ -298,9 +300,12 @@ class AttributeProber:
             if not _same_op(old, now):
                 return f"the updated attributes change op {name!r}"
             for i, (was, new) in enumerate(zip(old[2], now[2])):
-                want = expected.get((name, i), was)
-                if new != want:
-                    return f"op {name!r} gets the size {new} where {want} is needed"
+                want = expected.get((name, i), {was})
+                if new not in want:
+                    return f"op {name!r} gets the size {new} where {min(want)} is needed"
+        for name, indices, value in required:
+            if all(after[name][2][i] != value for i in indices):
+                return f"op {name!r} does not get the size {value}"
         return None
 
 

@@ -420,15 +420,27 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
     bound = [(m, a, v) for (m, a), v in updates.items()]
 
     prober = AttributeProber.of(analysis.traced)
-    expected = {
-        (lit.call.node.name, lit.index): size(lit.term)
-        for lit in analysis.literals
-        if isinstance(lit.value, int) and not lit.soft and lit.index is not None
-    }
+    # what the checking trace must show: each literal at its new size (a literal whose
+    # position among the op's sizes is unknown: at one of the places that hold its value)
+    expected: dict[tuple[str, int], set[int]] = {}
+    required: list[tuple[str, list[int], int]] = []
+    for lit in analysis.literals:
+        if not isinstance(lit.value, int) or lit.soft:
+            continue
+        name = lit.call.node.name
+        if lit.index is not None:
+            expected.setdefault((name, lit.index), set()).add(size(lit.term))
+            continue
+        leaves = prober.base.get(name, (None, None, ()))[2]
+        places = [i for i, v in enumerate(leaves) if type(v) is int and v == lit.value]
+        for i in places:
+            expected.setdefault((name, i), set()).update({lit.value, size(lit.term)})
+        if size(lit.term) != lit.value:
+            required.append((name, places, size(lit.term)))
     # The cheap guess first: each literal is the one int attribute of that value on the
     # modules that wrote it. One checking trace tells whether that is right; probe if not.
     guess = _guess_by_value(model, blocking, updates)
-    if guess is not None and prober.check(guess, expected, bound) is None:
+    if guess is not None and prober.check(guess, expected, bound, required) is None:
         return guess
     for lit, new in blocking:
         found = prober.sources(lit.call.node, lit.value, lit.index)
@@ -459,7 +471,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         keep(src, value, lit)
     _apply_items(model, items, updates, put)
     result = [(m, a, v) for (m, a), v in updates.items()]
-    problem = prober.check(result, expected, bound)
+    problem = prober.check(result, expected, bound, required)
     if problem is not None:
         lit, new = blocking[0]
         changed = ", ".join(sorted({f"{m}.{a}" if m else a for m, a, _ in items}))
