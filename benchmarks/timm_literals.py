@@ -5,7 +5,7 @@ Prints one row per model: exact (verified), or the error widen raised. Random in
 
     python -m benchmarks.timm_literals [name ...]
 
-Measured (timm 1.0.31, random init, 2 shared cores), before probing → after:
+Measured (timm 1.0.31, random init), before probing (5a3d4bb) → after:
 
     cspresnet50, skresnet18, mambaout_femto, inception_next_atto: HardcodedSizeError → exact
     levit_128s: HardcodedSizeError → exact
@@ -15,8 +15,8 @@ Measured (timm 1.0.31, random init, 2 shared cores), before probing → after:
         the v heads, which fall in different groups)
     mobilevitv2_050: VerificationError → HardcodedSizeError (split([1, ...]): the one-channel
         query is a literal)
-    xcit_nano_12_p16_224: VerificationError both times (exported graph: C // num_heads is
-        computed from a shape there, which export specialises)
+    xcit_nano_12_p16_224: VerificationError → exact (fx traces it since main's F.normalize
+        rule; num_heads found by value and confirmed by the checking trace)
 """
 
 from __future__ import annotations
