@@ -72,57 +72,17 @@ class LiteralSize:
     value: int | Term
     call: Call
     soft: bool = False  # export graphs specialise every size: sync an attribute if one matches
+    index: int | None = None  # position among the op's sizes (``size_leaves``), if known
 
     def advice(self, model: nn.Module) -> str:
-        """What to do about this literal when widening would change it and no single int
-        attribute of the modules that wrote it holds the value (the HardcodedSizeError's
-        advice). A value already kept in a tuple or list attribute (timm's
-        ``self.split_indices``), or in several int attributes, is named as such.
-        """
+        """What to do about this literal when widening would change it and probing found no
+        module attribute behind it (the HardcodedSizeError's advice)."""
         leave = "or leave those groups out: widen(model, {...}) with the groups you want."
-        for path in _module_stack(self.call.node):
-            try:
-                module = model.get_submodule(path)
-            except AttributeError:
-                continue
-            ints = sorted(k for k, v in _attributes(module) if type(v) is int and v == self.value)
-            seqs = sorted(
-                (k, v)
-                for k, v in _attributes(module)
-                if isinstance(v, (tuple, list))
-                and self.value in v
-                and all(type(i) is int for i in v)
-            )
-            name = f"module {path!r}" if path else "the model"
-            if seqs:
-                attr, value = seqs[0]
-                return (
-                    f"The size comes from attribute {attr!r} = {value!r} of {name}, a "
-                    f"{type(value).__name__}: autogrow updates int attributes only. Compute the "
-                    f"sizes from the tensor (x.size(d) - ...), keep each in an int attribute of "
-                    f"its own, {leave}"
-                )
-            if len(ints) > 1:
-                return (
-                    f"{name} holds it in several int attributes ({', '.join(ints)}), so "
-                    "autogrow cannot tell which one forward used. Compute it from the tensor, "
-                    f"give each size its own value, {leave}"
-                )
         return (
-            "Compute it from the tensor instead (x.flatten(1), x.view(x.size(0), -1)), keep it "
-            f"in a module attribute, {leave}"
+            "No module attribute of the modules that wrote it (or of their children) sizes "
+            "it. Compute it from the tensor instead (x.flatten(1), x.view(x.size(0), -1)), "
+            f"keep it in a module attribute, {leave}"
         )
-
-
-def _module_stack(node: fx.Node) -> list[str]:
-    """The qualified names of the modules whose forward wrote ``node``, innermost first, then
-    the model itself ("")."""
-    stack = [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
-    return [*reversed(stack), ""]
-
-
-def _attributes(module: nn.Module) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in vars(module).items() if not k.startswith("_")]
 
 
 @dataclass
@@ -242,12 +202,14 @@ class RuleContext:
         if module is not None:
             self.attrs.append(AttrBinding(module, attr, compute))
 
-    def literal(self, term: Term, value: int, call: Call) -> None:
-        """A size that forward code wrote as a literal; checked when the axis would change."""
+    def literal(self, term: Term, value: int, call: Call, index: int | None = None) -> None:
+        """A size that forward code wrote as a literal; checked when the axis would change.
+        ``index``: its position among the sizes the op was given (its arguments after the
+        input tensor, flattened), which lets widen find the attribute it came from."""
         if self.traced.kind == TracerKind.EXPORT:
-            self.literals.append(LiteralSize(term, int(value), call, soft=True))
+            self.literals.append(LiteralSize(term, int(value), call, soft=True, index=index))
         elif not isinstance(value, Dynamic):
-            self.literals.append(LiteralSize(term, int(value), call))
+            self.literals.append(LiteralSize(term, int(value), call, index=index))
 
     def same_size(self, term: Term, source: Term, call: Call) -> None:
         """Forward code sizes ``term`` by reading ``source`` (``x.view(b, y.size(1))``): tie the

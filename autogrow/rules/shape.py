@@ -60,12 +60,12 @@ def view(call: Call, ctx: RuleContext) -> Any:
 def check_requested_sizes(call: Call, ctx: RuleContext, terms: list[Term], requested: list) -> None:
     """Sizes passed to view/expand: a size read from another axis ties the two axes; a literal
     is checked when the axis would change."""
-    for t, s in zip(terms, requested):
+    for i, (t, s) in enumerate(zip(terms, requested)):
         if isinstance(s, Dynamic) and s.term is not None and s.term.size == t.size:
             ctx.same_size(t, s.term, call)
         elif isinstance(s, int) and not isinstance(s, Dynamic) and s not in (-1, 1):
             if _has_atoms(ctx, t):
-                ctx.literal(t, s, call)
+                ctx.literal(t, s, call, index=i)
 
 
 @rules.rule("view_as", signature="input, other", names=("reshape_as",))

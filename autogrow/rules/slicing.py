@@ -63,11 +63,11 @@ def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -
         # split(x, 64): the piece size is fixed in code, so pieces keep their size.
         for p in pieces:
             if _has_atoms(ctx, p):
-                ctx.literal(p, p.size, call)
+                ctx.literal(p, p.size, call, index=0)
     elif isinstance(literal, (list, tuple)):
-        for p, s in zip(pieces, literal):
+        for i, (p, s) in enumerate(zip(pieces, literal)):
             if _has_atoms(ctx, p):
-                ctx.literal(p, s, call)
+                ctx.literal(p, s, call, index=i)
     else:
         # chunk(x, n): pieces must stay of equal size; tying them is the simple sufficient way.
         for p in pieces[1:]:
@@ -112,12 +112,19 @@ def unbind(call: Call, ctx: RuleContext) -> Any:
     )
 
 
-def _slice_axis(call: Call, ctx: RuleContext, t: Term, n: int, s: slice) -> Term | None:
+def _slice_axis(
+    call: Call, ctx: RuleContext, t: Term, n: int, s: slice, at: int | None = None
+) -> Term | None:
+    """``at``: the position of the slice's start among the op's sizes (``LiteralSize.index``)."""
     start, stop, step = s.indices(n)
     if step != 1:
         ctx.freeze(t, f"strided slice at {call.where()}")
         return Fixed(len(range(start, stop, step)))
     if start == 0 and stop == n:
+        stop_literal = isinstance(s.stop, int) and not isinstance(s.stop, Dynamic)
+        if stop_literal and ctx.traced.kind == TracerKind.FX and _has_atoms(ctx, t):
+            # x[:, :self.out_chs] that keeps the whole axis: the bound must follow its width
+            ctx.literal(t, s.stop, call, index=None if at is None else at + 1)
         return t
     literal = any(isinstance(b, int) and not isinstance(b, Dynamic) for b in (s.start, s.stop))
     if literal and ctx.traced.kind == TracerKind.FX and _has_atoms(ctx, t):
@@ -137,15 +144,22 @@ def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> An
         return _advanced_index(call, ctx, x, list(idx))
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     expanded: list[Any] = []
+    offsets: list[int | None] = []  # where each index starts among the op's sizes
+    offset = 0
     for i in idx:
         if i is Ellipsis:
             expanded.extend([slice(None)] * (x.ndim - n_real))
+            offsets.extend([None] * (x.ndim - n_real))
         else:
             expanded.append(i)
-    expanded.extend([slice(None)] * (x.ndim - sum(1 for i in expanded if i is not None)))
+            offsets.append(offset)
+        offset += 3 if isinstance(i, slice) else 1
+    n_more = x.ndim - sum(1 for i in expanded if i is not None)
+    expanded.extend([slice(None)] * n_more)
+    offsets.extend([None] * n_more)
     terms: list[Term] = []
     d = 0
-    for i in expanded:
+    for i, at in zip(expanded, offsets):
         if i is None:
             terms.append(Fixed(1))
             continue
@@ -154,7 +168,7 @@ def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> An
             if _has_atoms(ctx, t):
                 ctx.freeze(t, f"integer index on this axis at {call.where()}")
         elif isinstance(i, slice):
-            sliced = _slice_axis(call, ctx, t, n, i)
+            sliced = _slice_axis(call, ctx, t, n, i, at)
             terms.append(sliced if sliced is not None else Fixed(1))
         else:
             return ctx.block(call, f"unsupported index {i!r}")

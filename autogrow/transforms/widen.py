@@ -8,6 +8,7 @@ returns the frozen :class:`WidenPlan`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections.abc import Mapping
@@ -22,7 +23,9 @@ from ..adapters import adapter_for
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
-from ..rules.context import REDUCE, Analysis
+from ..rules.context import REDUCE, Analysis, LiteralSize
+from ..tracing.trace import parse_stack_trace
+from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
@@ -333,7 +336,15 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
 
 
 def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:
-    """(module, attribute, new value) for every size attribute that forward code reads."""
+    """(module, attribute, new value) for every size attribute that forward code reads.
+
+    The rules' attribute bindings come first. A literal size that widening would change is
+    traced back to the attribute the forward code read by probing
+    (:class:`~autogrow.transforms.attributes.AttributeProber`, fx traces only); the attribute
+    gets the value that makes the literal the new size, and one more symbolic trace checks
+    that every literal then follows its axis and nothing else moved. A literal with no
+    attribute behind it raises HardcodedSizeError naming the source line.
+    """
     analysis, store = graph.analysis, graph.store
     model = analysis.traced.model
 
@@ -351,8 +362,18 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             )
         updates[(module, attr)] = value
 
+    def refuse(lit: LiteralSize, new: int, advice: str) -> HardcodedSizeError:
+        groups = sorted({g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))})
+        return HardcodedSizeError(
+            f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
+            f"{new} when group(s) {', '.join(groups) or '?'} widen. {advice}"
+        )
+
     for b in analysis.attrs:
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
+    blocking: list[tuple[LiteralSize, int]] = []
+    soft: list[tuple[LiteralSize, int]] = []
+    probers: dict[str, AttributeProber | None] = {}
     for lit in analysis.literals:
         new = size(lit.term)
         if not isinstance(lit.value, int):  # sized from another axis: the sizes must agree
@@ -367,23 +388,164 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             continue
         if new == lit.value:
             continue
+        (soft if lit.soft else blocking).append((lit, new))
+    items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
+
+    def keep(src: AttrSource, value: int, lit: LiteralSize) -> None:
+        key = (src.module, src.attr, src.index)
+        old = items.get(key)
+        if old is not None and old[0] != value:
+            raise ConstraintError(
+                f"attribute {src.name} would need two values ({old[0]} and {value}) after "
+                f"widening ({old[1]} and {lit.call.where()}); exclude one of its groups from "
+                "widening"
+            )
+        items[key] = (value, lit.call.where())
+
+    for lit, new in soft:  # an exported graph: probe the module that wrote it, traced alone
+        src = _soft_source(analysis.traced, lit, probers)
+        if isinstance(src, str):  # the line where fx sees the number written
+            raise refuse(lit, new, f"The number is written at {src}. {lit.advice(model)}")
+        value = src.solve(new) if isinstance(src, AttrSource) else None
+        if isinstance(src, AttrSource) and value is not None:
+            keep(src, value, lit)
+            continue
         found = _attribute_for_literal(model, lit.call.node, lit.value)
-        if found is None and lit.soft:
-            continue  # probably computed from a shape at run time; verification will tell
-        if found is None:
-            groups = sorted(
-                {g.name for a in store.leaf_atoms(lit.term) if (g := graph.by_id(a.id))}
+        if found is not None:
+            put(found[0], found[1], new, lit.call.where())
+        # else probably computed from a shape at run time; verification will tell
+    if not blocking:
+        _apply_items(model, items, updates, put)
+        return [(m, a, v) for (m, a), v in updates.items()]
+    bound = [(m, a, v) for (m, a), v in updates.items()]
+
+    prober = AttributeProber.of(analysis.traced)
+    # what the checking trace must show: each literal at its new size (a literal whose
+    # position among the op's sizes is unknown: at one of the places that hold its value)
+    expected: dict[tuple[str, int], set[int]] = {}
+    required: list[tuple[str, list[int], int]] = []
+    for lit in analysis.literals:
+        if not isinstance(lit.value, int) or lit.soft:
+            continue
+        name = lit.call.node.name
+        if lit.index is not None:
+            expected.setdefault((name, lit.index), set()).add(size(lit.term))
+            continue
+        leaves = prober.base.get(name, (None, None, ()))[2]
+        places = [i for i, v in enumerate(leaves) if type(v) is int and v == lit.value]
+        for i in places:
+            expected.setdefault((name, i), set()).update({lit.value, size(lit.term)})
+        if size(lit.term) != lit.value:
+            required.append((name, places, size(lit.term)))
+    # The cheap guess first: each literal is the one int attribute of that value on the
+    # modules that wrote it. One checking trace tells whether that is right; probe if not.
+    guess = _guess_by_value(model, blocking, updates)
+    if guess is not None and prober.check(guess, expected, bound, required) is None:
+        return guess
+    for lit, new in blocking:
+        found = prober.sources(lit.call.node, lit.value, lit.index)
+        if not found:
+            raise refuse(lit, new, lit.advice(model))
+        # a literal that depends on several attributes: one already being updated may do
+        planned = [s for s in found if (s.module, s.attr) in updates and s.index is None]
+        done = [s for s in planned if s.slope * updates[(s.module, s.attr)] + s.offset == new]
+        if done:
+            continue
+        if len(found) > 1:
+            names = ", ".join(s.name for s in found)
+            raise refuse(
+                lit,
+                new,
+                f"It follows several attributes ({names}), so autogrow cannot tell which one "
+                "to change. Compute it from the tensor (x.size(d)), or leave those groups out.",
             )
-            raise HardcodedSizeError(
-                f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
-                f"{new} when group(s) {', '.join(groups) or '?'} widen. {lit.advice(model)}"
+        (src,) = found
+        value = src.solve(new)
+        if value is None:
+            raise refuse(
+                lit,
+                new,
+                f"It comes from attribute {src.name} = {src.old}, and no integer value of it "
+                f"gives {new}. Leave those groups out, or widen them by another factor.",
             )
-        put(found[0], found[1], new, lit.call.where())
-    return [(m, a, v) for (m, a), v in updates.items()]
+        keep(src, value, lit)
+    _apply_items(model, items, updates, put)
+    result = [(m, a, v) for (m, a), v in updates.items()]
+    problem = prober.check(result, expected, bound, required)
+    if problem is not None:
+        lit, new = blocking[0]
+        changed = ", ".join(sorted({f"{m}.{a}" if m else a for m, a, _ in items}))
+        raise refuse(
+            lit,
+            new,
+            f"Updating the attributes it comes from ({changed}) does not keep the model "
+            f"consistent: {problem}. Leave those groups out.",
+        )
+    return result
+
+
+def _apply_items(model: nn.Module, items: dict, updates: dict, put: Any) -> None:
+    """Fold the probed (module, attr, index) → value into ``updates`` (tuples rebuilt)."""
+    for (module, attr, index), (value, why) in items.items():
+        if index is not None:
+            current = updates.get((module, attr), getattr(model.get_submodule(module), attr))
+            items_now = list(current)
+            items_now[index] = value
+            updates[(module, attr)] = type(current)(items_now)
+        else:
+            put(module, attr, value, why)
+
+
+def _guess_by_value(
+    model: nn.Module, blocking: list[tuple[LiteralSize, int]], updates: dict
+) -> list[tuple[str, str, Any]] | None:
+    """``updates`` plus, for each blocking literal, the single int attribute that holds its
+    value (set to the new size); None where a literal has no such attribute or two literals
+    disagree. Only a guess: :meth:`AttributeProber.check` decides."""
+    guess = dict(updates)
+    for lit, new in blocking:
+        found = _attribute_for_literal(model, lit.call.node, lit.value)
+        if found is None or guess.get(found, new) != new:
+            return None
+        guess[found] = new
+    return [(m, a, v) for (m, a), v in guess.items()]
+
+
+def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProber | None]) -> Any:
+    """The attribute behind a literal of an exported graph: the modules that wrote it
+    (innermost first) are traced alone with fx, the literal is found again by its source line,
+    and probed. The source line (a str) when fx shows the very number written in the code
+    and no attribute moves it; None when that cannot be told (no submodule traces, the number is
+    computed from a shape, several attributes move it)."""
+    frames = stack_frames(lit.call.node.meta.get("stack_trace"))
+    if not frames or lit.index is None:
+        return None
+    stack = [str(p) for p, _ in (lit.call.node.meta.get("nn_module_stack") or {}).values()]
+    for path in reversed(stack):
+        if path not in probers:
+            probers[path] = AttributeProber.submodule(traced.model, path, traced.leaf_types)
+        prober = probers[path]
+        if prober is None:
+            continue
+        sizes = size_leaves(lit.call.node)
+        if lit.index >= len(sizes) or sizes[lit.index] != lit.value:
+            return None
+        nodes = prober.nodes_at(frames, sizes, lit.index)
+        found = {s for node in nodes for s in prober.sources(node, lit.value, lit.index)}
+        if not found and nodes:
+            text = nodes[0].meta.get("stack_trace")
+            return (parse_stack_trace(text) if text else None) or "a line of the model's code"
+        if len(found) != 1:
+            return None
+        (src,) = found
+        full = ".".join(p for p in (path, src.module) if p)
+        return dataclasses.replace(src, module=full)
+    return None
 
 
 def _attribute_for_literal(model: nn.Module, node: Any, value: int) -> tuple[str, str] | None:
-    """An int attribute equal to ``value`` on the modules whose forward wrote the literal."""
+    """An int attribute equal to ``value`` on the modules whose forward wrote the literal (in
+    an exported graph, which cannot be probed; verification decides)."""
     stack = [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
     for path in [*reversed(stack), ""]:
         try:
