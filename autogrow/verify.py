@@ -189,7 +189,9 @@ def _failure_message(
             where += f", {about}"
         where += "."
     elif failure.module_type is not None:
-        where = f" Raised in the model's own forward ({failure.module_type})."
+        where = f" Raised in the model's own forward ({failure.module_type})"
+        about = describe_module("") if describe_module is not None else None
+        where += f", {about}." if about else "."
     if failure.source:
         where += f" The model's line: {failure.source}."
     return (

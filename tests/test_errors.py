@@ -142,13 +142,37 @@ def test_torch_log_during_tracing_is_held_back_unless_asked(monkeypatch, capfd):
     assert held == [] and "a graph dump" in capfd.readouterr().err
 
 
-@pytest.mark.slow  # a timm model whose grown copy fails to run (about 40 s on 2 cores)
+class SplitsChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), [4, 4], dim=1)
+        return self.head(a * b)
+
+
+def _wrong_split_rule(call, ctx):  # cuts the axis but forgets that its sizes are literals
+    x = call.args["tensor"]
+    sizes = list(call.args["split_size_or_sections"])
+    parts = ctx.store.split(x.terms[1], sizes, call.where())
+    return [
+        autogrow.TensorValue([x.terms[0], p, *x.terms[2:]], tuple(out.shape))
+        for p, out in zip(parts, call.out)
+    ]
+
+
 def test_widen_verification_failure_names_module_width_groups_and_line():
-    timm = pytest.importorskip("timm")  # in the dev extra: always present in CI
-    model = timm.create_model("mobilevitv2_050", pretrained=False).eval()
+    # A wrong rule lets widen grow what the model's split cannot take: the grown model fails
+    # to run, and the error names where and which growth it was.
+    registry = autogrow.default_registry.copy()
+    registry.rule("split", signature="tensor, split_size_or_sections, dim=0")(_wrong_split_rule)
+    model = SplitsChannels().eval()
     with pytest.raises(autogrow.VerificationError) as info:
-        autogrow.widen(model, 2.0, example_inputs=(torch.randn(1, 3, 64, 64),), seed=0)
+        autogrow.widen(
+            model, 2.0, example_inputs=(torch.randn(1, 3, 4, 4),), seed=0, registry=registry
+        )
     message = str(info.value)
-    assert "Raised in module 'stages.2.1.transformer.0.attn' (LinearSelfAttention)" in message
-    assert "in width group(s) 'stages.2.1." in message  # the groups widen changed there
-    assert "mobilevit.py:" in message and "qkv.split(" in message  # the model's own line
+    assert "failed to run" in message
+    assert "Raised in the model's own forward (SplitsChannels), in width group(s) 'stem'" in message
+    assert "torch.split(self.stem(x), [4, 4], dim=1)" in message  # the model's own line

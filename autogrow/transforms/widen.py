@@ -251,15 +251,26 @@ class WidenTransform(Transform[WidenPlan]):
             _add_noise(result, self.graph.analysis, self.maps, self.noise, self.generator)
 
     def describe_module(self, name: str) -> str | None:
-        groups = [
-            g
-            for g in self.graph.groups
-            if g.id in self.widths and any(m == name or m.startswith(f"{name}.") for m in g.modules)
-        ]
+        # The widened groups with a layer in the failing module; for a module without layers
+        # of its own (a reshape, a split), those of the nearest enclosing module that has some.
+        scope = name
+        while True:
+            prefix = f"{scope}." if scope else ""
+            groups = [
+                g
+                for g in self.graph.groups
+                if g.id in self.widths
+                and any(m == scope or m.startswith(prefix) for m in g.modules)
+            ]
+            if groups or not scope:
+                break
+            scope = scope.rpartition(".")[0]
         if not groups:
             return None
         shown = ", ".join(f"{g.name!r} ({g.width} -> {self.widths[g.id]})" for g in groups[:4])
-        return f"in width group(s) {shown}"
+        enclosing = f"module {scope!r}" if scope else "the model"
+        where = "" if scope == name else f" (widened in {enclosing})"
+        return f"in width group(s) {shown}{where}"
 
     def recipe_args(self) -> dict[str, Any]:
         factor = dict(self.factor) if isinstance(self.factor, Mapping) else self.factor
