@@ -68,11 +68,16 @@ def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -
         for i, (p, s) in enumerate(zip(pieces, literal)):
             if _has_atoms(ctx, p):
                 ctx.literal(p, s, call, index=i)
+    elif any(p.size != pieces[0].size for p in pieces):
+        # chunk(x, n) of an axis n does not divide: the piece size is ceil(size / n), which
+        # pieces grown by the same factor do not keep (30, 30, 28 -> 60, 60, 56, but chunk
+        # cuts 176 into 59, 59, 58). Only the sizes as they are fit: freeze the pieces.
+        for p in pieces:
+            ctx.freeze(p, f"uneven chunks {sizes} at {call.where()}")
     else:
         # chunk(x, n): pieces must stay of equal size; tying them is the simple sufficient way.
         for p in pieces[1:]:
-            if p.size == pieces[0].size:
-                ctx.unify(pieces[0], p, call)
+            ctx.unify(pieces[0], p, call)
     out = []
     for p, m in zip(pieces, call.out):
         terms = list(x.terms)
