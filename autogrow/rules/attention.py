@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .._text import owner_module
 from ..axes.terms import Fixed
 from .common import COPY, REDUCE, broadcast, out_shape
 from .registry import Call, RuleSet, TensorValue
@@ -87,7 +88,7 @@ def multi_head_attention(call: Call, ctx: RuleContext) -> Any:
     ctx.role(w_out, 0, COPY, call)
     ctx.role(w_out, 1, REDUCE, call)
     for bias in (f"{name}.in_proj_bias", f"{name}.out_proj.bias"):
-        if bias.rsplit(".", 1)[0] and _has(ctx, bias):
+        if owner_module(bias) and _has(ctx, bias):
             b = ctx.param(bias)
             ctx.unify(b.terms[0], w_in.terms[0] if "in_proj" in bias else embed, call)
             ctx.role(b, 0, COPY, call)

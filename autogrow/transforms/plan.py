@@ -9,6 +9,7 @@ from typing import Union
 
 import networkx as nx
 
+from .._text import owner_module
 from ..axes.fold import TermFold
 from ..axes.sizes import new_size
 from ..axes.terms import Atom, Cat, Fixed, Prod, Sel, Stack, Term, Zip
@@ -271,7 +272,7 @@ def _module_multiplicity(graph: WidthGraph, g: WidthGroup, module: str) -> int:
         new_size(graph.store, graph.analysis.params[m.param].terms[m.dim], {})
         for m in g.members
         if m.role != "reduce"
-        and (m.param.rsplit(".", 1)[0] == module or m.param.startswith(f"{module}."))
+        and (owner_module(m.param) == module or m.param.startswith(f"{module}."))
     ]
     # The smallest output axis: an attention module's embed width, not its 3× qkv rows.
     return min(totals) // g.width if totals else 1
