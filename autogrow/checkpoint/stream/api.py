@@ -1,0 +1,200 @@
+"""``autogrow.widen_checkpoint`` / ``autogrow.deepen_checkpoint``: grow a checkpoint directory
+on disk into a new one, without loading either model (docs/checkpoints-streaming.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ...adapters.directories import DirectoryFormat, directory_format
+from ...errors import AutogrowError
+from ..recipe import CheckpointError
+from .check import check_streamed
+from .plan import check_matches, plan_widen
+from .source import SourceCheckpoint
+from .writer import (
+    OutputTensor,
+    PartialOutput,
+    copy_files,
+    parse_size,
+    write_index,
+    write_shards,
+)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What a streamed growth wrote.
+
+    Attributes:
+        path: the output directory.
+        changes: the description's fields that changed (e.g. ``{"hidden_size": 4096}``).
+        parameters: elements stored (tied tensors once) before and after.
+        bytes_written: bytes of tensor data written.
+        shards: number of weight files written.
+        max_error: the verification's max relative error (None with ``verify=False``).
+        seed: the seed of widen's unit maps (None for deepen).
+    """
+
+    path: Path
+    changes: dict[str, Any] = field(default_factory=dict)
+    parameters: tuple[int, int] = (0, 0)
+    bytes_written: int = 0
+    shards: int = 0
+    max_error: float | None = None
+    seed: int | None = None
+
+
+def widen_checkpoint(
+    src: str | os.PathLike[str],
+    factor: Any,
+    out: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "2GB",
+    seed: int | None = None,
+    symmetry: str = "split",
+    verify: bool = True,
+    tolerance: float | None = None,
+    overwrite: bool = False,
+) -> StreamResult:
+    """Widen the checkpoint directory ``src`` into ``out`` without loading the model.
+
+    The model is built from ``src``'s description (a Hugging Face ``config.json``) on the
+    meta device, widened there to plan the widths and unit maps, and each stored tensor is
+    then read, grown and written shard by shard; peak memory is about one output shard plus
+    the tensor being grown. The output is a checkpoint of the same kind (the description
+    updated, sharded safetensors with an index, dtypes kept, tied tensors stored once, the
+    other files copied), which its library loads without autogrow. Same seed, same result as
+    :func:`autogrow.widen` on the loaded model.
+
+    Args:
+        src: the checkpoint directory (``config.json`` plus ``model.safetensors`` or shards
+            with ``model.safetensors.index.json``); never written to.
+        factor: as for :func:`autogrow.widen` (a float > 1, or a dict of widths).
+        out: the output directory; written as ``.<name>.partial`` beside it and renamed when
+            complete. A stale partial directory from an interrupted run is removed.
+        max_shard_size: bytes per output shard (an int, or ``"2GB"``, ``"500MB"``, ``"1GiB"``).
+        seed: seeds the unit maps (None: drawn; :attr:`StreamResult.seed` tells it).
+        symmetry: as for :func:`autogrow.widen`.
+        verify: run both checkpoints on sample inputs, module by module, and compare (see
+            :mod:`autogrow.checkpoint.stream.check`); False skips it.
+        tolerance: the max relative error ``verify`` accepts (None: by the stored dtype).
+        overwrite: replace ``out`` when it exists and is not empty.
+
+    Returns:
+        A :class:`StreamResult`.
+
+    Raises:
+        CheckpointError: missing shards, an index that disagrees with the shards, a config the
+            model class cannot build, weights that do not fit it, a write that fails (a full
+            disk), each naming the file; nothing is left at ``out``.
+        VerificationError: the written checkpoint differs from the source (nothing is left).
+        ConstraintError, InvalidArgumentError: as for :func:`autogrow.widen`.
+    """
+    root, fmt, source, model, names = _open(src)
+    result, plan, outputs = plan_widen(model, source, names, factor, seed=seed, symmetry=symmetry)
+    changes = _changes(model, result)
+    return _write(
+        root, fmt, source, result, outputs, Path(out), changes, plan.seed,
+        max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
+        what="widened",
+    )  # fmt: skip
+
+
+def _open(
+    src: str | os.PathLike[str],
+) -> tuple[Path, DirectoryFormat, SourceCheckpoint, nn.Module, dict[str, str]]:
+    root = Path(src)
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is not a directory; name a checkpoint directory")
+    fmt = directory_format(root)
+    if fmt is None:
+        raise CheckpointError(
+            f"{root} is not a checkpoint directory streamed growth reads (a Hugging Face "
+            "directory with config.json beside safetensors weights)"
+        )
+    source = SourceCheckpoint(root)
+    model = _build(fmt, root, buffers_on_meta=True)
+    names = check_matches(model, source, str(fmt.description_file(root)))
+    return root, fmt, source, model, names
+
+
+def _build(fmt: DirectoryFormat, root: Path, *, buffers_on_meta: bool) -> nn.Module:
+    try:
+        return fmt.build(root, buffers_on_meta=buffers_on_meta)
+    except AutogrowError as e:
+        raise CheckpointError(f"{fmt.description_file(root)}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any failure of the library's builder
+        raise CheckpointError(
+            f"{fmt.description_file(root)} does not describe a model its class can build "
+            f"({type(e).__name__}: {e}); fix the file or use the library version that wrote it"
+        ) from e
+
+
+def _changes(old: nn.Module, new: nn.Module) -> dict[str, Any]:
+    """Top-level description fields that differ (a config's ``to_dict``), if there is one."""
+    a, b = (getattr(getattr(m, "config", None), "to_dict", None) for m in (old, new))
+    if a is None or b is None:
+        return {}
+    before, after = a(), b()
+    return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+def _write(
+    root: Path,
+    fmt: DirectoryFormat,
+    source: SourceCheckpoint,
+    result: nn.Module,
+    outputs: list[OutputTensor],
+    out: Path,
+    changes: dict[str, Any],
+    seed: int | None,
+    *,
+    max_shard_size: int | str,
+    verify: bool,
+    tolerance: float | None,
+    overwrite: bool,
+    what: str,
+) -> StreamResult:
+    max_bytes = parse_size(max_shard_size)
+    if out.resolve() == root.resolve():
+        raise CheckpointError(f"the output {out} is the source; name another directory")
+    partial = PartialOutput(out, overwrite=overwrite)
+    try:
+        weight_map = write_shards(partial, outputs, max_bytes)
+        source.close()
+        partial.write_file(
+            fmt.description_file(out).name, lambda p: fmt.write_description(result, p.parent)
+        )
+        copy_files(root, partial, fmt.weight_files(root))
+        total = sum(t.nbytes for t in outputs)
+        write_index(partial, weight_map, total)
+        error = None
+        if verify:
+            written = SourceCheckpoint(partial.tmp)
+            build_new: Callable[[], nn.Module] = lambda: _build(  # noqa: E731
+                fmt, partial.tmp, buffers_on_meta=False
+            )
+            error = check_streamed(
+                lambda: _build(fmt, root, buffers_on_meta=False),
+                source,
+                build_new,
+                written,
+                what=what,
+                tolerance=tolerance,
+                where=out,
+            )
+    except BaseException:
+        partial.discard()
+        raise
+    path = partial.commit()
+    before = sum(i.nbytes // i.dtype.itemsize for i in source.infos.values())
+    after = sum(t.nbytes // t.dtype.itemsize for t in outputs)
+    return StreamResult(
+        path, changes, (before, after), total, len(set(weight_map.values())), error, seed
+    )

@@ -1,0 +1,106 @@
+"""Planning streamed growth on the meta device: the model is built from its description with
+no weights, widened or deepened there (the plan depends on shapes, not values), and each
+output tensor is described by its name, shape, dtype and how to compute it from one source
+tensor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...adapters import adapter_for
+from ...errors import GrowthWarning
+from ...tracing.inputs import infer_example_inputs
+from ...transforms.axis_maps import AxisMap, grow_tensor
+from ...transforms.widen import WidenPlan, WidenTransform
+from ..recipe import CheckpointError
+from .lazy import stored_names
+from .source import SourceCheckpoint
+from .writer import OutputTensor
+
+
+def check_matches(model: nn.Module, source: SourceCheckpoint, where: str) -> dict[str, str]:
+    """Every tensor the model built from ``where`` has is stored, with its shape, and every
+    stored tensor belongs to the model; returns model name → stored name."""
+    names = stored_names(model, source.infos)
+    state = model.state_dict(keep_vars=True)
+    missing = [n for n in state if n not in names]
+    extra = sorted(set(source.infos) - set(names.values()))
+    wrong = [
+        f"{n} {tuple(source.infos[s].shape)} stored, {tuple(state[n].shape)} built"
+        for n, s in names.items()
+        if n in state and tuple(state[n].shape) != source.infos[s].shape
+    ]
+    if missing or extra or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("not in the model", extra), ("shape", wrong)):
+            if items:
+                more = " ..." if len(items) > 3 else ""
+                parts.append(f"{label}: {', '.join(items[:3])}{more}")
+        raise CheckpointError(
+            f"the weights in {source.root} do not fit the model {where} describes "
+            f"({'; '.join(parts)}); the files belong to another model or are damaged"
+        )
+    return names
+
+
+def meta_inputs(model: nn.Module) -> tuple[Any, ...]:
+    """Example inputs for tracing the meta model (inferred from its entry layer)."""
+    return tuple(infer_example_inputs(model))
+
+
+def plan_widen(
+    model: nn.Module,
+    source: SourceCheckpoint,
+    names: dict[str, str],
+    factor: Any,
+    *,
+    seed: int | None,
+    symmetry: str,
+) -> tuple[nn.Module, WidenPlan, list[OutputTensor]]:
+    """Widen the meta ``model``; (the grown meta model with its updated description, the plan,
+    the output tensors in source order). Each output tensor is its source tensor grown by its
+    axis maps (:func:`~autogrow.transforms.axis_maps.grow_tensor`, the in-memory code)."""
+    transform = WidenTransform(factor, seed=seed, symmetry=symmetry)
+    adapter = adapter_for(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GrowthWarning)
+        plan, _ = transform.plan(model, meta_inputs(model), verify=False)
+        adapt = transform.prepare_adapter(model)
+        result, _ = transform.apply(model, inplace=False)
+        if adapt is not None:
+            adapt(result)
+        adapter.check_grown(result, transform.what)
+        transform.finish(result)
+    for w in caught:  # a partial growth is reported once, as in memory
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # axis maps are keyed by one name of each tensor; a tied tensor's other names share them
+    by_id: dict[int, list[AxisMap]] = {}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(model.named_buffers(remove_duplicate=False))
+    for name, axes in transform.axis_maps.items():
+        if name in named:
+            by_id[id(named[name])] = axes
+    new_state = result.state_dict(keep_vars=True)
+    stored_as = {s: n for n, s in names.items()}  # stored name → one model name
+    outputs = []
+    for stored in source.infos:
+        info = source.infos[stored]
+        model_name = stored_as[stored]
+        axes = by_id.get(id(named.get(model_name)), [])
+        shape = tuple(new_state[model_name].shape)
+        outputs.append(OutputTensor(stored, shape, info.dtype, _grower(source, stored, axes)))
+    return result, plan, outputs
+
+
+def _grower(source: SourceCheckpoint, name: str, axes: list[AxisMap]) -> Callable[[], torch.Tensor]:
+    def make() -> torch.Tensor:
+        t = source.tensor(name)
+        return grow_tensor(t, axes) if axes else t
+
+    return make

@@ -1,0 +1,189 @@
+"""Writing a grown checkpoint shard by shard into a temporary directory that becomes the
+output only when complete.
+
+Tensors are produced one at a time (each from one source tensor) and collected into a shard
+until the next would pass ``max_shard_size``; the shard is written with
+``safetensors.torch.save_file`` and its tensors freed, so at most one output shard is held.
+The directory is ``.<name>.partial`` beside the output; the index
+(``model.safetensors.index.json``) is written last and the directory renamed into place, so
+an interrupted run never leaves an output that looks complete. A stale partial directory
+left by an interrupted run is removed when the next run starts (runs start clean; they do
+not resume).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
+from ..recipe import CheckpointError
+from .source import INDEX, WEIGHTS
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``size``: an int, or a string such as ``"2GB"`` (10**9) or ``"500MiB"``
+    (2**20), as transformers' ``max_shard_size`` reads it.
+
+    >>> parse_size("2GB"), parse_size("50KB"), parse_size("1MiB"), parse_size(100)
+    (2000000000, 50000, 1048576, 100)
+    """
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise CheckpointError(
+            f"max_shard_size must be a positive number of bytes or a size such as '2GB' or "
+            f"'500MiB', got {size!r}"
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor of the output: its name, shape, dtype, and how to compute it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+def assign_shards(tensors: list[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
+    """Consecutive tensors packed into shards of at most ``max_bytes`` (a tensor larger than
+    that gets a shard of its own), as ``save_pretrained`` does."""
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return [s for s in shards if s]
+
+
+class PartialOutput:
+    """The temporary directory beside ``out``; :meth:`commit` renames it to ``out``, and
+    :meth:`discard` removes it."""
+
+    def __init__(self, out: Path, *, overwrite: bool) -> None:
+        self.out = out
+        if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+            raise CheckpointError(
+                f"{out} exists and is not an empty directory; choose another output or pass "
+                "overwrite=True (--overwrite)"
+            )
+        self.tmp = out.parent / f".{out.name}.partial"
+        if self.tmp.exists():  # left by an interrupted run: start clean
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+
+    def write_file(self, name: str, write: Callable[[Path], None]) -> None:
+        """Run ``write(path)`` for ``name`` in the temporary directory; an OSError (a full
+        disk) removes the partial output and raises CheckpointError naming the file."""
+        path = self.tmp / name
+        try:
+            write(path)
+        except (OSError, SafetensorError) as e:
+            self.discard()
+            full = isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space" in str(e)
+            why = "the disk is full" if full else f"{type(e).__name__}: {e}"
+            raise CheckpointError(
+                f"cannot write {self.out / name} ({why}); the partial output was removed and "
+                "the source is untouched"
+            ) from e
+
+    def commit(self) -> Path:
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.replaced"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.tmp, self.out)
+        return self.out
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_shards(
+    partial: PartialOutput, tensors: list[OutputTensor], max_bytes: int
+) -> dict[str, str]:
+    """Write ``tensors`` into shards of at most ``max_bytes``; returns name → file. One shard
+    gives ``model.safetensors`` (no index needed), several ``model-0000k-of-0000n``."""
+    shards = assign_shards(tensors, max_bytes)
+    weight_map: dict[str, str] = {}
+    for k, shard in enumerate(shards, 1):
+        file = WEIGHTS if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        values: dict[str, torch.Tensor] = {}
+        for t in shard:
+            value = t.make()
+            if tuple(value.shape) != t.shape or value.dtype != t.dtype:
+                partial.discard()
+                raise CheckpointError(
+                    f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
+                    f"planned {t.shape} {t.dtype}"
+                )
+            values[t.name] = value.contiguous()
+            weight_map[t.name] = file
+
+        def write(path: Path, values: dict[str, torch.Tensor] = values) -> None:
+            save_file(values, str(path), metadata={"format": "pt"})
+
+        partial.write_file(file, write)
+        values.clear()  # freed before the next shard is computed
+    return weight_map
+
+
+def write_index(partial: PartialOutput, weight_map: dict[str, str], total: int) -> None:
+    """The index of a sharded output (nothing for a single file), written last."""
+    if len(set(weight_map.values())) < 2:
+        return
+    data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+
+    def write(path: Path) -> None:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+    partial.write_file(INDEX, write)
+
+
+def copy_files(src: Path, partial: PartialOutput, skip: Iterable[str]) -> None:
+    """Copy the source's other files (tokenizer, generation config, README) as they are."""
+    skipped = set(skip) | {INDEX}
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name not in skipped and not f.name.endswith(".safetensors"):
+            partial.write_file(f.name, lambda path, f=f: shutil.copy2(f, path))
