@@ -31,6 +31,7 @@ from .errors import (
 if TYPE_CHECKING:  # imported on first use (below), so that `import autogrow` stays cheap
     from .checkpoint import CheckpointError, register_factory, seed_model, unregister_factory
     from .checkpoint.io import load, save
+    from .checkpoint.stream import StreamResult, deepen_checkpoint, widen_checkpoint
     from .graph import WidthGraph, WidthGroup, analyze
     from .rules import Call, RuleRegistry, TensorValue
     from .training import Grower, op
@@ -47,6 +48,9 @@ _LAZY = {
     "unregister_factory": ".checkpoint",
     "load": ".checkpoint.io",
     "save": ".checkpoint.io",
+    "StreamResult": ".checkpoint.stream",
+    "deepen_checkpoint": ".checkpoint.stream",
+    "widen_checkpoint": ".checkpoint.stream",
     "WidthGraph": ".graph",
     "WidthGroup": ".graph",
     "analyze": ".graph",
@@ -151,6 +155,7 @@ __all__ = [
     "InsertionPoint",
     "InvalidArgumentError",
     "RuleRegistry",
+    "StreamResult",
     "TensorValue",
     "TracingError",
     "UnsupportedOpError",
@@ -159,6 +164,7 @@ __all__ = [
     "WidthGroup",
     "analyze",
     "deepen",
+    "deepen_checkpoint",
     "default_registry",
     "insertion_points",
     "load",
@@ -170,4 +176,5 @@ __all__ = [
     "seed_model",
     "unregister_factory",
     "widen",
+    "widen_checkpoint",
 ]

@@ -7,6 +7,6 @@ shard (docs/checkpoints-streaming.md).
 module by module to verify, and :mod:`.api` holds the public functions.
 """
 
-from .api import StreamResult, widen_checkpoint
+from .api import StreamResult, deepen_checkpoint, widen_checkpoint
 
-__all__ = ["StreamResult", "widen_checkpoint"]
+__all__ = ["StreamResult", "deepen_checkpoint", "widen_checkpoint"]

@@ -14,8 +14,8 @@ from torch import nn
 from ...adapters.directories import DirectoryFormat, directory_format
 from ...errors import AutogrowError
 from ..recipe import CheckpointError
-from .check import check_streamed
-from .plan import check_matches, plan_widen
+from .check import check_streamed, sample_inputs
+from .plan import check_matches, plan_deepen, plan_widen
 from .source import SourceCheckpoint
 from .writer import (
     OutputTensor,
@@ -103,6 +103,56 @@ def widen_checkpoint(
         root, fmt, source, result, outputs, Path(out), changes, plan.seed,
         max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
         what="widened",
+    )  # fmt: skip
+
+
+def deepen_checkpoint(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    after: Any = None,
+    n: int = 1,
+    max_shard_size: int | str = "2GB",
+    verify: bool = True,
+    tolerance: float | None = None,
+    overwrite: bool = False,
+) -> StreamResult:
+    """Deepen the checkpoint directory ``src`` into ``out`` without loading the model.
+
+    As :func:`autogrow.deepen`: ``n`` copies of a residual block with its branch ends zeroed
+    are inserted (by default at the end of every run of blocks: for a transformers model, after
+    its last layer, with ``num_hidden_layers`` updated). The model is built on the meta
+    device; the blocks that may be copied (one per run of blocks) are read into memory, every
+    other module's weights only while the recording forward (on sample inputs) runs it. The
+    kept tensors are then copied file by file under their new names and the new blocks written
+    from memory. Output, atomicity and errors as for :func:`widen_checkpoint`.
+
+    Args:
+        src: the checkpoint directory; never written to.
+        out: the output directory.
+        after: as for :func:`autogrow.deepen` (None: the default placement).
+        n: blocks to insert at each place.
+        max_shard_size: bytes per output shard (an int, or ``"2GB"``, ``"500MB"``).
+        verify: compare both checkpoints on sample inputs, module by module.
+        tolerance: the max relative error ``verify`` accepts (None: by the stored dtype).
+        overwrite: replace ``out`` when it exists and is not empty.
+
+    Returns:
+        A :class:`StreamResult`.
+
+    Raises:
+        CheckpointError, VerificationError: as for :func:`widen_checkpoint`.
+        InvalidArgumentError: as for :func:`autogrow.deepen`.
+    """
+    root, fmt, source, _, names = _open(src)
+    model = _build(fmt, root, buffers_on_meta=False)
+    inputs = sample_inputs(model)
+    result, _, outputs = plan_deepen(model, source, names, after=after, n=n, inputs=inputs)
+    changes = _changes(model, result)
+    return _write(
+        root, fmt, source, result, outputs, Path(out), changes, None,
+        max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
+        what="deepened",
     )  # fmt: skip
 
 

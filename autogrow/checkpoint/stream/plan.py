@@ -17,9 +17,10 @@ from ...adapters import adapter_for
 from ...errors import GrowthWarning
 from ...tracing.inputs import infer_example_inputs
 from ...transforms.axis_maps import AxisMap, grow_tensor
+from ...transforms.depth import DeepenPlan, DeepenTransform
 from ...transforms.widen import WidenPlan, WidenTransform
 from ..recipe import CheckpointError
-from .lazy import stored_names
+from .lazy import LazyWeights, stored_names
 from .source import SourceCheckpoint
 from .writer import OutputTensor
 
@@ -104,3 +105,69 @@ def _grower(source: SourceCheckpoint, name: str, axes: list[AxisMap]) -> Callabl
         return grow_tensor(t, axes) if axes else t
 
     return make
+
+
+def resident_blocks(model: nn.Module, after: Any) -> list[str]:
+    """The blocks deepen may copy, whose weights must be in memory while it plans: the last
+    child of each Sequential/ModuleList and each child whose next sibling has another type (the
+    ends of runs of blocks), and the modules ``after`` names. One block each."""
+    names: list[str] = []
+    for cname, container in model.named_modules():
+        if not isinstance(container, (nn.Sequential, nn.ModuleList)):
+            continue
+        keys = list(container._modules)
+        for i, key in enumerate(keys):
+            last = i + 1 == len(keys)
+            if last or type(container._modules[keys[i + 1]]) is not type(container._modules[key]):
+                names.append(f"{cname}.{key}" if cname else key)
+    targets = [after] if isinstance(after, str) else list(after or [])
+    names += [t if isinstance(t, str) else t.where for t in targets]
+    return names
+
+
+def plan_deepen(
+    model: nn.Module,
+    source: SourceCheckpoint,
+    names: dict[str, str],
+    *,
+    after: Any,
+    n: int,
+    inputs: tuple[Any, ...],
+) -> tuple[nn.Module, DeepenPlan, list[OutputTensor]]:
+    """Deepen ``model`` (parameters on meta, buffers on the CPU) on sample ``inputs``: the
+    blocks it may copy are read into memory, every other module's weights only while the
+    recording forward runs it. Returns (the deeper model, the plan, the output tensors in
+    module order): kept tensors are read from ``source`` under their new names, the new
+    blocks' tensors (copies with their branch ends zeroed) come from memory."""
+    hooks = LazyWeights(model, source.tensor, source.infos, resident=resident_blocks(model, after))
+    transform = DeepenTransform(after, n)
+    try:
+        plan, _ = transform.plan(model, inputs, verify=False)
+    finally:
+        hooks.remove()
+        source.close()
+    adapt = transform.prepare_adapter(model)
+    result, _ = transform.apply(model, inplace=False)
+    if adapt is not None:
+        adapt(result)
+    adapter_for(model).check_grown(result, transform.what)
+    # which old tensor each kept tensor of the result is (deepcopy's memo: old id → copy)
+    old_names = {id(t): name for name, t in model.state_dict(keep_vars=True).items()}
+    origin = {id(new): old_names[old] for old, new in transform.memo.items() if old in old_names}
+    outputs: list[OutputTensor] = []
+    seen: set[int] = set()
+    for name, t in result.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            continue  # a tied tensor is stored once, under its first name
+        seen.add(id(t))
+        old = origin.get(id(t))
+        if t.device.type == "meta":
+            if old is None:
+                raise CheckpointError(f"internal error: {name} has neither an origin nor a value")
+            stored = names[old]
+            info = source.infos[stored]
+            outputs.append(OutputTensor(name, info.shape, info.dtype, _grower(source, stored, [])))
+        else:
+            value = t.detach()
+            outputs.append(OutputTensor(name, tuple(value.shape), value.dtype, lambda v=value: v))
+    return result, plan, outputs
