@@ -3,11 +3,14 @@
     autogrow inspect torchvision:resnet50 [--input-shape 1,3,224,224]
     autogrow widen torchvision:resnet18 --factor 1.5 --out wide/ [--seed N]
     autogrow deepen wide/ --after layer2 --out deeper/
+    autogrow widen ./llama-dir --factor 2 --out ./llama-wide --max-shard-size 2GB
     autogrow search SPACE.py ... / autogrow show RUN_DIR   (needs the search extra)
 
 A MODEL is ``torchvision:<name>`` (random weights; ``--num-classes``), ``timm:<name>``,
 ``package.module:callable`` (``--kwargs`` gives it JSON keyword arguments), or a directory
-written by ``autogrow.save`` (to grow a saved model again). Errors print one line and exit
+written by ``autogrow.save`` (to grow a saved model again). A Hugging Face directory
+(``config.json`` beside safetensors weights) is grown on disk, shard by shard, without
+loading it (``--out`` required). Errors print one line and exit
 with status 2; ``--debug`` shows the traceback.
 """
 
@@ -144,6 +147,16 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="checkpoint directory to save the result to")
     p.add_argument("--no-verify", action="store_true", help="skip the output comparison")
+    p.add_argument(
+        "--max-shard-size",
+        default="2GB",
+        help="bytes per weight file when growing a Hugging Face directory (2GB, 500MB, 1GiB)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists and is not empty (streamed growth)",
+    )
 
 
 def _add_search_commands(sub: Any) -> None:
@@ -376,8 +389,25 @@ def widen_command(args: argparse.Namespace) -> int:
     """
     from .transforms.widen import widen_with_plan
 
-    model, inputs = _load_args(args)
     factor: Any = args.factor if args.factor is not None else _width_dict(args.width)
+    if _streamed(args):
+        from .checkpoint.stream import widen_checkpoint
+
+        if args.noise:
+            raise InvalidArgumentError("--noise is not available for streamed growth")
+        result = widen_checkpoint(
+            args.model,
+            factor,
+            args.out,
+            max_shard_size=args.max_shard_size,
+            seed=args.seed,
+            symmetry=args.symmetry,
+            verify=not args.no_verify,
+            overwrite=args.overwrite,
+        )
+        _report_streamed(args, result, f"widened (seed {result.seed})")
+        return 0
+    model, inputs = _load_args(args)
     grown = widen_with_plan(
         model,
         factor,
@@ -400,6 +430,20 @@ def deepen_command(args: argparse.Namespace) -> int:
     """
     from .transforms.deepen import deepen
 
+    if _streamed(args):
+        from .checkpoint.stream import deepen_checkpoint
+
+        result = deepen_checkpoint(
+            args.model,
+            args.out,
+            after=args.after,
+            n=args.n,
+            max_shard_size=args.max_shard_size,
+            verify=not args.no_verify,
+            overwrite=args.overwrite,
+        )
+        _report_streamed(args, result, "deepened")
+        return 0
     model, inputs = _load_args(args)
     grown = deepen(
         model, after=args.after, n=args.n, example_inputs=inputs, verify=not args.no_verify
@@ -407,6 +451,52 @@ def deepen_command(args: argparse.Namespace) -> int:
     places = ", ".join(w or "<model>" for w, _ in grown.autogrow_recipe.steps[-1].args["after"])
     _report(args, model, grown, inputs, f"deepened after {places}")
     return 0
+
+
+def _streamed(args: argparse.Namespace) -> bool:
+    """Whether MODEL is a library's checkpoint directory (a Hugging Face ``config.json``
+    beside safetensors weights), which is grown on disk without loading it."""
+    from .adapters.directories import directory_format
+    from .checkpoint.io import RECIPE
+
+    path = Path(args.model)
+    if not path.is_dir() or (path / RECIPE).exists() or directory_format(path) is None:
+        return False
+    unused = [
+        flag
+        for flag, value in (
+            ("--num-classes", args.num_classes),
+            ("--kwargs", args.kwargs),
+            ("--input-shape", args.input_shape),
+        )
+        if value is not None
+    ]
+    if unused:
+        raise InvalidArgumentError(
+            f"{args.model} is a checkpoint directory, grown on disk: {', '.join(unused)} "
+            "do not apply (sample inputs come from the model's embedding)"
+        )
+    if args.out is None:
+        raise InvalidArgumentError(
+            f"{args.model} is a checkpoint directory, grown on disk into another one: pass --out"
+        )
+    return True
+
+
+def _report_streamed(args: argparse.Namespace, result: Any, what: str) -> None:
+    before, after = result.parameters
+    print(f"{args.model}: {what}, streamed from disk")
+    print(f"parameters: {before:,} -> {after:,} ({after / before:.2f}x)")
+    changed = ", ".join(f"{k}={v}" for k, v in result.changes.items()) or "none"
+    print(f"config changes: {changed}")
+    if result.max_error is None:
+        print("not verified (--no-verify)")
+    else:
+        print(f"max relative error of the outputs (sample inputs): {result.max_error:.2e}")
+    print(
+        f"saved to {result.path}/ ({result.shards} weight file(s), "
+        f"{result.bytes_written / 1e6:,.1f} MB)"
+    )
 
 
 def _width_dict(items: list[str]) -> dict[str, int | float]:

@@ -1,0 +1,261 @@
+"""Streamed growth of checkpoint directories (autogrow.widen_checkpoint / deepen_checkpoint,
+``autogrow widen DIR``): Hugging Face directories saved in several shards are grown on disk;
+the output loads with from_pretrained and holds exactly what in-memory widen/deepen with the
+same seed gives; bad input and interrupted runs leave no output and the source untouched."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import autogrow
+from autogrow.checkpoint.stream import writer as writer_module
+from autogrow.cli import main
+from autogrow.verify import relative_error
+
+transformers = pytest.importorskip("transformers")  # in the dev extra: always present in CI
+
+SHARD = "20KB"
+INDEX = "model.safetensors.index.json"
+
+
+def _llama(tied: bool = False, dtype: torch.dtype = torch.float32):
+    cfg = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+BUILDERS = {"llama": _llama, "gpt2": _gpt2}
+
+
+def _save(model, path: Path) -> Path:
+    model.save_pretrained(path, max_shard_size=SHARD)
+    assert (path / INDEX).is_file()  # several shards
+    return path
+
+
+def _stored(path: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            out.update({k: h.get_tensor(k) for k in h.keys()})
+    return out
+
+
+def _digest(path: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.iterdir())}
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(5))
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_widen_checkpoint_equals_in_memory_widen(kind, tmp_path):
+    model = BUILDERS[kind]()
+    src = _save(model, tmp_path / "src")
+    before = _digest(src)
+    result = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD, seed=3)
+    assert _digest(src) == before
+    assert result.path == tmp_path / "out" and result.shards > 1 and result.seed == 3
+    assert result.max_error is not None and result.max_error <= 1e-4
+    loaded = type(model).from_pretrained(result.path).eval()
+    _same_state(loaded, autogrow.widen(model, 2.0, seed=3))
+    x = _tokens()
+    assert relative_error(loaded(x).logits, model(x).logits) <= 1e-4
+    # the config rebuilds the grown shapes, and the index lists every stored tensor
+    rebuilt = type(model)(type(loaded.config).from_pretrained(result.path))
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in loaded.state_dict().items()
+    }
+    index = json.loads((result.path / INDEX).read_text())["weight_map"]
+    stored = _stored(result.path)
+    assert set(index) == set(stored)
+    assert sum(t.numel() for t in stored.values()) == result.parameters[1]
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_tied_embeddings_are_stored_once(tmp_path):
+    model = _gpt2()
+    src = _save(model, tmp_path / "src")
+    out = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD).path
+    stored = _stored(out)
+    assert "lm_head.weight" not in stored and "transformer.wte.weight" in stored
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+
+def test_dtypes_are_kept(tmp_path):
+    model = _llama(dtype=torch.bfloat16)
+    src = _save(model, tmp_path / "src")
+    result = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD, seed=0)
+    assert {t.dtype for t in _stored(result.path).values()} == {torch.bfloat16}
+    loaded = transformers.LlamaForCausalLM.from_pretrained(result.path, dtype=torch.bfloat16)
+    _same_state(loaded, autogrow.widen(model, 2.0, seed=0))
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_deepen_checkpoint_equals_in_memory_deepen(kind, tmp_path):
+    model = BUILDERS[kind]()
+    src = _save(model, tmp_path / "src")
+    result = autogrow.deepen_checkpoint(src, tmp_path / "out", n=2, max_shard_size=SHARD)
+    assert result.max_error == 0.0
+    loaded = type(model).from_pretrained(result.path).eval()
+    _same_state(loaded, autogrow.deepen(model, n=2))
+    field = "n_layer" if kind == "gpt2" else "num_hidden_layers"
+    assert result.changes == {field: 4}
+    x = _tokens()
+    assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_cli_widens_and_deepens_a_directory(tmp_path, capsys):
+    model = _llama(tied=True)
+    src = _save(model, tmp_path / "src")
+    wide, deep = tmp_path / "wide", tmp_path / "deep"
+    args = ["widen", str(src), "--factor", "2", "--seed", "1", "--out", str(wide)]
+    assert main([*args, "--max-shard-size", "100KB"]) == 0
+    out = capsys.readouterr().out
+    assert "streamed from disk" in out and "hidden_size=64" in out
+    assert main(["deepen", str(wide), "--out", str(deep), "--no-verify"]) == 0
+    assert "not verified" in capsys.readouterr().out
+    loaded = transformers.LlamaForCausalLM.from_pretrained(deep)
+    _same_state(loaded, autogrow.deepen(autogrow.widen(model, 2.0, seed=1)))
+    # an existing output is kept unless --overwrite
+    assert main([*args]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_cli_directory_needs_out(tmp_path, capsys):
+    src = _save(_llama(), tmp_path / "src")
+    assert main(["widen", str(src), "--factor", "2"]) == 2
+    assert "pass --out" in capsys.readouterr().err
+
+
+def _expect_error(src: Path, out: Path, *words: str) -> None:
+    with pytest.raises(autogrow.CheckpointError) as info:
+        autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD)
+    for w in words:
+        assert w in str(info.value)
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_missing_shard(tmp_path):
+    src = _save(_llama(), tmp_path / "src")
+    shard = sorted(set(json.loads((src / INDEX).read_text())["weight_map"].values()))[1]
+    (src / shard).unlink()
+    _expect_error(src, tmp_path / "out", shard, "do not exist")
+
+
+def test_index_disagreeing_with_the_shards(tmp_path):
+    src = _save(_llama(), tmp_path / "src")
+    data = json.loads((src / INDEX).read_text())
+    files = sorted(set(data["weight_map"].values()))
+    name = next(k for k, f in data["weight_map"].items() if f == files[0])
+    data["weight_map"][name] = files[1]
+    (src / INDEX).write_text(json.dumps(data))
+    _expect_error(src, tmp_path / "out", "disagrees with", name)
+
+
+def test_config_the_class_cannot_build(tmp_path):
+    src = _save(_llama(), tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    config["architectures"] = ["NoSuchModelForCausalLM"]
+    (src / "config.json").write_text(json.dumps(config))
+    _expect_error(src, tmp_path / "out", "config.json", "NoSuchModelForCausalLM")
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    src = _save(_llama(), tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (src / "config.json").write_text(json.dumps(config))
+    _expect_error(src, tmp_path / "out", "do not fit", "mlp")
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    src = _save(_llama(), tmp_path / "src")
+    before = _digest(src)
+    calls = []
+
+    def full(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(tensors, filename, metadata=metadata)
+
+    real = writer_module.save_file
+    monkeypatch.setattr(writer_module, "save_file", full)
+    _expect_error(src, tmp_path / "out", "disk is full", "model-00002-of-")
+    assert _digest(src) == before
+
+
+def test_an_interrupted_run_leaves_no_output_and_a_rerun_works(tmp_path, monkeypatch):
+    model = _llama()
+    src = _save(model, tmp_path / "src")
+    out = tmp_path / "out"
+    real = writer_module.save_file
+
+    def interrupted(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_module, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD)
+    assert not out.exists()
+    monkeypatch.setattr(writer_module, "save_file", real)
+    # a run killed outright leaves its partial directory behind: the next run starts clean
+    stale = tmp_path / ".out.partial"
+    stale.mkdir()
+    (stale / "model-00001-of-00009.safetensors").write_bytes(b"half")
+    result = autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD, seed=0)
+    assert not stale.exists()
+    _same_state(
+        transformers.LlamaForCausalLM.from_pretrained(result.path),
+        autogrow.widen(model, 2.0, seed=0),
+    )
+
+
+def test_verification_failure_leaves_no_output(tmp_path, monkeypatch):
+    from autogrow.checkpoint.stream import plan
+
+    src = _save(_llama(), tmp_path / "src")
+    real = plan.grow_tensor
+    monkeypatch.setattr(plan, "grow_tensor", lambda t, axes: real(t, axes) * 1.5)
+    with pytest.raises(autogrow.VerificationError, match="nothing was written"):
+        autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    # without verification the (wrong) output is written: the check is what caught it
+    result = autogrow.widen_checkpoint(
+        src, 2.0, tmp_path / "out", max_shard_size=SHARD, verify=False
+    )
+    assert result.max_error is None and (result.path / INDEX).is_file()
+
+
+def test_not_a_checkpoint_directory(tmp_path):
+    with pytest.raises(autogrow.CheckpointError, match="not a checkpoint directory"):
+        autogrow.widen_checkpoint(tmp_path, 2.0, tmp_path / "out")
