@@ -4,6 +4,7 @@ on disk into a new one, without loading either model (docs/checkpoints-streaming
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ class StreamResult:
         shards: number of weight files written.
         max_error: the verification's max relative error (None with ``verify=False``).
         seed: the seed of widen's unit maps (None for deepen).
+        seconds: wall time of each phase: ``plan`` (reading headers, building on meta,
+            planning), ``write`` (reading, growing and writing the tensors), ``verify``.
     """
 
     path: Path
@@ -48,6 +51,7 @@ class StreamResult:
     shards: int = 0
     max_error: float | None = None
     seed: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def widen_checkpoint(
@@ -96,11 +100,12 @@ def widen_checkpoint(
         VerificationError: the written checkpoint differs from the source (nothing is left).
         ConstraintError, InvalidArgumentError: as for :func:`autogrow.widen`.
     """
+    start = time.perf_counter()
     root, fmt, source, model, names = _open(src)
     result, plan, outputs = plan_widen(model, source, names, factor, seed=seed, symmetry=symmetry)
     changes = _changes(model, result)
     return _write(
-        root, fmt, source, result, outputs, Path(out), changes, plan.seed,
+        root, fmt, source, result, outputs, Path(out), changes, plan.seed, start,
         max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
         what="widened",
     )  # fmt: skip
@@ -144,13 +149,14 @@ def deepen_checkpoint(
         CheckpointError, VerificationError: as for :func:`widen_checkpoint`.
         InvalidArgumentError: as for :func:`autogrow.deepen`.
     """
+    start = time.perf_counter()
     root, fmt, source, _, names = _open(src)
     model = _build(fmt, root, buffers_on_meta=False)
     inputs = sample_inputs(model)
     result, _, outputs = plan_deepen(model, source, names, after=after, n=n, inputs=inputs)
     changes = _changes(model, result)
     return _write(
-        root, fmt, source, result, outputs, Path(out), changes, None,
+        root, fmt, source, result, outputs, Path(out), changes, None, start,
         max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
         what="deepened",
     )  # fmt: skip
@@ -204,6 +210,7 @@ def _write(
     out: Path,
     changes: dict[str, Any],
     seed: int | None,
+    start: float,
     *,
     max_shard_size: int | str,
     verify: bool,
@@ -215,6 +222,7 @@ def _write(
     if out.resolve() == root.resolve():
         raise CheckpointError(f"the output {out} is the source; name another directory")
     partial = PartialOutput(out, overwrite=overwrite)
+    seconds = {"plan": time.perf_counter() - start}
     try:
         weight_map = write_shards(partial, outputs, max_bytes)
         source.close()
@@ -224,6 +232,7 @@ def _write(
         copy_files(root, partial, fmt.weight_files(root))
         total = sum(t.nbytes for t in outputs)
         write_index(partial, weight_map, total)
+        seconds["write"] = time.perf_counter() - start - seconds["plan"]
         error = None
         if verify:
             written = SourceCheckpoint(partial.tmp)
@@ -239,6 +248,7 @@ def _write(
                 tolerance=tolerance,
                 where=out,
             )
+            seconds["verify"] = time.perf_counter() - start - seconds["plan"] - seconds["write"]
     except BaseException:
         partial.discard()
         raise
@@ -246,5 +256,5 @@ def _write(
     before = sum(i.nbytes // i.dtype.itemsize for i in source.infos.values())
     after = sum(t.nbytes // t.dtype.itemsize for t in outputs)
     return StreamResult(
-        path, changes, (before, after), total, len(set(weight_map.values())), error, seed
+        path, changes, (before, after), total, len(set(weight_map.values())), error, seed, seconds
     )
