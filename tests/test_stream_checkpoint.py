@@ -201,14 +201,15 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     before = _digest(src)
     calls = []
 
-    def full(tensors, filename, metadata=None):
-        calls.append(filename)
+    def full(path, tensors, metadata):
+        calls.append(path)
         if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", filename)
-        return real(tensors, filename, metadata=metadata)
+            path.write_bytes(b"part of a shard")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, tensors, metadata)
 
-    real = writer_module.save_file
-    monkeypatch.setattr(writer_module, "save_file", full)
+    real = writer_module.stream_safetensors
+    monkeypatch.setattr(writer_module, "stream_safetensors", full)
     _expect_error(src, tmp_path / "out", "disk is full", "model-00002-of-")
     assert _digest(src) == before
 
@@ -217,17 +218,17 @@ def test_an_interrupted_run_leaves_no_output_and_a_rerun_works(tmp_path, monkeyp
     model = _llama()
     src = _save(model, tmp_path / "src")
     out = tmp_path / "out"
-    real = writer_module.save_file
+    real = writer_module.stream_safetensors
 
-    def interrupted(tensors, filename, metadata=None):
-        real(tensors, filename, metadata=metadata)
+    def interrupted(path, tensors, metadata):
+        real(path, tensors, metadata)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writer_module, "save_file", interrupted)
+    monkeypatch.setattr(writer_module, "stream_safetensors", interrupted)
     with pytest.raises(KeyboardInterrupt):
         autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD)
     assert not out.exists()
-    monkeypatch.setattr(writer_module, "save_file", real)
+    monkeypatch.setattr(writer_module, "stream_safetensors", real)
     # a run killed outright leaves its partial directory behind: the next run starts clean
     stale = tmp_path / ".out.partial"
     stale.mkdir()

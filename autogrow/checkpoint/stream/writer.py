@@ -1,9 +1,12 @@
 """Writing a grown checkpoint shard by shard into a temporary directory that becomes the
 output only when complete.
 
-Tensors are produced one at a time (each from one source tensor) and collected into a shard
-until the next would pass ``max_shard_size``; the shard is written with
-``safetensors.torch.save_file`` and its tensors freed, so at most one output shard is held.
+Tensors are assigned to shards of at most ``max_shard_size`` from their planned shapes. A shard
+file is written in the safetensors format as a stream: its header first (every name, dtype,
+shape and offset is known from the plan), then each tensor's bytes as soon as it is computed
+(each from one source tensor), after which it is freed. So the memory a shard needs is that
+of its largest tensor, not of the whole shard; files are read back with
+``safetensors.safe_open`` like any other (the tests do, and ``from_pretrained``).
 The directory is ``.<name>.partial`` beside the output; the index
 (``model.safetensors.index.json``) is written last and the directory renamed into place, so
 an interrupted run never leaves an output that looks complete. A stale partial directory
@@ -24,7 +27,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from ..recipe import CheckpointError
 from .source import INDEX, WEIGHTS
@@ -140,6 +142,54 @@ class PartialOutput:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+_CODES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def safetensors_header(tensors: list[OutputTensor], metadata: dict[str, str]) -> bytes:
+    """The header of a safetensors file holding ``tensors`` in this order: its 8-byte
+    little-endian length, then the JSON, padded with spaces to a multiple of 8 bytes."""
+    entries: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for t in tensors:
+        entries[t.name] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
+        offset += t.nbytes
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def stream_safetensors(path: Path, tensors: list[OutputTensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to the safetensors file ``path``, computing and freeing one at a
+    time."""
+    with open(path, "wb") as f:
+        f.write(safetensors_header(tensors, metadata))
+        for t in tensors:
+            value = t.make()
+            if tuple(value.shape) != t.shape or value.dtype != t.dtype:
+                raise CheckpointError(
+                    f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
+                    f"planned {t.shape} {t.dtype}"
+                )
+            raw = value.contiguous().reshape(-1).view(torch.uint8)
+            f.write(memoryview(raw.numpy()))  # the tensor's own bytes, no copy
+            del value, raw
+
+
 def write_shards(
     partial: PartialOutput, tensors: list[OutputTensor], max_bytes: int
 ) -> dict[str, str]:
@@ -149,23 +199,12 @@ def write_shards(
     weight_map: dict[str, str] = {}
     for k, shard in enumerate(shards, 1):
         file = WEIGHTS if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        values: dict[str, torch.Tensor] = {}
-        for t in shard:
-            value = t.make()
-            if tuple(value.shape) != t.shape or value.dtype != t.dtype:
-                partial.discard()
-                raise CheckpointError(
-                    f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
-                    f"planned {t.shape} {t.dtype}"
-                )
-            values[t.name] = value.contiguous()
-            weight_map[t.name] = file
+        weight_map.update(dict.fromkeys((t.name for t in shard), file))
 
-        def write(path: Path, values: dict[str, torch.Tensor] = values) -> None:
-            save_file(values, str(path), metadata={"format": "pt"})
+        def write(path: Path, shard: list[OutputTensor] = shard) -> None:
+            stream_safetensors(path, shard, {"format": "pt"})
 
         partial.write_file(file, write)
-        values.clear()  # freed before the next shard is computed
     return weight_map
 
 
