@@ -42,6 +42,10 @@ class StreamResult:
         seed: the seed of widen's unit maps (None for deepen).
         seconds: wall time of each phase: ``plan`` (reading headers, building on meta,
             planning), ``write`` (reading, growing and writing the tensors), ``verify``.
+
+    >>> r = StreamResult(Path("wide"), {"hidden_size": 4096}, (1_100, 4_200), 8_400, 2, 0.0, 7)
+    >>> r.parameters[1] / r.parameters[0] > 3, r.changes["hidden_size"]
+    (True, 4096)
     """
 
     path: Path
@@ -99,6 +103,13 @@ def widen_checkpoint(
             disk), each naming the file; nothing is left at ``out``.
         VerificationError: the written checkpoint differs from the source (nothing is left).
         ConstraintError, InvalidArgumentError: as for :func:`autogrow.widen`.
+
+    ```python
+    import autogrow
+    r = autogrow.widen_checkpoint("llama-dir", 2.0, "llama-wide", max_shard_size="2GB", seed=0)
+    print(r.changes, r.max_error)   # {'hidden_size': 4096, ...} 3e-3
+    # transformers.AutoModelForCausalLM.from_pretrained("llama-wide") loads it
+    ```
     """
     start = time.perf_counter()
     root, fmt, source, model, names = _open(src)
@@ -148,6 +159,12 @@ def deepen_checkpoint(
     Raises:
         CheckpointError, VerificationError: as for :func:`widen_checkpoint`.
         InvalidArgumentError: as for :func:`autogrow.deepen`.
+
+    ```python
+    import autogrow
+    r = autogrow.deepen_checkpoint("llama-dir", "llama-deep", n=2)
+    print(r.changes)   # {'num_hidden_layers': 24}
+    ```
     """
     start = time.perf_counter()
     root, fmt, source, _, names = _open(src)
