@@ -213,6 +213,9 @@ def main() -> None:
     parser.add_argument("--skip-70b", action="store_true")
     args = parser.parse_args()
     config = {**BASE, **PRESETS[args.size]}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="stream_bench_", dir=args.tmp))
     src, out = work / "src", work / "out"
     try:
@@ -231,9 +234,7 @@ def main() -> None:
         "config": config,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
         f"{args.threads}, {platform.platform()}",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        "commit": commit,
         "cap_bytes": cap,
         "source_bytes": source_bytes,
         **run,
