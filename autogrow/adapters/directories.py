@@ -56,6 +56,8 @@ class DirectoryFormat:
     """
 
     name = "none"
+    single_file = False  # True: the weights are one file whatever max_shard_size says
+    rebuilds_grown = True  # False: verification runs the planned model, not one rebuilt
 
     def matches(self, path: Path) -> bool:
         """Whether this format speaks for the directory ``path``."""

@@ -3,9 +3,9 @@ on disk into a new one, without loading either model (docs/checkpoints-streaming
 
 from __future__ import annotations
 
+import copy
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from ...adapters.directories import DirectoryFormat, directory_format
 from ...errors import AutogrowError
 from ..recipe import CheckpointError
 from .check import check_streamed, sample_inputs
+from .own_format import AutogrowDirectory
 from .plan import check_matches, plan_deepen, plan_widen
 from .source import SourceCheckpoint
 from .writer import (
@@ -69,6 +70,7 @@ def widen_checkpoint(
     verify: bool = True,
     tolerance: float | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> StreamResult:
     """Widen the checkpoint directory ``src`` into ``out`` without loading the model.
 
@@ -93,6 +95,9 @@ def widen_checkpoint(
             :mod:`autogrow.checkpoint.stream.check`); False skips it.
         tolerance: the max relative error ``verify`` accepts (None: by the stored dtype).
         overwrite: replace ``out`` when it exists and is not empty.
+        trust: for an autogrow checkpoint (``recipe.json``): call its seed factory whatever it
+            is, as :func:`autogrow.load` does with ``trust=True`` (by default only allow-listed
+            factories are called).
 
     Returns:
         A :class:`StreamResult`.
@@ -112,7 +117,7 @@ def widen_checkpoint(
     ```
     """
     start = time.perf_counter()
-    root, fmt, source, model, names = _open(src)
+    root, fmt, source, model, names = _open(src, trust)
     result, plan, outputs = plan_widen(model, source, names, factor, seed=seed, symmetry=symmetry)
     changes = _changes(model, result)
     return _write(
@@ -132,6 +137,7 @@ def deepen_checkpoint(
     verify: bool = True,
     tolerance: float | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> StreamResult:
     """Deepen the checkpoint directory ``src`` into ``out`` without loading the model.
 
@@ -152,6 +158,7 @@ def deepen_checkpoint(
         verify: compare both checkpoints on sample inputs, module by module.
         tolerance: the max relative error ``verify`` accepts (None: by the stored dtype).
         overwrite: replace ``out`` when it exists and is not empty.
+        trust: as for :func:`widen_checkpoint`.
 
     Returns:
         A :class:`StreamResult`.
@@ -167,7 +174,7 @@ def deepen_checkpoint(
     ```
     """
     start = time.perf_counter()
-    root, fmt, source, _, names = _open(src)
+    root, fmt, source, _, names = _open(src, trust)
     model = _build(fmt, root, buffers_on_meta=False)
     inputs = sample_inputs(model)
     result, _, outputs = plan_deepen(model, source, names, after=after, n=n, inputs=inputs)
@@ -180,16 +187,18 @@ def deepen_checkpoint(
 
 
 def _open(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str], trust: bool
 ) -> tuple[Path, DirectoryFormat, SourceCheckpoint, nn.Module, dict[str, str]]:
     root = Path(src)
     if not root.is_dir():
         raise CheckpointError(f"{root} is not a directory; name a checkpoint directory")
-    fmt = directory_format(root)
+    fmt: DirectoryFormat | None = AutogrowDirectory(trust=trust)
+    if not fmt.matches(root):
+        fmt = directory_format(root)
     if fmt is None:
         raise CheckpointError(
             f"{root} is not a checkpoint directory streamed growth reads (a Hugging Face "
-            "directory with config.json beside safetensors weights)"
+            "directory with config.json beside safetensors weights, or one autogrow.save wrote)"
         )
     source = SourceCheckpoint(root)
     model = _build(fmt, root, buffers_on_meta=True)
@@ -200,6 +209,8 @@ def _open(
 def _build(fmt: DirectoryFormat, root: Path, *, buffers_on_meta: bool) -> nn.Module:
     try:
         return fmt.build(root, buffers_on_meta=buffers_on_meta)
+    except CheckpointError:
+        raise
     except AutogrowError as e:
         raise CheckpointError(f"{fmt.description_file(root)}: {e}") from e
     except Exception as e:  # noqa: BLE001 - any failure of the library's builder
@@ -236,6 +247,8 @@ def _write(
     what: str,
 ) -> StreamResult:
     max_bytes = parse_size(max_shard_size)
+    if fmt.single_file:
+        max_bytes = sum(t.nbytes for t in outputs) + 1
     if out.resolve() == root.resolve():
         raise CheckpointError(f"the output {out} is the source; name another directory")
     partial = PartialOutput(out, overwrite=overwrite)
@@ -253,9 +266,12 @@ def _write(
         error = None
         if verify:
             written = SourceCheckpoint(partial.tmp)
-            build_new: Callable[[], nn.Module] = lambda: _build(  # noqa: E731
-                fmt, partial.tmp, buffers_on_meta=False
-            )
+
+            def build_new() -> nn.Module:
+                if fmt.rebuilds_grown:  # the written description itself is checked
+                    return _build(fmt, partial.tmp, buffers_on_meta=False)
+                return copy.deepcopy(result).to("meta")  # the planned architecture
+
             error = check_streamed(
                 lambda: _build(fmt, root, buffers_on_meta=False),
                 source,

@@ -18,6 +18,7 @@ from ...errors import GrowthWarning
 from ...tracing.inputs import infer_example_inputs
 from ...transforms.axis_maps import AxisMap, grow_tensor
 from ...transforms.depth import DeepenPlan, DeepenTransform
+from ...transforms.lineage import record_step
 from ...transforms.widen import WidenPlan, WidenTransform
 from ..recipe import CheckpointError
 from .lazy import LazyWeights, stored_names
@@ -69,15 +70,17 @@ def plan_widen(
     axis maps (:func:`~autogrow.transforms.axis_maps.grow_tensor`, the in-memory code)."""
     transform = WidenTransform(factor, seed=seed, symmetry=symmetry)
     adapter = adapter_for(model)
+    inputs = meta_inputs(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GrowthWarning)
-        plan, _ = transform.plan(model, meta_inputs(model), verify=False)
+        plan, _ = transform.plan(model, inputs, verify=False)
         adapt = transform.prepare_adapter(model)
         result, _ = transform.apply(model, inplace=False)
         if adapt is not None:
             adapt(result)
         adapter.check_grown(result, transform.what)
         transform.finish(result)
+    record_step(model, result, transform.op, transform.recipe_args(), inputs)
     for w in caught:  # a partial growth is reported once, as in memory
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     # axis maps are keyed by one name of each tensor; a tied tensor's other names share them
@@ -151,6 +154,7 @@ def plan_deepen(
     if adapt is not None:
         adapt(result)
     adapter_for(model).check_grown(result, transform.what)
+    record_step(model, result, transform.op, transform.recipe_args(), inputs)
     # which old tensor each kept tensor of the result is (deepcopy's memo: old id → copy)
     old_names = {id(t): name for name, t in model.state_dict(keep_vars=True).items()}
     origin = {id(new): old_names[old] for old, new in transform.memo.items() if old in old_names}
