@@ -12,14 +12,18 @@ copy of the same bytes. Then, on paper, the same run for a 70B-class config.
    as the grown checkpoint holds (read in 64 MiB blocks, written the same way; no fsync, like
    the growth itself; the source is in the page cache for both, having just been written).
 3. Runs ``autogrow.widen_checkpoint(src, 2.0, out, max_shard_size="500MB")`` with
-   verification in a child process whose data segment is capped with
-   ``resource.setrlimit(RLIMIT_DATA)`` (this machine has cgroup v1 and no user systemd, so
-   neither ``systemd-run -p MemoryMax=`` nor a cgroup v2 ``memory.max`` is available;
-   ``RLIMIT_AS`` is unusable with torch, which reserves address space). RLIMIT_DATA bounds
-   private writable memory (all of torch's tensors, including pages never touched), so the
-   run fails with an allocation error, rather than slowing down, if it needs more. Peak
-   resident memory is the child's ``ru_maxrss`` (which also counts pages of the memory-mapped
-   source files it read).
+   verification in a child process under a cap on its resident memory, enforced by a watchdog
+   that reads the child's ``VmRSS`` from ``/proc`` every 10 ms and kills it above the cap
+   (``--cap-gib``, default 2.0 GiB, less than the 2.2 GB source). Which caps this machine
+   supports: it has cgroup v1 and no user systemd, so neither ``systemd-run -p MemoryMax=`` nor
+   a cgroup v2 ``memory.max`` is available; ``RLIMIT_AS`` is unusable with torch, which reserves
+   address space; ``RLIMIT_DATA`` works but counts address space never touched (building a
+   model with parameters on meta first asks for each parameter's ``torch.empty``, which never
+   becomes resident), so a first run under ``RLIMIT_DATA`` of 2 GiB stopped in verification
+   although resident memory stayed far below. Peak resident memory is the child's own
+   high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` at each phase: open,
+   plan, write, verify; it counts pages of the memory-mapped source files read too), not
+   ``ru_maxrss``, which Linux may carry over from the parent at fork.
 4. Plans the same widening for Llama-2-70B's config on the meta device (the real shapes) and
    extrapolates time from the measured seconds per byte read + written, and memory from the
    measured base plus the largest output shard and tensors.
@@ -143,31 +147,72 @@ CHILD = """
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
 import autogrow
+from autogrow.checkpoint.stream import api
+peaks = {}
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+def phase(name, f):  # the high-water mark of resident memory during each phase
+    def run(*args, **kwargs):
+        open("/proc/self/clear_refs", "w").write("5")
+        try:
+            return f(*args, **kwargs)
+        finally:
+            peaks[name] = hwm()
+    return run
+api._open = phase("open", api._open)
+api.plan_widen = phase("plan", api.plan_widen)
+api.write_shards = phase("write", api.write_shards)
+api.check_streamed = phase("verify", api.check_streamed)
 start = time.perf_counter()
 r = autogrow.widen_checkpoint(sys.argv[1], 2.0, sys.argv[2], max_shard_size=sys.argv[3], seed=0)
 print(json.dumps({
     "seconds": time.perf_counter() - start, "phases": r.seconds, "max_error": r.max_error,
     "bytes_written": r.bytes_written, "shards": r.shards, "parameters": r.parameters,
-    "changes": r.changes, "base_rss": base,
+    "changes": r.changes, "base_rss": base, "phase_peaks": peaks,
 }))
 """
 
 
-def run_capped(src: Path, out: Path, cap: int, threads: int) -> dict:
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
+
+def run_capped(src: Path, out: Path, cap: int, threads: int) -> dict:
+    """The widening in a child process, killed if its resident memory passes ``cap``."""
     cmd = [sys.executable, "-c", CHILD, str(src), str(out), SHARD, str(threads)]
-    proc = subprocess.run(
-        cmd, preexec_fn=limit, capture_output=True, text=True, cwd=ROOT, check=False
-    )
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as log, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=err, text=True, cwd=ROOT)
+        killed = 0
+        while proc.poll() is None:
+            rss = _rss(proc.pid)
+            if rss > cap:
+                proc.kill()
+                killed = rss
+            time.sleep(0.01)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        log.seek(0)
+        err.seek(0)
+        stdout, stderr = log.read(), err.read()
+    if killed:
+        raise SystemExit(f"the run passed the cap: {killed / GIB:.2f} GiB resident")
     if proc.returncode != 0:
-        raise SystemExit(f"the capped run failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["peak_rss"] = usage.ru_maxrss * 1024
+        raise SystemExit(f"the capped run failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    # ru_maxrss of a child can start at its parent's resident size at fork (Linux keeps it
+    # across exec), so the peak is the child's own high-water marks, read per phase
+    result["ru_maxrss"] = usage.ru_maxrss * 1024
+    result["peak_rss"] = max(result["phase_peaks"].values())
     return result
 
 
@@ -207,7 +252,7 @@ def plan_70b() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(PRESETS), default="1.1b")
-    parser.add_argument("--cap-gib", type=float, default=2.0, help="RLIMIT_DATA of the run")
+    parser.add_argument("--cap-gib", type=float, default=2.0, help="cap on resident memory")
     parser.add_argument("--tmp", default="/tmp", help="where the checkpoints are written")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-70b", action="store_true")
@@ -245,15 +290,20 @@ def main() -> None:
     rows = [
         ("parameters", f"{run['parameters'][0] / 1e9:.2f}B -> {run['parameters'][1] / 1e9:.2f}B"),
         ("source / output", f"{source_bytes / 1e9:.2f} GB / {run['bytes_written'] / 1e9:.2f} GB"),
-        ("memory cap (RLIMIT_DATA)", f"{cap / GIB:.2f} GiB"),
-        ("peak RSS (ru_maxrss)", f"{run['peak_rss'] / GIB:.2f} GiB"),
+        ("cap on resident memory", f"{cap / GIB:.2f} GiB"),
+        ("peak RSS (VmHWM)", f"{run['peak_rss'] / GIB:.2f} GiB"),
         ("RSS after import torch", f"{run['base_rss'] / GIB:.2f} GiB"),
+        *(
+            (f"  peak RSS in {name}", f"{value / GIB:.2f} GiB")
+            for name, value in run["phase_peaks"].items()
+        ),
         ("plan (meta device)", f"{run['phases']['plan']:.1f} s"),
         ("read + grow + write", f"{run['phases']['write']:.1f} s"),
         ("streamed verification", f"{run['phases'].get('verify', 0):.1f} s"),
         ("max relative error", f"{run['max_error']:.2e}"),
         ("plain copy of the bytes", f"{copy:.1f} s"),
         ("(plan + write) / copy", f"{grow / copy:.2f}x"),
+        ("write / copy", f"{run['phases']['write'] / copy:.2f}x"),
     ]
     if not args.skip_70b:
         big = plan_70b()
