@@ -157,6 +157,12 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace --out if it exists and is not empty (streamed growth)",
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="grow a directory written by autogrow.save on disk, without loading it "
+        "(Hugging Face directories always are)",
+    )
 
 
 def _add_search_commands(sub: Any) -> None:
@@ -404,6 +410,7 @@ def widen_command(args: argparse.Namespace) -> int:
             symmetry=args.symmetry,
             verify=not args.no_verify,
             overwrite=args.overwrite,
+            trust=args.trust,
         )
         _report_streamed(args, result, f"widened (seed {result.seed})")
         return 0
@@ -441,6 +448,7 @@ def deepen_command(args: argparse.Namespace) -> int:
             max_shard_size=args.max_shard_size,
             verify=not args.no_verify,
             overwrite=args.overwrite,
+            trust=args.trust,
         )
         _report_streamed(args, result, "deepened")
         return 0
@@ -460,7 +468,12 @@ def _streamed(args: argparse.Namespace) -> bool:
     from .checkpoint.io import RECIPE
 
     path = Path(args.model)
-    if not path.is_dir() or (path / RECIPE).exists() or directory_format(path) is None:
+    if not path.is_dir():
+        return False
+    if (path / RECIPE).exists():
+        if not args.stream:
+            return False  # loaded and grown in memory, as before
+    elif directory_format(path) is None:
         return False
     unused = [
         flag

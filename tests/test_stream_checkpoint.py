@@ -260,3 +260,40 @@ def test_verification_failure_leaves_no_output(tmp_path, monkeypatch):
 def test_not_a_checkpoint_directory(tmp_path):
     with pytest.raises(autogrow.CheckpointError, match="not a checkpoint directory"):
         autogrow.widen_checkpoint(tmp_path, 2.0, tmp_path / "out")
+
+
+def test_autogrow_checkpoint_directory(tmp_path):
+    autogrow.register_factory("models:MLP")
+    try:
+        net = autogrow.seed_model("models:MLP", d_in=6).eval()
+        wide = autogrow.widen(net, 1.5, seed=0)
+        src = autogrow.save(wide, tmp_path / "src")
+        result = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", seed=4)
+        assert result.shards == 1 and sorted(p.name for p in result.path.iterdir()) == [
+            "model.safetensors",
+            "recipe.json",
+        ]
+        _same_state(autogrow.load(result.path), autogrow.widen(autogrow.load(src), 2.0, seed=4))
+        assert [s.op for s in autogrow.load(result.path).autogrow_recipe.steps] == ["widen"] * 2
+        # the CLI streams such a directory with --stream (without it, it loads it, as before)
+        args = ["widen", str(src), "--factor", "2", "--seed", "4", "--out", str(tmp_path / "cli")]
+        assert main([*args, "--stream"]) == 0
+        assert _stored(tmp_path / "cli").keys() == _stored(result.path).keys()
+        deep = autogrow.deepen_checkpoint(src, tmp_path / "deep", n=2)
+        assert deep.max_error == 0.0
+        _same_state(autogrow.load(deep.path), autogrow.deepen(autogrow.load(src), n=2))
+        # a recipe with a deepen step cannot be replayed on the meta device
+        with pytest.raises(autogrow.CheckpointError, match="step 2 is a deepen"):
+            autogrow.widen_checkpoint(deep.path, 2.0, tmp_path / "again")
+    finally:
+        autogrow.unregister_factory("models:MLP")
+
+
+def test_autogrow_checkpoint_factory_needs_trust(tmp_path):
+    net = autogrow.seed_model("models:MLP", d_in=6)
+    src = autogrow.save(net, tmp_path / "src")
+    with pytest.raises(autogrow.CheckpointError, match="trust=True"):
+        autogrow.widen_checkpoint(src, 2.0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    result = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", trust=True, seed=0)
+    _same_state(autogrow.load(result.path, trust=True), autogrow.widen(net.eval(), 2.0, seed=0))
