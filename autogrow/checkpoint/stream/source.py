@@ -74,7 +74,6 @@ class SourceCheckpoint:
         self.root = Path(root)
         self.infos: dict[str, TensorInfo] = {}
         self.metadata: dict[str, Any] = {}
-        self._open: dict[str, Any] = {}
         index = self.root / INDEX
         if index.is_file():
             self._read_index(index)
@@ -153,27 +152,20 @@ class SourceCheckpoint:
                 )
 
     def tensor(self, name: str) -> torch.Tensor:
-        """One stored tensor, read from its file (a CPU tensor of the stored dtype)."""
+        """One stored tensor (a CPU tensor of the stored dtype).
+
+        ``safe_open`` maps the file and returns a view of its pages, which count as resident
+        memory while the mapping lives; opening the file for each tensor keeps only this
+        tensor's pages mapped, released when the tensor is freed (the header is read again,
+        which costs microseconds).
+        """
         info = self.infos[name]
-        handle = self._open.get(info.file)
-        if handle is None:
-            self.close()  # one file open at a time: reads go shard by shard
-            path = self.root / info.file
-            try:
-                handle = safe_open(str(path), framework="pt")
-                handle.__enter__()
-            except (SafetensorError, OSError) as e:
-                raise CheckpointError(f"cannot read {path}: {e}") from e
-            self._open[info.file] = handle
+        path = self.root / info.file
         try:
-            return handle.get_tensor(name)
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(name)
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(
-                f"cannot read tensor {name!r} of {self.root / info.file}: {e}"
-            ) from e
+            raise CheckpointError(f"cannot read tensor {name!r} of {path}: {e}") from e
 
     def close(self) -> None:
-        """Close the open file handles (reading again reopens them)."""
-        for handle in self._open.values():
-            handle.__exit__(None, None, None)
-        self._open.clear()
+        """Nothing to close: files are opened per tensor (kept for callers that close)."""
