@@ -245,8 +245,8 @@ def test_verification_failure_leaves_no_output(tmp_path, monkeypatch):
     from autogrow.checkpoint.stream import plan
 
     src = _save(_llama(), tmp_path / "src")
-    real = plan.grow_tensor
-    monkeypatch.setattr(plan, "grow_tensor", lambda t, axes: real(t, axes) * 1.5)
+    real = plan.grow
+    monkeypatch.setattr(plan, "grow", lambda t, axes: real(t, axes) * 1.5)
     with pytest.raises(autogrow.VerificationError, match="nothing was written"):
         autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
@@ -297,3 +297,18 @@ def test_autogrow_checkpoint_factory_needs_trust(tmp_path):
     assert not (tmp_path / "out").exists()
     result = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", trust=True, seed=0)
     _same_state(autogrow.load(result.path, trust=True), autogrow.widen(net.eval(), 2.0, seed=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_streamed_grow_is_grow_tensor_bit_for_bit(dtype):
+    from autogrow.checkpoint.stream.grow import grow
+    from autogrow.transforms.axis_maps import AxisMap, grow_tensor
+    from autogrow.transforms.mapping import sample_map
+
+    gen = torch.Generator().manual_seed(0)
+    t = (torch.randn(6, 5, 4, generator=gen) * 100).to(dtype)
+    maps = [sample_map(n, 2 * n, uniform=False, symmetry="split", generator=gen) for n in (6, 5, 4)]
+    axes = [AxisMap(0, maps[0], False), AxisMap(1, maps[1], True), AxisMap(2, maps[2], True)]
+    expected = grow_tensor(t, axes)
+    got = grow(t, axes)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)

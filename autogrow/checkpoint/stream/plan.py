@@ -16,11 +16,12 @@ from torch import nn
 from ...adapters import adapter_for
 from ...errors import GrowthWarning
 from ...tracing.inputs import infer_example_inputs
-from ...transforms.axis_maps import AxisMap, grow_tensor
+from ...transforms.axis_maps import AxisMap
 from ...transforms.depth import DeepenPlan, DeepenTransform
 from ...transforms.lineage import record_step
 from ...transforms.widen import WidenPlan, WidenTransform
 from ..recipe import CheckpointError
+from .grow import grow
 from .lazy import LazyWeights, stored_names
 from .source import SourceCheckpoint
 from .writer import OutputTensor
@@ -67,7 +68,7 @@ def plan_widen(
 ) -> tuple[nn.Module, WidenPlan, list[OutputTensor]]:
     """Widen the meta ``model``; (the grown meta model with its updated description, the plan,
     the output tensors in source order). Each output tensor is its source tensor grown by its
-    axis maps (:func:`~autogrow.transforms.axis_maps.grow_tensor`, the in-memory code)."""
+    axis maps (:func:`.grow.grow`: what in-memory widen computes, bit for bit)."""
     transform = WidenTransform(factor, seed=seed, symmetry=symmetry)
     adapter = adapter_for(model)
     inputs = meta_inputs(model)
@@ -105,7 +106,7 @@ def plan_widen(
 def _grower(source: SourceCheckpoint, name: str, axes: list[AxisMap]) -> Callable[[], torch.Tensor]:
     def make() -> torch.Tensor:
         t = source.tensor(name)
-        return grow_tensor(t, axes) if axes else t
+        return grow(t, axes) if axes else t
 
     return make
 

@@ -16,6 +16,7 @@ not resume).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -185,9 +186,10 @@ def stream_safetensors(path: Path, tensors: list[OutputTensor], metadata: dict[s
                     f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
                     f"planned {t.shape} {t.dtype}"
                 )
-            raw = value.contiguous().reshape(-1).view(torch.uint8)
-            f.write(memoryview(raw.numpy()))  # the tensor's own bytes, no copy
-            del value, raw
+            value = value.contiguous()
+            if value.numel():  # the tensor's own bytes, not copied (numpy is not needed)
+                f.write((ctypes.c_char * t.nbytes).from_address(value.data_ptr()))
+            del value
 
 
 def write_shards(
