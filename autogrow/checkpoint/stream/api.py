@@ -15,7 +15,7 @@ from torch import nn
 from ...adapters.directories import DirectoryFormat, directory_format
 from ...errors import AutogrowError
 from ..recipe import CheckpointError
-from .check import check_streamed, sample_inputs
+from .check import check_streamed, sample_inputs, stored_float_dtype
 from .own_format import AutogrowDirectory
 from .plan import check_matches, plan_deepen, plan_widen
 from .source import SourceCheckpoint
@@ -176,7 +176,7 @@ def deepen_checkpoint(
     start = time.perf_counter()
     root, fmt, source, _, names = _open(src, trust)
     model = _build(fmt, root, buffers_on_meta=False)
-    inputs = sample_inputs(model)
+    inputs = sample_inputs(model, stored_float_dtype(source))
     result, _, outputs = plan_deepen(model, source, names, after=after, n=n, inputs=inputs)
     changes = _changes(model, result)
     return _write(
