@@ -108,6 +108,23 @@ def test_tied_embeddings_are_stored_once(tmp_path):
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
 
 
+def test_tied_weights_stored_twice_are_read(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _gpt2()
+    src = tmp_path / "src"
+    model.save_pretrained(src)  # one file; then store the tied head a second time
+    state = _stored(src)
+    state["lm_head.weight"] = state["transformer.wte.weight"].clone()
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    out = autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", seed=2).path
+    stored = _stored(out)
+    assert torch.equal(stored["lm_head.weight"], stored["transformer.wte.weight"])
+    _same_state(
+        transformers.GPT2LMHeadModel.from_pretrained(out), autogrow.widen(model, 2.0, seed=2)
+    )
+
+
 def test_dtypes_are_kept(tmp_path):
     model = _llama(dtype=torch.bfloat16)
     src = _save(model, tmp_path / "src")

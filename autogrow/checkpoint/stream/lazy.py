@@ -27,7 +27,8 @@ def stored_names(model: nn.Module, stored: Iterable[str]) -> dict[str, str]:
     for names in aliases.values():
         found = next((n for n in names if n in have), None)
         if found is not None:
-            out.update(dict.fromkeys(names, found))
+            # a name stored itself keeps its own copy (some checkpoints store tied tensors twice)
+            out.update({n: n if n in have else found for n in names})
     for name in model.state_dict(keep_vars=True):
         if name not in out and name in have:
             out[name] = name
