@@ -25,7 +25,7 @@ construction, with or without verification.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +36,9 @@ from ..axes.terms import Atom
 from ..rules.context import Analysis, tensor_values
 from ..rules.elementwise import _ACTIVATION_MODULES
 from ..rules.registry import Call, TensorValue, target_name
+from .mapping import UnitMap
 
-__all__ = ["FILL_KINDS", "AxisFill", "FillGroup", "fill_groups", "fill_ratio"]
+__all__ = ["FILL_KINDS", "AxisFill", "FillGroup", "fill_groups", "fill_ratio", "filled_axes"]
 
 FILL_KINDS = ("mean", "zero")
 
@@ -94,6 +95,24 @@ def fill_ratio(old: int, new: int) -> float:
     0.6666666666666666
     """
     return (new // old) * old / new
+
+
+def filled_axes(
+    groups: Mapping[int, FillGroup], maps: Mapping[int, UnitMap]
+) -> tuple[dict[tuple[str, int], tuple[str, float]], list[tuple[str, str, float]]]:
+    """For the groups that grow by filling (with their unit maps): each parameter axis's
+    (fill, factor), and the (module, attribute, new value) of each norm's eps."""
+    axes: dict[tuple[str, int], tuple[str, float]] = {}
+    eps: list[tuple[str, str, float]] = []
+    for gid, group in groups.items():
+        m = maps[gid]
+        assert m.filled is not None
+        old = int(m.source.max()) + 1
+        rho = fill_ratio(old, m.size)
+        for key, f in group.axes.items():
+            axes[key] = (f.fill, rho**f.power)
+        eps += [(module, attr, value * rho**power) for module, attr, value, power in group.eps]
+    return axes, eps
 
 
 @dataclass
@@ -325,6 +344,8 @@ class _Walk:
     def norm_eps(self, call: Call, gid: int, w: Any) -> None:
         eps = call.args.get("eps")
         module = call.module if call.module_obj is not None else None
+        if module is not None and "eps" not in call.args:  # a module call: its own eps
+            eps = getattr(call.module_obj, "eps", None)
         if module is None and isinstance(w, TensorValue) and w.param:
             module = w.param.rpartition(".")[0]
         found = self.eps_attribute(module, eps)

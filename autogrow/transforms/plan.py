@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -50,10 +50,20 @@ def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
     return [set(c) for c in nx.connected_components(links)]
 
 
-def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
-    """New width per group id (only groups that change)."""
+def fill_candidates(graph: WidthGraph) -> set[int]:
+    """The uniform groups that filled units could grow by any amount (``transforms.fill``
+    decides): widenable, and normalised alone (not ratio-tied to another group)."""
+    tied = {i for cls in _ratio_classes(graph) for i in cls}
+    return {g.id for g in graph.groups if g.uniform and g.widenable and g.id not in tied}
+
+
+def plan_widths(
+    graph: WidthGraph, factor: Factor, fillable: Collection[int] = ()
+) -> dict[int, int]:
+    """New width per group id (only groups that change). Uniform groups in ``fillable`` grow
+    as asked (filled units make up what whole multiples do not)."""
     if isinstance(factor, Mapping):
-        wanted = _dict_targets(graph, factor)
+        wanted = _dict_targets(graph, factor, fillable)
     else:
         f = check_factor(factor)
         wanted = {}
@@ -61,7 +71,7 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
             if g.widenable:
                 wanted[g.id] = (
                     g.width * math.floor(f + 1e-9)
-                    if g.uniform
+                    if g.uniform and g.id not in fillable
                     else max(g.width, round(g.width * f))
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
@@ -210,7 +220,9 @@ class _AlignedPieces(TermFold[tuple[Term, ...] | None]):
         return ()
 
 
-def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[int, int]:
+def _dict_targets(
+    graph: WidthGraph, factor: Mapping[str, int | float], fillable: Collection[int] = ()
+) -> dict[int, int]:
     if not factor:
         raise InvalidArgumentError("factor dict is empty: name at least one group or module")
     wanted: dict[int, int] = {}
@@ -234,19 +246,21 @@ def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[
                 f"group {g.name!r} (requested as {key!r}, modules {', '.join(g.modules[:3])}) is "
                 f"frozen: {g.frozen}. It cannot change width; pick another group."
             )
-        wanted[g.id] = _target_width(graph, g, key, value)
+        wanted[g.id] = _target_width(graph, g, key, value, g.id in fillable)
     return wanted
 
 
-def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
+def _target_width(
+    graph: WidthGraph, g: WidthGroup, key: str, value: int | float, fillable: bool = False
+) -> int:
     # A module name (even one that also names the group) means that module's output width.
     scale = _module_multiplicity(graph, g, key)
+    uniform = g.uniform and not fillable
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
     if isinstance(value, float):
         f = check_factor(value, f"factor for {key!r}")
-        target = g.width * math.floor(f + 1e-9) if g.uniform else max(g.width, round(g.width * f))
-        return target
+        return g.width * math.floor(f + 1e-9) if uniform else max(g.width, round(g.width * f))
     if value % scale:
         raise ConstraintError(
             f"{key!r} has {g.width * scale} outputs made of {scale} blocks of group {g.name!r}; "
@@ -258,7 +272,7 @@ def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float
             f"{key!r}: new width {value} is smaller than the current {g.width * scale}; "
             "autogrow only grows"
         )
-    if g.uniform and target % g.width:
+    if uniform and target % g.width:
         raise ConstraintError(
             f"group {g.name!r} must be replicated uniformly ({g.uniform}); its width must be a "
             f"multiple of {g.width * scale}, got {value}"

@@ -27,9 +27,10 @@ from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import parse_stack_trace
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
-from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
+from .fill import filled_axes, fill_groups
+from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
-from .plan import Factor, check_factor, plan_widths, report_partial_growth
+from .plan import Factor, check_factor, fill_candidates, plan_widths, report_partial_growth
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 
 
@@ -199,23 +200,34 @@ class WidenTransform(Transform[WidenPlan]):
     def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
         registry = self.registry or get_default_registry()
         graph = self.graph = analyze_traced(model, inputs, registry, reference=verify)
-        widths = self.widths = plan_widths(graph, self.factor)
+        # Uniform groups under a LayerNorm/RMSNorm that can take filled units grow as asked.
+        fillable = fill_groups(graph.analysis, fill_candidates(graph))
+        widths = self.widths = plan_widths(graph, self.factor, fillable)
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.maps = {
-            gid: sample_map(
-                graph.by_id(gid).width,
-                n,
-                uniform=graph.by_id(gid).uniform is not None,
-                symmetry=self.symmetry,
-                generator=self.generator,
-            )
-            for gid, n in sorted(widths.items())
+        self.filled = {
+            gid: fillable[gid]
+            for gid, n in widths.items()
+            if gid in fillable and n % graph.by_id(gid).width
         }
-        self.axis_maps = param_axis_maps(graph.analysis, self.maps)
+        self.maps = {}
+        for gid, n in sorted(widths.items()):
+            old = graph.by_id(gid).width
+            if gid in self.filled:
+                self.maps[gid] = fill_map(old, n, symmetry=self.symmetry, generator=self.generator)
+            else:
+                self.maps[gid] = sample_map(
+                    old,
+                    n,
+                    uniform=graph.by_id(gid).uniform is not None,
+                    symmetry=self.symmetry,
+                    generator=self.generator,
+                )
+        fills, eps = filled_axes(self.filled, {gid: self.maps[gid] for gid in self.filled})
+        self.axis_maps = param_axis_maps(graph.analysis, self.maps, fills)
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
-        self.attrs = attribute_updates(graph, widths)
+        self.attrs = attribute_updates(graph, widths) + eps
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
         if isinstance(factor, Mapping):
