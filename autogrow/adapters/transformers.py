@@ -35,6 +35,7 @@ from torch import nn
 from ..axes.terms import Term
 from ..errors import ConstraintError
 from .base import ApplyToModel, ModelAdapter, Undo
+from .hf_floats import grown_float_fields
 
 if TYPE_CHECKING:
     from ..rules.context import Analysis
@@ -301,7 +302,7 @@ def _config_advice(
     )
 
 
-def apply_config(model: nn.Module, changes: dict[str, int]) -> Callable[[], None]:
+def apply_config(model: nn.Module, changes: dict[str, Any]) -> Callable[[], None]:
     """Set the new config fields on ``model.config`` and copy every size attribute the modules
     compute from the config (num_heads, head_dim, num_key_value_groups, ...) from a reference
     built on meta. Returns an undo function."""
@@ -440,8 +441,9 @@ class TransformersAdapter(ModelAdapter):
                 f"(x{sorted(ratios)}), which its config cannot describe; widen every layer by "
                 "the same factor (a float factor does)"
             )
-        changes = grown_config(model, new_shapes, ratios.pop() if ratios else None)
-        return lambda result: apply_config(result, changes)
+        changes: dict[str, Any] = grown_config(model, new_shapes, ratios.pop() if ratios else None)
+        # Norms whose eps widening rescaled (filled units): the config field takes the new eps.
+        return lambda result: apply_config(result, {**changes, **grown_float_fields(result)})
 
     def check_grown(self, model: nn.Module, what: str) -> None:
         # save_pretrained/from_pretrained rebuild the model from its config: the grown model

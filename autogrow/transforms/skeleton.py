@@ -150,9 +150,9 @@ def grow(
         reference = run(model, inputs)
     adapt = transform.prepare_adapter(model)
     result, undo = transform.apply(model, inplace=inplace)
-    if adapt is not None:
-        undo = chain_undo(adapt(result), undo)
     try:
+        if adapt is not None:  # may refuse what only the grown model shows (a norm's eps)
+            undo = chain_undo(adapt(result), undo)
         # The model's library must be able to rebuild what grew (a config that reloads it);
         # checked with or without verification, and undone like a failed verification.
         adapter_for(model).check_grown(result, transform.what)
