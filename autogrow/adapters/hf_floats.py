@@ -48,9 +48,7 @@ def grown_float_fields(result: nn.Module) -> dict[str, float]:
     changed = {k: v for k, v in have.items() if k in built and built[k] != v}
     if not changed:
         return {}
-    fields = {
-        k: v for k, v in vars(config).items() if type(v) is float and not k.startswith("_")
-    }
+    fields = {k: v for k, v in vars(config).items() if type(v) is float and not k.startswith("_")}
     olds = {built[k] for k in changed}
     users: dict[str, set[tuple[str, str]]] = {}
     for field, value in fields.items():

@@ -93,7 +93,7 @@ def _fill(t: torch.Tensor, a: AxisMap, power: float, gradient: bool) -> None:
     if not bool(filled.any()):
         return
     where = filled.nonzero().squeeze(1)
-    old = int((~filled).sum()) // max(1, int(torch.bincount(a.map.source[~filled.cpu()]).max()))
+    old = int(a.map.source.max()) + 1
     kept = t.narrow(a.dim, 0, old)  # the first ``old`` entries are the old units, in order
     if gradient or power != 1:
         fill = "mean" if power == 2 else "zero"
@@ -101,7 +101,11 @@ def _fill(t: torch.Tensor, a: AxisMap, power: float, gradient: bool) -> None:
         fill = a.fill
     if fill == "free":
         return
-    value = kept.mean(a.dim, keepdim=True) if fill == "mean" else torch.zeros_like(kept.narrow(a.dim, 0, 1))
+    value = (
+        kept.mean(a.dim, keepdim=True)
+        if fill == "mean"
+        else torch.zeros_like(kept.narrow(a.dim, 0, 1))
+    )
     t.index_copy_(a.dim, where, value.expand_as(t.index_select(a.dim, where)).contiguous())
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -50,20 +50,16 @@ def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
     return [set(c) for c in nx.connected_components(links)]
 
 
-def fill_candidates(graph: WidthGraph) -> set[int]:
-    """The uniform groups that filled units could grow by any amount (``transforms.fill``
-    decides): widenable, and normalised alone (not ratio-tied to another group)."""
-    tied = {i for cls in _ratio_classes(graph) for i in cls}
-    return {g.id for g in graph.groups if g.uniform and g.widenable and g.id not in tied}
+def _whole(g: WidthGroup) -> bool:
+    """Whether ``g`` grows by whole multiples only: uniform, and no filled units fit it."""
+    return bool(g.uniform) and not g.fill
 
 
-def plan_widths(
-    graph: WidthGraph, factor: Factor, fillable: Collection[int] = ()
-) -> dict[int, int]:
-    """New width per group id (only groups that change). Uniform groups in ``fillable`` grow
-    as asked (filled units make up what whole multiples do not)."""
+def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
+    """New width per group id (only groups that change). Uniform groups that take filled
+    units (``group.fill``) grow as asked: mean or zero units make up the rest."""
     if isinstance(factor, Mapping):
-        wanted = _dict_targets(graph, factor, fillable)
+        wanted = _dict_targets(graph, factor)
     else:
         f = check_factor(factor)
         wanted = {}
@@ -71,7 +67,7 @@ def plan_widths(
             if g.widenable:
                 wanted[g.id] = (
                     g.width * math.floor(f + 1e-9)
-                    if g.uniform and g.id not in fillable
+                    if _whole(g)
                     else max(g.width, round(g.width * f))
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
@@ -220,9 +216,7 @@ class _AlignedPieces(TermFold[tuple[Term, ...] | None]):
         return ()
 
 
-def _dict_targets(
-    graph: WidthGraph, factor: Mapping[str, int | float], fillable: Collection[int] = ()
-) -> dict[int, int]:
+def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[int, int]:
     if not factor:
         raise InvalidArgumentError("factor dict is empty: name at least one group or module")
     wanted: dict[int, int] = {}
@@ -246,16 +240,14 @@ def _dict_targets(
                 f"group {g.name!r} (requested as {key!r}, modules {', '.join(g.modules[:3])}) is "
                 f"frozen: {g.frozen}. It cannot change width; pick another group."
             )
-        wanted[g.id] = _target_width(graph, g, key, value, g.id in fillable)
+        wanted[g.id] = _target_width(graph, g, key, value)
     return wanted
 
 
-def _target_width(
-    graph: WidthGraph, g: WidthGroup, key: str, value: int | float, fillable: bool = False
-) -> int:
+def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
     # A module name (even one that also names the group) means that module's output width.
     scale = _module_multiplicity(graph, g, key)
-    uniform = g.uniform and not fillable
+    uniform = _whole(g)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
     if isinstance(value, float):
@@ -314,7 +306,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
     f = float(factor)
     asked = {g.id: max(g.width, round(g.width * f)) for g in graph.groups if g.widenable}
     wanted = {
-        g.id: g.width * math.floor(f + 1e-9) if g.uniform else asked[g.id]
+        g.id: g.width * math.floor(f + 1e-9) if _whole(g) else asked[g.id]
         for g in graph.groups
         if g.widenable
     }
@@ -338,6 +330,8 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
             kind, why = "ratio", _ratio_why(graph, g)
         else:
             kind, why = "uniform", f"uniform ({g.uniform}): grows by whole multiples only"
+            if g.id in graph.unfilled:  # why filled units could not make up the rest
+                why += f"; no filled units: {graph.unfilled[g.id]}"
         out.append(Shortfall(g, got, asked[g.id], kind, why))
     grown = {m for gid in widths if (w := graph.by_id(gid)) for m in w.modules}
     for g in graph.groups:

@@ -22,15 +22,15 @@ from torch import nn
 from ..adapters import adapter_for
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
+from ..graph.fill import filled_axes
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import parse_stack_trace
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
-from .fill import filled_axes, fill_groups
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
-from .plan import Factor, check_factor, fill_candidates, plan_widths, report_partial_growth
+from .plan import Factor, check_factor, plan_widths, report_partial_growth
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 
 
@@ -200,16 +200,16 @@ class WidenTransform(Transform[WidenPlan]):
     def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
         registry = self.registry or get_default_registry()
         graph = self.graph = analyze_traced(model, inputs, registry, reference=verify)
-        # Uniform groups under a LayerNorm/RMSNorm that can take filled units grow as asked.
-        fillable = fill_groups(graph.analysis, fill_candidates(graph))
-        widths = self.widths = plan_widths(graph, self.factor, fillable)
+        widths = self.widths = plan_widths(graph, self.factor)
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
         self.generator = torch.Generator().manual_seed(self.seed)
+        # Uniform groups under a LayerNorm/RMSNorm that grow by other than whole multiples:
+        # replicas plus filled units (docs/widen.md).
         self.filled = {
-            gid: fillable[gid]
+            gid: graph.fills[gid]
             for gid, n in widths.items()
-            if gid in fillable and n % graph.by_id(gid).width
+            if gid in graph.fills and n % graph.by_id(gid).width
         }
         self.maps = {}
         for gid, n in sorted(widths.items()):
@@ -224,7 +224,9 @@ class WidenTransform(Transform[WidenPlan]):
                     symmetry=self.symmetry,
                     generator=self.generator,
                 )
-        fills, eps = filled_axes(self.filled, {gid: self.maps[gid] for gid in self.filled})
+        fills, eps = filled_axes(
+            self.filled, {gid: (graph.by_id(gid).width, widths[gid]) for gid in self.filled}
+        )
         self.axis_maps = param_axis_maps(graph.analysis, self.maps, fills)
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
         self.attrs = attribute_updates(graph, widths) + eps

@@ -36,7 +36,6 @@ from ..axes.terms import Atom
 from ..rules.context import Analysis, tensor_values
 from ..rules.elementwise import _ACTIVATION_MODULES
 from ..rules.registry import Call, TensorValue, target_name
-from .mapping import UnitMap
 
 __all__ = ["FILL_KINDS", "AxisFill", "FillGroup", "fill_groups", "fill_ratio", "filled_axes"]
 
@@ -98,17 +97,14 @@ def fill_ratio(old: int, new: int) -> float:
 
 
 def filled_axes(
-    groups: Mapping[int, FillGroup], maps: Mapping[int, UnitMap]
+    groups: Mapping[int, FillGroup], widths: Mapping[int, tuple[int, int]]
 ) -> tuple[dict[tuple[str, int], tuple[str, float]], list[tuple[str, str, float]]]:
-    """For the groups that grow by filling (with their unit maps): each parameter axis's
-    (fill, factor), and the (module, attribute, new value) of each norm's eps."""
+    """For the groups that grow by filling (group id -> (old, new) width): each parameter
+    axis's (fill, factor), and the (module, attribute, new value) of each norm's eps."""
     axes: dict[tuple[str, int], tuple[str, float]] = {}
     eps: list[tuple[str, str, float]] = []
     for gid, group in groups.items():
-        m = maps[gid]
-        assert m.filled is not None
-        old = int(m.source.max()) + 1
-        rho = fill_ratio(old, m.size)
+        rho = fill_ratio(*widths[gid])
         for key, f in group.axes.items():
             axes[key] = (f.fill, rho**f.power)
         eps += [(module, attr, value * rho**power) for module, attr, value, power in group.eps]
@@ -139,30 +135,38 @@ class _Unfillable(Exception):
     pass
 
 
-def fill_groups(analysis: Analysis, candidates: Iterable[int]) -> dict[int, FillGroup]:
-    """The candidate groups (root atom ids) that can grow by filling, with how.
+def fill_groups(
+    analysis: Analysis, candidates: Iterable[int]
+) -> tuple[dict[int, FillGroup], dict[int, str]]:
+    """The candidate groups (root atom ids) that can grow by filling, with how; and for the
+    others, why not (the op where the walk that got furthest stopped).
 
     Groups that pass under both kinds take ``mean`` (nothing in them needs rescaling). Groups
     that appear inside a composite layout (heads × head_dim, a concatenation), or meet an op
     whose effect on filled units is unknown, are left out.
     """
     candidates = set(candidates)
-    if not candidates:
-        return {}
     out: dict[int, FillGroup] = {}
+    why: dict[int, tuple[int, str]] = {}
+    if not candidates:
+        return out, {}
     for kind in FILL_KINDS:
         walk = _Walk(analysis, candidates - out.keys(), kind)
         walk.run()
         for gid in walk.gids - walk.bad.keys():
             out[gid] = FillGroup(kind, walk.axes.get(gid, {}), walk.eps.get(gid, []))
-    return out
+        for gid, (at, reason) in walk.bad.items():
+            if at >= why.get(gid, (-1, ""))[0]:
+                why[gid] = (at, reason)
+    return out, {gid: reason for gid, (_, reason) in why.items() if gid not in out}
 
 
 class _Walk:
     def __init__(self, analysis: Analysis, gids: set[int], kind: str) -> None:
         self.analysis, self.store, self.gids, self.kind = analysis, analysis.store, gids, kind
         self.values: dict[int, _Value] = {}  # id(TensorValue) -> what it carries
-        self.bad: dict[int, str] = {}
+        self.bad: dict[int, tuple[int, str]] = {}  # group -> (node index, why it cannot fill)
+        self.position = 0
         self.axes: dict[int, dict[tuple[str, int], AxisFill]] = {}
         self.eps: dict[int, list[tuple[str, str, float, float]]] = {}
         self.model = analysis.traced.model
@@ -170,7 +174,7 @@ class _Walk:
     # -- bookkeeping ---------------------------------------------------------------------------
     def fail(self, gids: Iterable[int], why: str) -> None:
         for g in gids:
-            self.bad.setdefault(g, why)
+            self.bad.setdefault(g, (self.position, why))
 
     def group_dims(self, v: TensorValue, call: Call) -> dict[int, int]:
         """dim -> group id for the axes of ``v`` that are a candidate group (plain atoms);
@@ -223,7 +227,8 @@ class _Walk:
 
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> None:
-        for node, call in self.analysis.calls.items():
+        for position, (node, call) in enumerate(self.analysis.calls.items()):
+            self.position = position
             result = self.analysis.values.get(node)
             try:
                 out = self.op(call, result)
