@@ -153,6 +153,7 @@ def fill_groups(
     for kind in FILL_KINDS:
         walk = _Walk(analysis, candidates - out.keys(), kind)
         walk.run()
+        walk.check_every_axis()
         for gid in walk.gids - walk.bad.keys():
             out[gid] = FillGroup(kind, walk.axes.get(gid, {}), walk.eps.get(gid, []))
         for gid, (at, reason) in walk.bad.items():
@@ -170,6 +171,17 @@ class _Walk:
         self.axes: dict[int, dict[tuple[str, int], AxisFill]] = {}
         self.eps: dict[int, list[tuple[str, str, float, float]]] = {}
         self.model = analysis.traced.model
+
+    def check_every_axis(self) -> None:
+        """A parameter axis in a group that no op gave a fill (an op the walk passed over)
+        would be copied blindly: the group cannot fill."""
+        self.position = len(self.analysis.calls)
+        for name, info in self.analysis.params.items():
+            for d, t in enumerate(info.terms):
+                r = self.store.resolve(t)
+                if isinstance(r, Atom) and r.id in self.gids:
+                    if (name, d) not in self.axes.get(r.id, {}):
+                        self.fail([r.id], f"no op the walk knows uses {name} (axis {d})")
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def fail(self, gids: Iterable[int], why: str) -> None:
@@ -336,7 +348,7 @@ class _Walk:
         if not rms and (self.kind != "mean" or a.state != "stream"):
             raise _Unfillable("a LayerNorm over zero-filled units")
         w, b = call.args.get("weight"), call.args.get("bias")
-        out = _Value({x.ndim - 1: _Axis(a.gid, "zero")})
+        out = _Value({**xv.axes, x.ndim - 1: _Axis(a.gid, "zero")}, dict(xv.scale))
         if isinstance(w, TensorValue):
             self.set_axis(w.param, 0, a.gid, AxisFill("free", 0.5), call)
         else:

@@ -668,8 +668,12 @@ def _add_noise(
                 ):
                     continue
                 m = term_map(store, term, maps)
-                counts = torch.bincount(m.source)
+                # filled units (docs/widen.md) are no replicas: they leave their source alone
+                copies = m.source if m.filled is None else m.source[~m.filled]
+                counts = torch.bincount(copies, minlength=int(m.source.max()) + 1)
                 replicated = (counts[m.source] > 1).to(p.dtype)
+                if m.filled is not None:
+                    replicated[m.filled] = 0
                 shape = [1] * p.ndim
                 shape[d] = -1
                 scale = noise * float(p.std()) if p.numel() > 1 else noise
