@@ -300,3 +300,49 @@ def test_timm_convnext_atto_streams_stay_whole_multiples_the_depthwise_conv_says
     assert wide.stem[0].out_channels == 40  # kept
     assert wide.stages[0].blocks[0].mlp.fc1.weight.shape[0] == 240  # the MLPs grow
     assert _exact(wide, model, img) < 1e-4
+
+
+class FunctionalLN(nn.Module):
+    """F.layer_norm with the eps in an attribute of another name (timm's LayerNorm2d style)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        self.epsilon = 1e-5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.epsilon)
+
+
+def test_functional_layer_norm_rescales_the_attribute_its_eps_comes_from():
+    model = _randomize(ResidualLN(norm=FunctionalLN))
+    x = torch.randn(6, 5)
+    wide = _widen(model, 1.5)
+    assert math.isclose(wide.norm.epsilon, 1e-5 * 8 / 12)
+    assert _exact(wide, model, x) < 1e-5
+
+
+class _Config:
+    def __init__(self, norm_eps: float = 1e-6, initializer_range: float = 0.02) -> None:
+        self.norm_eps, self.initializer_range = norm_eps, initializer_range
+
+
+class _ConfigModel(nn.Module):
+    """What grown_float_fields needs of a transformers model: a config it is built from."""
+
+    def __init__(self, config: _Config) -> None:
+        super().__init__()
+        self.config = config
+        self.a, self.b = nn.RMSNorm(4, eps=config.norm_eps), nn.RMSNorm(6, eps=config.norm_eps)
+
+
+def test_config_eps_follows_the_norms_or_refuses_when_they_disagree():
+    from autogrow.adapters.hf_floats import grown_float_fields
+
+    model = _ConfigModel(_Config())
+    assert grown_float_fields(model) == {}
+    model.a.eps = model.b.eps = 1e-6 * 2 / 3
+    assert grown_float_fields(model) == {"norm_eps": 1e-6 * 2 / 3}
+    model.b.eps = 1e-6 * 0.7  # a second group grown by another ratio: one field cannot say it
+    with pytest.raises(autogrow.ConstraintError, match="_Config.norm_eps sets the eps of several"):
+        grown_float_fields(model)
