@@ -39,6 +39,7 @@ _ZERO_KEEPING = {
 }  # fmt: skip
 # Powers of a value without the group's axis (a variance): the scale's exponent follows.
 _POWERS = {"rsqrt": -0.5, "sqrt": 0.5, "reciprocal": -1.0, "square": 2.0}
+_COMPOSITE = "laid out inside a composite axis (heads × head_dim, groups × channels, a concat)"
 # Ops that only move values around: an axis of the group keeps what it carries.
 _LAYOUT = {
     "view", "reshape", "_unsafe_view", "_reshape_alias", "view_as", "reshape_as", "flatten",
@@ -122,7 +123,7 @@ class FillWalk:
                     dims[d] = r.id
                 continue
             inside = [a.id for a in self.store.leaf_atoms(r) if a.id in self.gids]
-            self.fail(inside, f"part of a composite axis at {call.where()}")
+            self.fail(inside, f"{_COMPOSITE} at {call.where()}")
         return dims
 
     def value(self, v: TensorValue, call: Call) -> _Value:

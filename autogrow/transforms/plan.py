@@ -265,9 +265,11 @@ def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float
             "autogrow only grows"
         )
     if uniform and target % g.width:
+        why = graph.unfilled.get(g.id)
         raise ConstraintError(
             f"group {g.name!r} must be replicated uniformly ({g.uniform}); its width must be a "
             f"multiple of {g.width * scale}, got {value}"
+            + (f" (no filled units: {why})" if why else "")
         )
     return target
 
