@@ -346,3 +346,12 @@ def test_config_eps_follows_the_norms_or_refuses_when_they_disagree():
     model.b.eps = 1e-6 * 0.7  # a second group grown by another ratio: one field cannot say it
     with pytest.raises(autogrow.ConstraintError, match="_Config.norm_eps sets the eps of several"):
         grown_float_fields(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm", [nn.LayerNorm, HandRMSNorm])
+def test_filled_growth_passes_the_half_precision_tolerance(dtype, norm):
+    model = _randomize(TinyViT(norm)).to(dtype)
+    img = torch.randn(2, 3, 8, 8, dtype=dtype)
+    wide = _widen(model, 1.5, example_inputs=(img,))  # verified at the dtype's tolerance
+    assert wide.embed.out_channels == 24 and wide.norm.weight.dtype == dtype
