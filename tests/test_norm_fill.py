@@ -355,3 +355,25 @@ def test_filled_growth_passes_the_half_precision_tolerance(dtype, norm):
     img = torch.randn(2, 3, 8, 8, dtype=dtype)
     wide = _widen(model, 1.5, example_inputs=(img,))  # verified at the dtype's tolerance
     assert wide.embed.out_channels == 24 and wide.norm.weight.dtype == dtype
+
+
+def test_streams_grown_by_different_ratios_get_their_own_eps():
+    """Two LayerNorm'd streams, 8 -> 12 (rho = 2/3) and 7 -> 10 (rho = 0.7): each norm's eps
+    takes its own group's ratio."""
+
+    class TwoStreams(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 8), nn.Linear(5, 7)
+            self.ln_a, self.ln_b = nn.LayerNorm(8), nn.LayerNorm(7)
+            self.head_a, self.head_b = nn.Linear(8, 3), nn.Linear(7, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head_a(self.ln_a(self.a(x))) + self.head_b(self.ln_b(self.b(x)))
+
+    model = _randomize(TwoStreams())
+    x = torch.randn(6, 5)
+    wide = _widen(model, 1.5)
+    assert (wide.a.out_features, wide.b.out_features) == (12, 10)
+    assert math.isclose(wide.ln_a.eps, 1e-5 * 8 / 12) and math.isclose(wide.ln_b.eps, 1e-5 * 0.7)
+    assert _exact(wide, model, x) < 1e-5
