@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import AutogrowError, InvalidArgumentError
 from . import distributed as dist_
 from .lr import LR_POLICIES, Rewarm, carry_scheduler
-from .ops import Deepen, Op, Widen
+from .ops import OPS, Op
 
 __all__ = ["GrowthError", "GrowthEvent", "Grower"]
 
@@ -117,12 +117,12 @@ class Grower:
         for k, v in schedule.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise InvalidArgumentError(f"schedule steps must be ints >= 0, got {k!r}")
-            if not isinstance(v, Widen | Deepen):
+            if not isinstance(v, OPS):
                 raise InvalidArgumentError(
                     f"schedule[{k}] must be an operation (autogrow.op.widen(...), "
-                    f"autogrow.op.deepen(...)), got {v!r}"
+                    f"autogrow.op.deepen(...), autogrow.op.stack(...)), got {v!r}"
                 )
-        if on_plateau is not None and not isinstance(on_plateau, Widen | Deepen):
+        if on_plateau is not None and not isinstance(on_plateau, OPS):
             raise InvalidArgumentError(f"on_plateau must be an autogrow.op, got {on_plateau!r}")
         if lr not in LR_POLICIES:
             raise InvalidArgumentError(f"lr must be one of {LR_POLICIES}, got {lr!r}")
