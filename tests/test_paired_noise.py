@@ -160,3 +160,22 @@ def test_cli_paired_and_checkpoint_round_trip(tmp_path, capsys):
     reloaded = autogrow.load(autogrow.save(wide, tmp_path / "again"), trust=True)
     for (n, a), b in zip(wide.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("symmetry", ["none", "paired"])
+def test_training_separates_paired_replicas_only(symmetry):
+    model, example, _ = make("mlp")
+    grown = widen_with_plan(model, 2.0, example_inputs=example, seed=0, symmetry=symmetry)
+    wide = grown.model.train()
+    source = grown.plan.maps["fc2"].source  # fc2's output units: replicas read fc2's rows
+    replicas = _replicas(source)
+    opt = torch.optim.SGD(wide.parameters(), lr=0.1)
+    x = torch.randn(16, 10, generator=torch.Generator().manual_seed(4))
+    wide(x).pow(2).mean().backward()
+    opt.step()
+    w = wide.fc2.weight.detach()
+    gaps = [float((w[a] - w[b]).abs().max()) for idx in replicas.values() for a, b in [idx[:2]]]
+    if symmetry == "none":  # equal outgoing weights: equal gradients, the copies stay equal
+        assert max(gaps) == 0
+    else:  # +N/-N on the outgoing weights: different gradients from the first step
+        assert min(gaps) > 0
