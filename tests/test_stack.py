@@ -219,3 +219,16 @@ def test_grower_stacks_at_a_scheduled_step():
     assert [e.step for e in grower.history] == [1]
     with pytest.raises(autogrow.InvalidArgumentError, match="op.stack: factor"):
         autogrow.op.stack(1)
+
+
+def test_cli_stack_saves_a_loadable_model(tmp_path, capsys):
+    from autogrow import cli
+
+    out = tmp_path / "deep"
+    args = ["stack", "models:ResidualMLP", "--factor", "3", "--order", "interleave"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stacked blocks x3 (interleave): 2 -> 6 layers" in text
+    deep = autogrow.load(out, trust=True)
+    assert len(deep.blocks) == 6
+    assert deep.autogrow_recipe.steps[-1].args["order"] == "interleave"
