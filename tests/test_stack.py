@@ -232,3 +232,17 @@ def test_cli_stack_saves_a_loadable_model(tmp_path, capsys):
     deep = autogrow.load(out, trust=True)
     assert len(deep.blocks) == 6
     assert deep.autogrow_recipe.steps[-1].args["order"] == "interleave"
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
+def test_stacked_transformers_round_trip_through_save_pretrained(kind, tmp_path):
+    pytest.importorskip("transformers")
+    from test_transformers import _assert_round_trip, _inputs, _model
+
+    model = _model(kind)
+    grown = autogrow.stack_with_plan(model, 2, example_inputs=_inputs(kind))
+    _assert_round_trip(grown.model, kind, tmp_path)
+    # naming the library's stack (what load's replay does) stacks all of its layers
+    (name,) = grown.plan.stacks
+    again = autogrow.stack_with_plan(model, 2, stacks=[name], example_inputs=_inputs(kind))
+    assert again.plan.sources == grown.plan.sources

@@ -162,10 +162,9 @@ def _run_in(model: nn.Module, name: str, rec: Recording) -> _Run | str:
 def find_runs(model: nn.Module, rec: Recording, names: Sequence[str] | None) -> list[_Run]:
     """The layer stacks to copy: ``names`` (containers), else the library's layer stacks,
     else every outermost container with a run of identical blocks."""
-    if names is None:
-        library = adapter_for(model).layer_stacks(model)
-        if library:
-            return [_Run(n, 0, len(model.get_submodule(n))) for n in library]
+    library = adapter_for(model).layer_stacks(model)
+    if names is None and library:
+        return [_Run(n, 0, len(model.get_submodule(n))) for n in library]
     runs: list[_Run] = []
     candidates = (
         names if names is not None else [n for n, m in model.named_modules() if is_container(m)]
@@ -186,6 +185,9 @@ def find_runs(model: nn.Module, rec: Recording, names: Sequence[str] | None) -> 
             )
         if names is None and any(name.startswith(f"{r.container}.") for r in runs):
             continue  # inside a stack already found: copied with it
+        if name in library:  # a library's stack (named, or replayed by load): all its layers
+            runs.append(_Run(name, 0, len(module)))
+            continue
         run = _run_in(model, name, rec)
         if isinstance(run, _Run):
             runs.append(run)
