@@ -85,14 +85,15 @@ def test_a_seed_without_layer_stacks_refuses_stacking():
 
 
 @pytest.mark.parametrize(
-    ("name", "done", "expected"),
-    [("decay", 0, [1.0, 0.5, 0.0, 0.0]), ("decay", 1, [0.5, 0.0, 0.0, 0.0]),
-     ("tenth", 0, [0.1] * 4), ("keep", 0, [1.0] * 4)],
+    ("name", "total", "done", "expected"),
+    [("decay", 2, 0, [1.0, 0.5, 0.0, 0.0]), ("decay", 2, 1, [0.5, 0.0, 0.0, 0.0]),
+     ("rewarm", 20, 0, [0.5, 1.0, 1.0, 1.0]), ("rewarm", 20, 1, [1.0] * 4),
+     ("tenth", 2, 0, [0.1] * 4), ("keep", 2, 0, [1.0] * 4)],
 )  # fmt: skip
-def test_a_childs_recipe_spans_its_steps_and_resumes_where_it_was(name, done, expected):
+def test_a_childs_recipe_spans_its_steps_and_resumes_where_it_was(name, total, done, expected):
     p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     opt = torch.optim.SGD([p], lr=1.0)
-    _apply_recipe(opt, name, 2, done=done)  # a child of 2 steps; decay spans them
+    _apply_recipe(opt, name, total, done=done)  # decay spans the child; rewarm its first tenth
     rates = []
     for _ in range(4):
         before = p.item()
