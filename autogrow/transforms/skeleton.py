@@ -1,10 +1,12 @@
-"""The one sequence every growth transform runs; ``widen`` and ``deepen`` supply its parts.
+"""The one sequence every growth transform runs; ``widen``, ``deepen`` and ``stack`` supply
+its parts.
 
 :func:`grow` checks the optimizer before anything changes, prepares the example inputs, has
 the transform compute its plan, prepares the model's adapter (which may refuse, still before
 any change), applies the plan (to a deep copy, or in place with an undo), chains the adapter's
 undo onto the transform's, has the adapter check that its library can rebuild the result,
-verifies the outputs (undoing and re-raising on either failure), lets the
+checks the outputs (the transform's :meth:`Transform.check`: equal within the tolerance, or
+for ``stack`` measured; undoing and re-raising on either failure), lets the
 transform finish (widen's noise), records the step in the model's lineage and grows the
 optimizer. It returns a :class:`Grown`: the model, the transform's frozen plan and the new
 optimizer.
@@ -37,8 +39,9 @@ class Grown(Generic[P]):
 
     Attributes:
         model: the grown model (a deep copy, or the model itself with ``inplace=True``).
-        plan: the transform's plan (:class:`~autogrow.transforms.widen.WidenPlan` or
-            :class:`~autogrow.transforms.depth.DeepenPlan`).
+        plan: the transform's plan (:class:`~autogrow.transforms.widen.WidenPlan`,
+            :class:`~autogrow.transforms.depth.DeepenPlan` or
+            :class:`~autogrow.transforms.stack.StackPlan`).
         optimizer: the new optimizer over ``model``'s parameters, or None when none was given.
 
     >>> import torch
