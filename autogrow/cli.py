@@ -92,7 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a group or module name and its new width (int) or factor (float); repeatable",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the random unit mapping")
-    p.add_argument("--symmetry", choices=["split", "none"], default="split")
+    p.add_argument(
+        "--symmetry",
+        choices=["split", "none", "paired"],
+        default="split",
+        help="split: unequal shares; none: equal shares; paired: equal shares plus zero-sum "
+        "noise (+N/-N, exact)",
+    )
+    p.add_argument(
+        "--pair-noise",
+        type=float,
+        default=0.01,
+        help="--symmetry paired: noise scale, relative to each weight tensor's std (0.01)",
+    )
     p.add_argument("--noise", type=float, default=0.0, help="Net2Net noise (approximate result)")
     _output_options(p)
     p.set_defaults(func=widen_command)
@@ -109,6 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="blocks or identity stacks per place (1)")
     _output_options(p)
     p.set_defaults(func=deepen_command)
+
+    p = sub.add_parser(
+        "stack",
+        help="stack a model's layer stacks with copies of its trained layers (G_stack; "
+        "changes the function) and save it",
+    )
+    _model_options(p)
+    p.add_argument("--factor", type=int, default=2, help="each layer stack x FACTOR deep (2)")
+    p.add_argument(
+        "--order",
+        choices=["repeat", "interleave"],
+        default="repeat",
+        help="repeat: L1..Ln,L1..Ln (default); interleave: L1,L1,L2,L2,...",
+    )
+    p.add_argument(
+        "--stack",
+        action="append",
+        metavar="NAME",
+        help="a container (nn.Sequential/ModuleList) to stack; repeatable; default: the "
+        "model's layer stacks",
+    )
+    _output_options(p)
+    p.set_defaults(func=stack_command)
 
     _add_search_commands(sub)
     return parser
@@ -385,6 +420,7 @@ def widen_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         symmetry=args.symmetry,
         noise=args.noise,
+        pair_noise=args.pair_noise,
         verify=not args.no_verify and args.noise == 0,
     )
     _report(args, model, grown.model, inputs, f"widened (seed {grown.plan.seed})")
@@ -406,6 +442,33 @@ def deepen_command(args: argparse.Namespace) -> int:
     )
     places = ", ".join(w or "<model>" for w, _ in grown.autogrow_recipe.steps[-1].args["after"])
     _report(args, model, grown, inputs, f"deepened after {places}")
+    return 0
+
+
+def stack_command(args: argparse.Namespace) -> int:
+    """``autogrow stack``: copy the layer stacks' trained layers, report the change, save.
+
+    ```bash
+    autogrow stack models:ResidualMLP --factor 2 --order repeat --out stacked/
+    ```
+    """
+    from .transforms.stack import stack_with_plan
+
+    model, inputs = _load_args(args)
+    grown = stack_with_plan(
+        model,
+        args.factor,
+        order=args.order,
+        stacks=args.stack,
+        example_inputs=inputs,
+        verify=not args.no_verify,
+    )
+    plan = grown.plan
+    what = (
+        f"stacked {', '.join(s or '<model>' for s in plan.stacks)} x{plan.factor} "
+        f"({plan.order}): {plan.old_depth} -> {plan.new_depth} layers (not function-preserving)"
+    )
+    _report(args, model, grown.model, inputs, what)
     return 0
 
 

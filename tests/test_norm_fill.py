@@ -377,3 +377,13 @@ def test_streams_grown_by_different_ratios_get_their_own_eps():
     assert (wide.a.out_features, wide.b.out_features) == (12, 10)
     assert math.isclose(wide.ln_a.eps, 1e-5 * 8 / 12) and math.isclose(wide.ln_b.eps, 1e-5 * 0.7)
     assert _exact(wide, model, x) < 1e-5
+
+
+@pytest.mark.parametrize("symmetry", ["none", "paired"])
+def test_filled_units_take_no_share_of_the_symmetry_noise(symmetry):
+    """Paired noise is zero-sum over a unit's replicas; a filled unit is none of them."""
+    model = _randomize(ResidualLN())
+    x = torch.randn(6, 5)
+    for factor in (1.5, 2.5):
+        wide = autogrow.widen(model, factor, seed=0, symmetry=symmetry, verify=False)
+        assert _exact(wide, model, x) < 1e-5
