@@ -186,6 +186,10 @@ def test_filled_units_learn_from_the_first_step():
     assert wide.blocks[0].norm1.bias.grad[16:].abs().min() > 0
     assert wide.blocks[0].proj.weight.grad[16:].abs().sum(1).min() > 0
     assert wide.embed.weight.grad[16:].abs().flatten(1).sum(1).min() > 0
+    torch.optim.SGD(wide.parameters(), lr=0.1).step()
+    with torch.no_grad():  # after one step the filled rows are no longer the mean row
+        h = wide.embed(img).flatten(2)
+        assert (h[:, 16:] - h[:, :16].mean(1, keepdim=True)).abs().max() > 1e-3
 
 
 def test_post_norm_stream_keeps_whole_multiples_and_says_why():
