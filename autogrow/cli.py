@@ -95,9 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a group or module name and its new width (int) or factor (float); repeatable",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the random unit mapping")
-    p.add_argument("--symmetry", choices=["split", "none"], default="split")
+    p.add_argument(
+        "--symmetry",
+        choices=["split", "none", "paired"],
+        default="split",
+        help="split: unequal shares; none: equal shares; paired: equal shares plus zero-sum "
+        "noise (+N/-N, exact)",
+    )
+    p.add_argument(
+        "--pair-noise",
+        type=float,
+        default=0.01,
+        help="--symmetry paired: noise scale, relative to each weight tensor's std (0.01)",
+    )
     p.add_argument("--noise", type=float, default=0.0, help="Net2Net noise (approximate result)")
     _output_options(p)
+    _stream_options(p)
     p.set_defaults(func=widen_command)
 
     p = sub.add_parser("deepen", help="deepen a model (Net2DeeperNet) and save it")
@@ -111,7 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-n", type=int, default=1, help="blocks or identity stacks per place (1)")
     _output_options(p)
+    _stream_options(p)
     p.set_defaults(func=deepen_command)
+
+    p = sub.add_parser(
+        "stack",
+        help="stack a model's layer stacks with copies of its trained layers (G_stack; "
+        "changes the function) and save it",
+    )
+    _model_options(p)
+    p.add_argument("--factor", type=int, default=2, help="each layer stack x FACTOR deep (2)")
+    p.add_argument(
+        "--order",
+        choices=["repeat", "interleave"],
+        default="repeat",
+        help="repeat: L1..Ln,L1..Ln (default); interleave: L1,L1,L2,L2,...",
+    )
+    p.add_argument(
+        "--stack",
+        action="append",
+        metavar="NAME",
+        help="a container (nn.Sequential/ModuleList) to stack; repeatable; default: the "
+        "model's layer stacks",
+    )
+    _output_options(p)
+    p.set_defaults(func=stack_command)
 
     _add_search_commands(sub)
     return parser
@@ -147,6 +184,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="checkpoint directory to save the result to")
     p.add_argument("--no-verify", action="store_true", help="skip the output comparison")
+
+
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    """Options of growing a checkpoint directory on disk (widen, deepen)."""
     p.add_argument(
         "--max-shard-size",
         default="2GB",
@@ -422,6 +463,7 @@ def widen_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         symmetry=args.symmetry,
         noise=args.noise,
+        pair_noise=args.pair_noise,
         verify=not args.no_verify and args.noise == 0,
     )
     _report(args, model, grown.model, inputs, f"widened (seed {grown.plan.seed})")
@@ -510,6 +552,33 @@ def _report_streamed(args: argparse.Namespace, result: Any, what: str) -> None:
         f"saved to {result.path}/ ({result.shards} weight file(s), "
         f"{result.bytes_written / 1e6:,.1f} MB)"
     )
+
+
+def stack_command(args: argparse.Namespace) -> int:
+    """``autogrow stack``: copy the layer stacks' trained layers, report the change, save.
+
+    ```bash
+    autogrow stack models:ResidualMLP --factor 2 --order repeat --out stacked/
+    ```
+    """
+    from .transforms.stack import stack_with_plan
+
+    model, inputs = _load_args(args)
+    grown = stack_with_plan(
+        model,
+        args.factor,
+        order=args.order,
+        stacks=args.stack,
+        example_inputs=inputs,
+        verify=not args.no_verify,
+    )
+    plan = grown.plan
+    what = (
+        f"stacked {', '.join(s or '<model>' for s in plan.stacks)} x{plan.factor} "
+        f"({plan.order}): {plan.old_depth} -> {plan.new_depth} layers (not function-preserving)"
+    )
+    _report(args, model, grown.model, inputs, what)
+    return 0
 
 
 def _width_dict(items: list[str]) -> dict[str, int | float]:

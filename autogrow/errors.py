@@ -35,7 +35,7 @@ class InvalidArgumentError(AutogrowError, ValueError):
     >>> autogrow.widen(net, 2.0, symmetry="mirror")
     Traceback (most recent call last):
     ...
-    autogrow.errors.InvalidArgumentError: symmetry must be one of ('split', 'none'), got 'mirror'
+    autogrow.errors.InvalidArgumentError: symmetry must be one of ('split', ...), got 'mirror'
     """
 
 
@@ -172,15 +172,16 @@ class GrowthWarning(UserWarning):
     """``widen`` with a float factor grew only some groups as asked.
 
     Emitted once per call, after the growth succeeded, listing each group kept at its width
-    (or grown less), its width, what it grew to and why: a LayerNorm/GroupNorm-normalised
-    (uniform) group grows by whole multiples only, groups normalised together share one
+    (or grown less), its width, what it grew to and why: a GroupNorm-normalised (uniform)
+    group grows by whole multiples only (as does a LayerNorm/RMSNorm-normalised one that
+    filled units do not fit, docs/widen.md), groups normalised together share one
     integer factor, a size tie or an op without a rule freezes it. The model returned still
     computes the same function. ``WidthGraph.max_factor`` answers the same question
     before widening.
 
     >>> import warnings, torch, autogrow
     >>> from torch import nn
-    >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(),
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(1, 8), nn.Linear(8, 16), nn.ReLU(),
     ...                     nn.Linear(16, 2))
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
@@ -190,7 +191,7 @@ class GrowthWarning(UserWarning):
     >>> lines = str(caught[0].message).splitlines()
     >>> print(lines[0])
     widen with factor 1.5 grew 1 of 2 widenable groups; these kept their width or grew less:
-    >>> print(lines[1].replace(" (op 'layer_norm' in module '1')", ""))
+    >>> print(lines[1].split(";")[0].replace(" (op 'group_norm' in module '1')", ""))
       0: width 8 kept (x1.5 asks 12): uniform: grows by whole multiples only
 
     Silence it with ``warnings.filterwarnings("ignore", category=autogrow.GrowthWarning)``.

@@ -15,7 +15,9 @@ from autogrow.verify import relative_error
 
 
 class ResidualMLP(nn.Module):
-    """x -> inp -> h; h + fc2(relu(fc1(LayerNorm(h)))) -> out: the residual stream is uniform."""
+    """x -> inp -> h; h + fc2(relu(fc1(LayerNorm(h)))) -> tanh -> out: the residual stream is
+    uniform, and the tanh on it keeps filled units (which let a LayerNorm'd stream grow by any
+    factor, tests/test_norm_fill.py) out: it grows by whole multiples only."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,7 +30,7 @@ class ResidualMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
         h = h + self.fc2(torch.relu(self.fc1(self.ln(h))))
-        return self.out(h)
+        return self.out(torch.tanh(h))
 
 
 class Normalized(nn.Module):
@@ -82,6 +84,7 @@ def test_warning_says_why_and_what_to_do_once_per_call_at_the_callers_line():
     text = str(caught[0].message)
     assert text.startswith("widen with factor 1.5 grew 1 of 2 widenable groups")
     assert "uniform (op 'layer_norm' in module 'ln')" in text
+    assert "no filled units: tanh of filled units" in text
     assert "whole multiples" in text and "integer factor (2.0)" in text
     assert "fc1" not in text  # it grew as asked
     assert caught[0].filename == __file__  # attributed to the caller, not to autogrow
@@ -146,7 +149,7 @@ def test_max_factor_of_groups_normalised_together_is_their_common_whole_factor()
 
 
 def test_nothing_to_widen_advice_fits_the_factor():
-    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 2))
     with pytest.raises(autogrow.ConstraintError, match=r"integer factor \(2\.0\)") as e:
         autogrow.widen(net, 1.5)
     assert "0 (width 8): uniform" in str(e.value)

@@ -170,6 +170,8 @@ class AnalysisPass:
             ctx.blocked,
             ctx.module_order,
             ctx.attention,
+            ctx.calls,
+            ctx.values,
         )
 
     # -- one method per node kind --------------------------------------------------------------
@@ -291,6 +293,7 @@ def _norm_affine_before(ctx: RuleContext, call: Call, term: Term) -> list[str]:
 def _run_rule(node: fx.Node, ctx: RuleContext, meta: Any) -> Any:
     call, rule = normalize(node, ctx)
     call.locate = ctx.traced.source_of
+    ctx.calls[node] = call
     involves_tensors = tensor_values(call.args) or _is_tensor_meta(meta)
     if rule is None:
         if not involves_tensors:

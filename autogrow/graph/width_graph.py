@@ -14,6 +14,7 @@ from ..axes.store import AxisStore
 from ..axes.terms import Atom, Term
 from ..errors import GroupNotFoundError
 from ..rules.context import COPY, REDUCE, TAPS, Analysis
+from .fill import fill_groups
 
 
 @dataclass
@@ -49,6 +50,10 @@ class WidthGroup:
             rule, ...), or ``None``.
         uniform: why every unit must be replicated equally often (a norm or mean averages
             over it), or ``None``.
+        fill: for a uniform group that can also grow by any amount, what its *filled* units
+            hold: ``"mean"`` (of the old units; under LayerNorm) or ``"zero"`` (under
+            RMSNorm); ``None`` otherwise (docs/widen.md, "Non-integer widths under LayerNorm
+            and RMSNorm").
         members: the parameter axes in the group (:class:`Member`).
         modules: qualified names of the modules owning the members.
 
@@ -67,6 +72,7 @@ class WidthGroup:
     uniform: str | None
     members: list[Member] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
+    fill: str | None = None
 
     @property
     def widenable(self) -> bool:
@@ -86,11 +92,11 @@ class WidthGroup:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
         >>> autogrow.analyze(net).group("0").constraints()
-        ['uniform']
+        ['uniform, fill mean']
         """
         out = []
         if self.uniform:
-            out.append("uniform")
+            out.append(f"uniform, fill {self.fill}" if self.fill else "uniform")
         blocks = {m.layout for m in self.members if m.layout != f"a{self.id}"}
         if blocks:
             out.append("layout " + ", ".join(sorted(blocks))[:60])
@@ -102,13 +108,14 @@ class WidthGroup:
         >>> import torch, autogrow
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> sorted(autogrow.analyze(net).group("0").to_dict())
-        ['frozen', 'members', 'modules', 'name', 'uniform', 'width']
+        ['fill', 'frozen', 'members', 'modules', 'name', 'uniform', 'width']
         """
         return {
             "name": self.name,
             "width": self.width,
             "frozen": self.frozen,
             "uniform": self.uniform,
+            "fill": self.fill,
             "modules": self.modules,
             "members": [vars(m) for m in self.members],
         }
@@ -129,6 +136,18 @@ class WidthGraph:
         self.groups: list[WidthGroup] = _collect_groups(analysis)
         self._by_name = {g.name: g for g in self.groups}
         self._by_id = {g.id: g for g in self.groups}
+        # Uniform groups normalised alone that filled units can grow by any amount.
+        store = analysis.store
+        tied = {
+            x.id
+            for edge in store.ratio_ties.edges
+            for t in edge
+            for x in store.leaf_atoms(store.atom(t))
+        }
+        candidates = {g.id for g in self.groups if g.uniform and g.widenable and g.id not in tied}
+        self.fills, self.unfilled = fill_groups(analysis, candidates)
+        for gid, f in self.fills.items():
+            self._by_id[gid].fill = f.kind
         self.blocked: list[str] = [
             f"{b.call.where(full=True)}: {b.reason}" for b in analysis.blocked
         ]
@@ -204,7 +223,8 @@ class WidthGraph:
 
         * ``1.0`` for a frozen group;
         * a whole number, ``floor(factor)``, for a *uniform* group (a LayerNorm/GroupNorm or a
-          mean averages over it, so every unit is replicated equally often);
+          mean averages over it, so every unit is replicated equally often), unless it can
+          take filled units (``group.fill``: mean or zero units make up the rest);
         * for groups in a ratio tie (normalised together, or a head count the config derives
           from the hidden size): the smallest whole factor among them, ``1.0`` if one of them
           is frozen;
@@ -216,10 +236,10 @@ class WidthGraph:
 
         >>> import torch, autogrow
         >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(),
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8), nn.Linear(8, 16), nn.ReLU(),
         ...                     nn.Linear(16, 2))
         >>> graph = autogrow.analyze(net)
-        >>> graph.max_factor("0", 1.5), graph.max_factor("0", 2.5)  # LayerNorm'd: whole multiples
+        >>> graph.max_factor("0", 1.5), graph.max_factor("0", 2.5)  # GroupNorm'd: whole multiples
         (1.0, 2.0)
         >>> graph.max_factor("2", 1.5), graph.max_factor("4", 1.5)  # plain; the output: frozen
         (1.5, 1.0)
@@ -236,7 +256,7 @@ class WidthGraph:
 
         >>> import torch, autogrow
         >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(),
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8), nn.Linear(8, 16), nn.ReLU(),
         ...                     nn.Linear(16, 2))
         >>> autogrow.analyze(net).admissible_factors(1.5)
         {'0': 1.0, '2': 1.5}
@@ -267,7 +287,7 @@ class WidthGraph:
     def _whole_or_own(self, group: WidthGroup, factor: float, *, tied: bool) -> float:
         if not group.widenable:
             return 1.0
-        if group.uniform:
+        if group.uniform and not group.fill:
             own = float(math.floor(factor + 1e-9))
         else:
             own = max(group.width, round(group.width * factor)) / group.width

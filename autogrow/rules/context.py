@@ -114,6 +114,10 @@ class Analysis:
     blocked: list[BlockedOp] = field(default_factory=list)
     module_order: list[str] = field(default_factory=list)
     attention: list[AttentionAxes] = field(default_factory=list)
+    # Per call node: its canonical Call, and the value its rule returned (read by checks that
+    # walk the graph again, as the norm-fill check does).
+    calls: dict[fx.Node, Call] = field(default_factory=dict)
+    values: dict[fx.Node, Any] = field(default_factory=dict)
 
 
 class RuleContext:
@@ -142,6 +146,7 @@ class RuleContext:
         self.module_order: list[str] = []
         self.attention: list[AttentionAxes] = []
         self.reductions: list[tuple[str, int, Call]] = []  # (param, axis, call) summing over it
+        self.calls: dict[fx.Node, Call] = {}
 
     # -- values ------------------------------------------------------------------------------
     def param(self, qualname: str) -> TensorValue:

@@ -16,21 +16,29 @@ __all__ = [
     "SYMMETRIES",
     "TermMap",
     "UnitMap",
+    "fill_map",
     "identity_map",
     "new_size",
     "sample_map",
     "term_map",
 ]
 
-SYMMETRIES = ("split", "none")
+SYMMETRIES = ("split", "none", "paired")
 
 
 @dataclass
 class UnitMap:
-    """``source[i]`` is the old unit new unit ``i`` copies; ``share[i]`` its outgoing share."""
+    """``source[i]`` is the old unit new unit ``i`` copies; ``share[i]`` its outgoing share.
+
+    ``filled`` (a filled group, see :mod:`autogrow.transforms.fill`) marks the new units that
+    are no replicas: they hold the mean of the old units, or zero, and each tensor axis says
+    what its filled entries get; ``source`` names the old unit they start from where that is
+    free, and their ``share`` is 1 (the old units keep their outgoing weights).
+    """
 
     source: torch.Tensor
     share: torch.Tensor
+    filled: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -41,7 +49,9 @@ def sample_map(
     old: int, new: int, *, uniform: bool, symmetry: str, generator: torch.Generator
 ) -> UnitMap:
     """The paper's random mapping: the old units in place, then random replicas (or, for a
-    uniform group, every unit the same number of times). Shares of one old unit sum to 1."""
+    uniform group, every unit the same number of times). Shares of one old unit sum to 1:
+    unequal random shares with ``symmetry="split"``, equal ones otherwise (``"paired"`` adds
+    its zero-sum noise to the grown tensors afterwards, :mod:`.paired_noise`)."""
     if uniform:
         assert new % old == 0
         source = torch.arange(old).repeat(new // old)
@@ -58,6 +68,23 @@ def sample_map(
         share = 1.0 / counts[source]
     share[counts[source] == 1] = 1.0
     return UnitMap(source, share)
+
+
+def fill_map(old: int, new: int, *, symmetry: str, generator: torch.Generator) -> UnitMap:
+    """``new // old`` replicas of every old unit (a uniform map), then ``new % old`` filled
+    units, each starting from a random old unit (for the entries that are free to choose).
+
+    >>> m = fill_map(4, 6, symmetry="split", generator=torch.Generator().manual_seed(0))
+    >>> m.source[:4].tolist(), m.filled.tolist(), m.share[4:].tolist()
+    ([0, 1, 2, 3], [False, False, False, False, True, True], [1.0, 1.0])
+    """
+    k = new // old
+    replicas = sample_map(old, k * old, uniform=True, symmetry=symmetry, generator=generator)
+    extra = torch.randint(0, old, (new - k * old,), generator=generator)
+    source = torch.cat([replicas.source, extra])
+    share = torch.cat([replicas.share, torch.ones(len(extra), dtype=torch.float64)])
+    filled = torch.arange(new) >= k * old
+    return UnitMap(source, share, filled)
 
 
 def identity_map(n: int) -> UnitMap:

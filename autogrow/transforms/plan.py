@@ -50,8 +50,14 @@ def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
     return [set(c) for c in nx.connected_components(links)]
 
 
+def _whole(g: WidthGroup) -> bool:
+    """Whether ``g`` grows by whole multiples only: uniform, and no filled units fit it."""
+    return bool(g.uniform) and not g.fill
+
+
 def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
-    """New width per group id (only groups that change)."""
+    """New width per group id (only groups that change). Uniform groups that take filled
+    units (``group.fill``) grow as asked: mean or zero units make up the rest."""
     if isinstance(factor, Mapping):
         wanted = _dict_targets(graph, factor)
     else:
@@ -61,7 +67,7 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
             if g.widenable:
                 wanted[g.id] = (
                     g.width * math.floor(f + 1e-9)
-                    if g.uniform
+                    if _whole(g)
                     else max(g.width, round(g.width * f))
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
@@ -241,12 +247,12 @@ def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[
 def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
     # A module name (even one that also names the group) means that module's output width.
     scale = _module_multiplicity(graph, g, key)
+    uniform = _whole(g)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
     if isinstance(value, float):
         f = check_factor(value, f"factor for {key!r}")
-        target = g.width * math.floor(f + 1e-9) if g.uniform else max(g.width, round(g.width * f))
-        return target
+        return g.width * math.floor(f + 1e-9) if uniform else max(g.width, round(g.width * f))
     if value % scale:
         raise ConstraintError(
             f"{key!r} has {g.width * scale} outputs made of {scale} blocks of group {g.name!r}; "
@@ -258,10 +264,12 @@ def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float
             f"{key!r}: new width {value} is smaller than the current {g.width * scale}; "
             "autogrow only grows"
         )
-    if g.uniform and target % g.width:
+    if uniform and target % g.width:
+        why = graph.unfilled.get(g.id)
         raise ConstraintError(
             f"group {g.name!r} must be replicated uniformly ({g.uniform}); its width must be a "
             f"multiple of {g.width * scale}, got {value}"
+            + (f" (no filled units: {why})" if why else "")
         )
     return target
 
@@ -300,7 +308,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
     f = float(factor)
     asked = {g.id: max(g.width, round(g.width * f)) for g in graph.groups if g.widenable}
     wanted = {
-        g.id: g.width * math.floor(f + 1e-9) if g.uniform else asked[g.id]
+        g.id: g.width * math.floor(f + 1e-9) if _whole(g) else asked[g.id]
         for g in graph.groups
         if g.widenable
     }
@@ -324,6 +332,8 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
             kind, why = "ratio", _ratio_why(graph, g)
         else:
             kind, why = "uniform", f"uniform ({g.uniform}): grows by whole multiples only"
+            if g.id in graph.unfilled:  # why filled units could not make up the rest
+                why += f"; no filled units: {graph.unfilled[g.id]}"
         out.append(Shortfall(g, got, asked[g.id], kind, why))
     grown = {m for gid in widths if (w := graph.by_id(gid)) for m in w.modules}
     for g in graph.groups:

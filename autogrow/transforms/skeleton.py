@@ -1,10 +1,12 @@
-"""The one sequence every growth transform runs; ``widen`` and ``deepen`` supply its parts.
+"""The one sequence every growth transform runs; ``widen``, ``deepen`` and ``stack`` supply
+its parts.
 
 :func:`grow` checks the optimizer before anything changes, prepares the example inputs, has
 the transform compute its plan, prepares the model's adapter (which may refuse, still before
 any change), applies the plan (to a deep copy, or in place with an undo), chains the adapter's
 undo onto the transform's, has the adapter check that its library can rebuild the result,
-verifies the outputs (undoing and re-raising on either failure), lets the
+checks the outputs (the transform's :meth:`Transform.check`: equal within the tolerance, or
+for ``stack`` measured; undoing and re-raising on either failure), lets the
 transform finish (widen's noise), records the step in the model's lineage and grows the
 optimizer. It returns a :class:`Grown`: the model, the transform's frozen plan and the new
 optimizer.
@@ -37,8 +39,9 @@ class Grown(Generic[P]):
 
     Attributes:
         model: the grown model (a deep copy, or the model itself with ``inplace=True``).
-        plan: the transform's plan (:class:`~autogrow.transforms.widen.WidenPlan` or
-            :class:`~autogrow.transforms.depth.DeepenPlan`).
+        plan: the transform's plan (:class:`~autogrow.transforms.widen.WidenPlan`,
+            :class:`~autogrow.transforms.depth.DeepenPlan` or
+            :class:`~autogrow.transforms.stack.StackPlan`).
         optimizer: the new optimizer over ``model``'s parameters, or None when none was given.
 
     >>> import torch
@@ -91,6 +94,22 @@ class Transform(ABC, Generic[P]):
         """For a verification error in module ``name`` of the grown model: what this growth
         changed there (e.g. its width groups), or None."""
         return None
+
+    def check(
+        self, result: nn.Module, inputs: tuple, reference: Any, *, tolerance: float | None
+    ) -> None:
+        """Compare the grown model's outputs with ``reference`` (run by :func:`grow` when
+        ``verify``); raise to refuse. By default: equal within the tolerance
+        (:func:`autogrow.verify.verify`); a transform that changes the function on purpose
+        (``stack``) measures instead."""
+        verify_outputs(
+            result,
+            inputs,
+            reference,
+            what=self.what,
+            tolerance=tolerance,
+            describe_module=self.describe_module,
+        )
 
     def finish(self, result: nn.Module) -> None:
         """After verification (widen's noise): by default nothing."""
@@ -150,21 +169,14 @@ def grow(
         reference = run(model, inputs)
     adapt = transform.prepare_adapter(model)
     result, undo = transform.apply(model, inplace=inplace)
-    if adapt is not None:
-        undo = chain_undo(adapt(result), undo)
     try:
+        if adapt is not None:  # may refuse what only the grown model shows (a norm's eps)
+            undo = chain_undo(adapt(result), undo)
         # The model's library must be able to rebuild what grew (a config that reloads it);
         # checked with or without verification, and undone like a failed verification.
         adapter_for(model).check_grown(result, transform.what)
         if verify:
-            verify_outputs(
-                result,
-                inputs,
-                reference,
-                what=transform.what,
-                tolerance=tolerance,
-                describe_module=transform.describe_module,
-            )
+            transform.check(result, inputs, reference, tolerance=tolerance)
     except Exception:
         undo()
         raise

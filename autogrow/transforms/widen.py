@@ -22,13 +22,15 @@ from torch import nn
 from ..adapters import adapter_for
 from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
+from ..graph.fill import filled_axes
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import parse_stack_trace
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
-from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
+from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
+from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
 from .plan import Factor, check_factor, plan_widths, report_partial_growth
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 
@@ -42,6 +44,7 @@ def widen(
     seed: int | None = ...,
     symmetry: str = ...,
     noise: float = ...,
+    pair_noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
     tolerance: float | None = ...,
@@ -59,6 +62,7 @@ def widen(
     seed: int | None = ...,
     symmetry: str = ...,
     noise: float = ...,
+    pair_noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
     tolerance: float | None = ...,
@@ -75,6 +79,7 @@ def widen(
     seed: int | None = None,
     symmetry: str = "split",
     noise: float = 0.0,
+    pair_noise: float = DEFAULT_PAIR_NOISE,
     inplace: bool = False,
     verify: bool = True,
     tolerance: float | None = None,
@@ -92,9 +97,15 @@ def widen(
             first Conv/Linear/Embedding when omitted.
         seed: seeds the random unit mappings and shares (None: a fresh random seed).
         symmetry: ``"split"`` divides each replicated unit's outgoing weights into unequal
-            random shares (exact; replicas diverge in training); ``"none"`` divides equally.
+            random shares (exact; replicas diverge in training); ``"none"`` divides equally;
+            ``"paired"`` divides equally and then gives the ``k`` replicas noise that sums to
+            zero over them for every weight (for ``k = 2``: ``+N`` and ``-N``; HyperCloning):
+            exact and verified, and the replicas diverge in training.
         noise: if > 0, Gaussian noise of ``noise × std`` is added to replicated outgoing
             weights *after* verification, so the result is only approximately equal.
+        pair_noise: ``symmetry="paired"`` only: each replica's noise is
+            ``Normal(0, (pair_noise × std)²)``, ``std`` that of the grown weight tensor
+            (ignored with the other symmetries).
         inplace: modify and return ``model`` itself (restored if verification fails).
         verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
         tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
@@ -114,7 +125,7 @@ def widen(
 
     Raises:
         InvalidArgumentError: a factor that is not a finite number > 1, an unknown
-            ``symmetry``, a negative ``noise``, a model that is not a module.
+            ``symmetry``, a negative ``noise`` or ``pair_noise``, a model that is not a module.
         GroupNotFoundError: a dict key names neither a width group nor a module in one.
         FrozenGroupError: a dict key names a frozen group (the message says why it is frozen).
         ConstraintError: a width the group's constraints do not allow (uniform groups need
@@ -136,6 +147,7 @@ def widen(
         seed=seed,
         symmetry=symmetry,
         noise=noise,
+        pair_noise=pair_noise,
         inplace=inplace,
         verify=verify,
         tolerance=tolerance,
@@ -154,8 +166,10 @@ class WidenPlan:
         maps: width group name → its :class:`~autogrow.transforms.mapping.UnitMap` (which old
             unit each new unit copies, and its share of the outgoing weights).
         seed: the seed of the unit mappings, shares and noise (drawn when ``seed=None``).
-        symmetry: ``"split"`` or ``"none"``.
+        symmetry: ``"split"``, ``"none"`` or ``"paired"``.
         noise: the noise scale added after verification (0: exact).
+        pair_noise: the scale of ``symmetry="paired"``'s zero-sum noise (0 with the other
+            symmetries: none was added).
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -170,6 +184,7 @@ class WidenPlan:
     seed: int
     symmetry: str
     noise: float
+    pair_noise: float = 0.0
 
 
 class WidenTransform(Transform[WidenPlan]):
@@ -190,10 +205,13 @@ class WidenTransform(Transform[WidenPlan]):
         seed: int | None = None,
         symmetry: str = "split",
         noise: float = 0.0,
+        pair_noise: float = DEFAULT_PAIR_NOISE,
         registry: RuleRegistry | None = None,
     ) -> None:
         _check_options(factor, symmetry, noise)
+        pair_noise = check_pair_noise(pair_noise)
         self.factor, self.seed, self.symmetry, self.noise = factor, seed, symmetry, noise
+        self.pair_noise = pair_noise if symmetry == "paired" else 0.0
         self.registry = registry
 
     def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
@@ -203,19 +221,34 @@ class WidenTransform(Transform[WidenPlan]):
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.maps = {
-            gid: sample_map(
-                graph.by_id(gid).width,
-                n,
-                uniform=graph.by_id(gid).uniform is not None,
-                symmetry=self.symmetry,
-                generator=self.generator,
-            )
-            for gid, n in sorted(widths.items())
+        # Uniform groups under a LayerNorm/RMSNorm that grow by other than whole multiples:
+        # replicas plus filled units (docs/widen.md).
+        self.filled = {
+            gid: graph.fills[gid]
+            for gid, n in widths.items()
+            if gid in graph.fills and n % graph.by_id(gid).width
         }
-        self.axis_maps = param_axis_maps(graph.analysis, self.maps)
+        self.maps = {}
+        for gid, n in sorted(widths.items()):
+            old = graph.by_id(gid).width
+            if gid in self.filled:
+                self.maps[gid] = fill_map(old, n, symmetry=self.symmetry, generator=self.generator)
+            else:
+                self.maps[gid] = sample_map(
+                    old,
+                    n,
+                    uniform=graph.by_id(gid).uniform is not None,
+                    symmetry=self.symmetry,
+                    generator=self.generator,
+                )
+        fills, eps = filled_axes(
+            self.filled, {gid: (graph.by_id(gid).width, widths[gid]) for gid in self.filled}
+        )
+        self.axis_maps = param_axis_maps(graph.analysis, self.maps, fills)
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
-        self.attrs = attribute_updates(graph, widths)
+        if self.symmetry == "paired":  # before verification: the noise keeps the function
+            add_paired_noise(self.tensors, self.axis_maps, self.pair_noise, self.generator)
+        self.attrs = attribute_updates(graph, widths) + eps
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
         if isinstance(factor, Mapping):
@@ -227,6 +260,7 @@ class WidenTransform(Transform[WidenPlan]):
             self.seed,
             self.symmetry,
             self.noise,
+            self.pair_noise,
         )
         return plan, graph.analysis.traced.reference_output
 
@@ -279,6 +313,7 @@ class WidenTransform(Transform[WidenPlan]):
             "seed": self.seed,
             "symmetry": self.symmetry,
             "noise": self.noise,
+            "pair_noise": self.pair_noise,
             "custom_registry": self.registry is not None,
         }
 
@@ -296,6 +331,7 @@ def widen_with_plan(
     seed: int | None = None,
     symmetry: str = "split",
     noise: float = 0.0,
+    pair_noise: float = DEFAULT_PAIR_NOISE,
     inplace: bool = False,
     verify: bool = True,
     tolerance: float | None = None,
@@ -313,7 +349,14 @@ def widen_with_plan(
     >>> grown.model[0].out_features, dict(grown.plan.widths), isinstance(grown.plan.seed, int)
     (16, {'0': 16}, True)
     """
-    transform = WidenTransform(factor, seed=seed, symmetry=symmetry, noise=noise, registry=registry)
+    transform = WidenTransform(
+        factor,
+        seed=seed,
+        symmetry=symmetry,
+        noise=noise,
+        pair_noise=pair_noise,
+        registry=registry,
+    )
     return grow(
         model,
         transform,
@@ -654,8 +697,12 @@ def _add_noise(
                 ):
                     continue
                 m = term_map(store, term, maps)
-                counts = torch.bincount(m.source)
+                # filled units (docs/widen.md) are no replicas: they leave their source alone
+                copies = m.source if m.filled is None else m.source[~m.filled]
+                counts = torch.bincount(copies, minlength=int(m.source.max()) + 1)
                 replicated = (counts[m.source] > 1).to(p.dtype)
+                if m.filled is not None:
+                    replicated[m.filled] = 0
                 shape = [1] * p.ndim
                 shape[d] = -1
                 scale = noise * float(p.std()) if p.numel() > 1 else noise

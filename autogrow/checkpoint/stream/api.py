@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ...adapters.directories import DirectoryFormat, directory_format
-from ...errors import AutogrowError
+from ...errors import AutogrowError, InvalidArgumentError
 from ..recipe import CheckpointError
 from .check import check_streamed, sample_inputs, stored_float_dtype
 from .own_format import AutogrowDirectory
@@ -90,7 +90,8 @@ def widen_checkpoint(
             complete. A stale partial directory from an interrupted run is removed.
         max_shard_size: bytes per output shard (an int, or ``"2GB"``, ``"500MB"``, ``"1GiB"``).
         seed: seeds the unit maps (None: drawn; :attr:`StreamResult.seed` tells it).
-        symmetry: as for :func:`autogrow.widen`.
+        symmetry: ``"split"`` or ``"none"``, as for :func:`autogrow.widen` (``"paired"`` is
+            not offered streamed).
         verify: run both checkpoints on sample inputs, module by module, and compare (see
             :mod:`autogrow.checkpoint.stream.check`); False skips it.
         tolerance: the max relative error ``verify`` accepts (None: by the stored dtype).
@@ -116,6 +117,11 @@ def widen_checkpoint(
     # transformers.AutoModelForCausalLM.from_pretrained("llama-wide") loads it
     ```
     """
+    if symmetry == "paired":  # its noise is drawn over the whole model in memory
+        raise InvalidArgumentError(
+            "streamed growth does not offer symmetry='paired' (its zero-sum noise is drawn "
+            "for the model as a whole); use 'split' (default) or 'none', or grow in memory"
+        )
     start = time.perf_counter()
     root, fmt, source, model, names = _open(src, trust)
     result, plan, outputs = plan_widen(model, source, names, factor, seed=seed, symmetry=symmetry)

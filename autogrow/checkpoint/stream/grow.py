@@ -18,7 +18,7 @@ try:
 except ImportError:  # numpy is optional for torch: then index_select does the work
     np = None  # type: ignore[assignment]
 
-from ...transforms.axis_maps import AxisMap
+from ...transforms.axis_maps import AxisMap, grow_tensor
 
 _SAME_BYTES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -40,7 +40,10 @@ def select(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
 
 def grow(t: torch.Tensor, axes: Sequence[AxisMap]) -> torch.Tensor:
     """``grow_tensor(t, axes)`` for weights: each axis's units picked by ``map.source``, and
-    reduce axes scaled by ``map.share`` in the tensor's dtype."""
+    reduce axes scaled by ``map.share`` in the tensor's dtype. Axes of filled groups (a fill
+    or a factor) go through ``grow_tensor`` itself."""
+    if any(getattr(a.map, "filled", None) is not None or a.factor != 1.0 for a in axes):
+        return grow_tensor(t, axes)
     for a in axes:
         t = select(t, a.dim, a.map.source)
         if a.reduce and t.is_floating_point():
