@@ -329,3 +329,10 @@ def test_streamed_grow_is_grow_tensor_bit_for_bit(dtype):
     expected = grow_tensor(t, axes)
     got = grow(t, axes)
     assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_paired_symmetry_is_refused(tmp_path):
+    src = _save(_llama(), tmp_path / "src")
+    with pytest.raises(autogrow.InvalidArgumentError, match="paired"):
+        autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", symmetry="paired")
+    assert not (tmp_path / "out").exists()
