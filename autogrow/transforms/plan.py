@@ -23,6 +23,7 @@ from ..errors import (
 )
 from ..graph.width_graph import WidthGraph, WidthGroup
 from ..rules.context import BLOCKED
+from .described import plan_described
 
 Factor = Union[float, int, Mapping[str, Union[int, float]]]  # noqa: UP007 - a runtime alias (py3.10)
 
@@ -66,7 +67,10 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
     sizes = _apply_size_ties(graph, sizes)
-    sizes = _repair(graph, sizes, set(wanted) if isinstance(factor, Mapping) else set())
+    requested = set(wanted) if isinstance(factor, Mapping) else set()
+    sizes = _repair(graph, sizes, requested)
+    if graph.relations is not None:  # what the model's library can describe (its config)
+        sizes = plan_described(graph, sizes, graph.relations, requested, _equalities(graph))
     changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
     if not changed and graph.blocked and not isinstance(factor, Mapping):
         raise UnsupportedOpError(

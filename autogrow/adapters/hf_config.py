@@ -1,0 +1,245 @@
+"""A transformers config's fields as exact relations on the width groups (no table per
+architecture): each numeric field, and each entry of a per-stage list such as ``hidden_sizes``,
+is doubled in turn and the model is built on the meta device; the parameter axes whose sizes
+change give that field's exponents. An axis that grows as a power of every field it depends on
+is a monomial of the fields (``hidden_size``, ``expand × hidden_size``, ``int(dim ×
+mlp_ratio)``); read through the axis' layout (a group, or a group times frozen head sizes), it
+states the group's width. Head counts, which shapes cannot show where the head size is derived
+(``hidden / heads``), are matched by name and value to the query heads the width graph saw at
+attention. Sums (a fused ``qkv_proj`` of heads and key/value heads) and the config class's own
+validation are judged exactly by :func:`relations_for`'s check: the grown config is built on
+meta and every parameter axis compared with the plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..axes.relations import Blame, Monomial, SizeRelations
+from ..axes.sizes import new_size
+from ..axes.terms import Atom, Fixed, Prod
+
+if TYPE_CHECKING:
+    from ..rules.context import Analysis
+
+HEAD_COUNTS = (
+    "num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
+    "decoder_attention_heads",
+)  # fmt: skip
+Shapes = dict[str, tuple[int, ...]]
+Axis = tuple[str, int]
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Keep transformers' own log lines and warnings about probe configs from the user."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def shapes(model: nn.Module) -> Shapes:
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(model.named_buffers(remove_duplicate=False))
+    return {k: tuple(v.shape) for k, v in named.items()}
+
+
+def build_on_meta(model_type: type, config: Any) -> nn.Module:
+    with torch.device("meta"), quiet():
+        return model_type(config)
+
+
+def numeric_fields(config: Any) -> dict[str, int | float]:
+    """The config's sizes and ratios: positive int fields (not token ids), float fields of at
+    least 1 (ratios such as ``mlp_ratio``; probabilities and epsilons size nothing) and the
+    int entries of list fields, named ``field[i]``."""
+    out: dict[str, int | float] = {}
+    for k, v in vars(config).items():
+        if k.startswith("_") or k.endswith("_token_id"):
+            continue
+        if type(v) is int and v >= 1 or type(v) is float and v >= 1 and math.isfinite(v):
+            out[k] = v
+        elif type(v) in (list, tuple) and 0 < len(v) <= 16:
+            out.update({f"{k}[{i}]": x for i, x in enumerate(v) if type(x) is int and x >= 1})
+    return out
+
+
+def set_field(config: Any, name: str, value: int | float) -> None:
+    """Set ``field`` or entry ``field[i]`` of ``config`` (lists stay lists, tuples tuples)."""
+    if name.endswith("]"):
+        field, index = name[:-1].split("[")
+        old = getattr(config, field)
+        items = list(old)
+        items[int(index)] = value
+        setattr(config, field, type(old)(items))
+    else:
+        setattr(config, name, value)
+
+
+def configured(config: Any, changes: Mapping[str, int | float]) -> Any:
+    """A copy of ``config`` with ``changes``."""
+    out = copy.deepcopy(config)
+    for name, value in changes.items():
+        set_field(out, name, value)
+    return out
+
+
+def _key(model_type: type, config: Any) -> str:
+    return f"{model_type.__module__}.{model_type.__qualname__}:" + json.dumps(
+        config.to_dict(), sort_keys=True, default=str
+    )
+
+
+_CONFIGS: dict[str, Any] = {}  # probe keys → configs (lru_cache needs hashable arguments)
+
+
+def probe(model: nn.Module) -> tuple[Shapes, dict[str, dict[Axis, float]]]:
+    """The shapes ``type(model)(model.config)`` builds, and for each numeric field the
+    ``log2`` size ratio of every axis that changes when the field is doubled (fields that
+    change no shape, add or remove tensors, or make an invalid config are left out). Cached
+    per model class and config."""
+    key = _key(type(model), model.config)
+    _CONFIGS[key] = (type(model), model.config)
+    try:
+        return _probe(key)
+    finally:
+        _CONFIGS.pop(key, None)
+
+
+@lru_cache(maxsize=8)
+def _probe(key: str) -> tuple[Shapes, dict[str, dict[Axis, float]]]:
+    model_type, config = _CONFIGS[key]
+    base = shapes(build_on_meta(model_type, config))
+    exponents: dict[str, dict[Axis, float]] = {}
+    for name, value in numeric_fields(config).items():
+        try:
+            built = shapes(build_on_meta(model_type, configured(config, {name: value * 2})))
+        except Exception:  # noqa: BLE001 - an invalid combination: not a free size
+            continue
+        if built.keys() != base.keys():
+            continue  # a structural field (layers, stages): deepen's business, not widen's
+        changed = {
+            (k, d): math.log2(built[k][d] / s[d])
+            for k, s in base.items()
+            for d in range(len(s))
+            if len(built[k]) == len(s) and built[k][d] != s[d] and s[d] > 0
+        }
+        if changed:
+            exponents[name] = changed
+    return base, exponents
+
+
+def axis_monomials(
+    base: Shapes, exponents: dict[str, dict[Axis, float]], values: Mapping[str, float]
+) -> tuple[dict[Axis, Monomial], dict[Axis, set[str]]]:
+    """Each axis' size as a monomial of the fields where every exponent is whole, and every
+    changing axis' fields (monomial or not)."""
+    involved: dict[Axis, set[str]] = {}
+    for name, column in exponents.items():
+        for axis in column:
+            involved.setdefault(axis, set()).add(name)
+    monomials = {}
+    for axis, names in involved.items():
+        exps = {n: exponents[n][axis] for n in names}
+        if any(abs(e - round(e)) > 1e-9 for e in exps.values()):
+            continue
+        pairs = tuple(sorted((n, round(e)) for n, e in exps.items()))
+        size = base[axis[0]][axis[1]]
+        monomials[axis] = Monomial(size / Monomial(1.0, pairs)(values), pairs)
+    return monomials, involved
+
+
+def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
+    """``model.config``'s fields as relations on the groups of ``analysis``, with an exact
+    check that builds the grown config on meta."""
+    config, store = model.config, analysis.store
+    base, exponents = probe(model)
+    values = {n: v for n, v in numeric_fields(config).items() if n in exponents}
+    head_fields = {n: v for n, v in numeric_fields(config).items() if n in HEAD_COUNTS}
+    values.update(head_fields)
+    monomials, involved = axis_monomials(base, exponents, values)
+    widths_of: dict[int, list[Monomial]] = {}
+
+    def add(atom_id: int, m: Monomial) -> None:
+        if all(m != other for other in widths_of.setdefault(atom_id, [])):
+            widths_of[atom_id].append(m)
+
+    axes = [(k, d) for k, i in analysis.params.items() if k in base for d in range(len(i.terms))]
+    for axis in axes:
+        term = store.resolve(analysis.params[axis[0]].terms[axis[1]])
+        m = monomials.get(axis)
+        if m is None:
+            continue
+        if isinstance(term, Atom):
+            add(term.id, m)
+        elif isinstance(term, Prod):
+            free, constant = [], 1
+            for f in term.factors:
+                f = store.resolve(f)
+                if isinstance(f, Fixed) or isinstance(f, Atom) and store.info(f).frozen:
+                    constant *= f.size
+                elif isinstance(f, Atom):
+                    free.append(f)
+                else:
+                    break
+            else:
+                if len(free) == 1:
+                    add(free[0].id, Monomial(m.coefficient / constant, m.exponents))
+    for attention in analysis.attention:
+        for atom in store.leaf_atoms(attention.heads):
+            field = next((n for n, v in head_fields.items() if v == atom.size), None)
+            if field is not None:
+                add(atom.id, Monomial(1.0, ((field, 1),)))
+
+    def check(new_values: Mapping[str, int | float], widths: Mapping[int, int]) -> Blame | None:
+        changes = {n: v for n, v in new_values.items() if v != values[n]}
+        name = type(config).__name__
+        try:
+            candidate = configured(config, changes)
+            with quiet():  # from_pretrained reads config.json back through the config class
+                type(config).from_dict(candidate.to_dict())
+            built = shapes(build_on_meta(type(model), candidate))
+        except Exception as e:  # noqa: BLE001 - the config class rejects the combination
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            why = f"{name} rejects {changes}: {lines[-1] if lines else type(e).__name__}"
+            return Blame(frozenset(changes), why)
+        if built.keys() != base.keys():
+            return Blame(frozenset(changes), f"{name} with {changes} builds other tensors")
+        for k, d in axes:
+            term = analysis.params[k].terms[d]
+            want = new_size(store, term, widths)
+            if built[k][d] != want:
+                names = set(involved.get((k, d), ()))
+                for atom in store.leaf_atoms(term):
+                    names |= {n for m in widths_of.get(atom.id, []) for n in m.names}
+                why = (
+                    f"{name} with {changes or 'no changes'} builds {k} axis {d} of size "
+                    f"{built[k][d]}, the plan needs {want}"
+                )
+                return Blame(frozenset(names), why)
+        return None
+
+    return SizeRelations(
+        values=values,
+        integer={n for n, v in values.items() if type(v) is int},
+        widths_of=widths_of,
+        check=check,
+        what="config field",
+    )
