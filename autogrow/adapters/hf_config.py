@@ -181,32 +181,36 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
         if all(m != other for other in widths_of.setdefault(atom_id, [])):
             widths_of[atom_id].append(m)
 
-    axes = [(k, d) for k, i in analysis.params.items() if k in base for d in range(len(i.terms))]
-    for axis in axes:
-        term = store.resolve(analysis.params[axis[0]].terms[axis[1]])
-        m = monomials.get(axis)
-        if m is None:
-            continue
+    def add_term(term: Any, m: Monomial) -> None:
+        """``m`` is the size of ``term``: a group, or a group times sizes that stay."""
+        term = store.resolve(term)
         if isinstance(term, Atom):
             add(term.id, m)
-        elif isinstance(term, Prod):
-            free, constant = [], 1
-            for f in term.factors:
-                f = store.resolve(f)
-                if isinstance(f, Fixed) or isinstance(f, Atom) and store.info(f).frozen:
-                    constant *= f.size
-                elif isinstance(f, Atom):
-                    free.append(f)
-                else:
-                    break
+            return
+        if not isinstance(term, Prod):
+            return
+        free, constant = [], 1
+        for f in map(store.resolve, term.factors):
+            if isinstance(f, Fixed) or isinstance(f, Atom) and store.info(f).frozen:
+                constant *= f.size
+            elif isinstance(f, Atom):
+                free.append(f)
             else:
-                if len(free) == 1:
-                    add(free[0].id, Monomial(m.coefficient / constant, m.exponents))
+                return
+        if len(free) == 1:
+            add(free[0].id, Monomial(m.coefficient / constant, m.exponents))
+
+    axes = [(k, d) for k, i in analysis.params.items() if k in base for d in range(len(i.terms))]
+    for k, d in axes:
+        if (k, d) in monomials:
+            add_term(analysis.params[k].terms[d], monomials[(k, d)])
     for attention in analysis.attention:
-        for atom in store.leaf_atoms(attention.heads):
-            field = next((n for n, v in head_fields.items() if v == atom.size), None)
-            if field is not None:
-                add(atom.id, Monomial(1.0, ((field, 1),)))
+        # Shapes cannot tell heads from head size where the config derives one from the
+        # other: the head count is matched by value to the heads seen at attention.
+        count = new_size(store, attention.heads, {})
+        field = next((n for n, v in head_fields.items() if v == count), None)
+        if field is not None:
+            add_term(attention.heads, Monomial(1.0, ((field, 1),)))
 
     def check(new_values: Mapping[str, int | float], widths: Mapping[int, int]) -> Blame | None:
         changes = {n: v for n, v in new_values.items() if v != values[n]}
@@ -229,9 +233,11 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
                 names = set(involved.get((k, d), ()))
                 for atom in store.leaf_atoms(term):
                     names |= {n for m in widths_of.get(atom.id, []) for n in m.names}
+                frozen = [store.info(a).frozen for a in store.leaf_atoms(term)]
+                stays = next((f"; part of it cannot grow: {f}" for f in frozen if f), "")
                 why = (
                     f"{name} with {changes or 'no changes'} builds {k} axis {d} of size "
-                    f"{built[k][d]}, the plan needs {want}"
+                    f"{built[k][d]}, the plan needs {want}{stays}"
                 )
                 return Blame(frozenset(names), why)
         return None
