@@ -56,9 +56,7 @@ def _hf(model_class: str, config_class: str, **fields) -> Callable[[], torch.nn.
 
 
 TEXT = dict(vocab_size=VOCAB, max_position_embeddings=64)
-BERT = dict(
-    TEXT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-)
+BERT = dict(TEXT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 DECODER = dict(
     TEXT,
     hidden_size=32,
@@ -100,7 +98,9 @@ FAMILIES: dict[str, Family] = {
         _tokens,
     ),
     "bloom": Family(
-        _hf("BloomForCausalLM", "BloomConfig", vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
+        _hf(
+            "BloomForCausalLM", "BloomConfig", vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4
+        ),
         _tokens,
     ),
     "qwen2-moe": Family(
@@ -144,7 +144,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "whisper-encoder": Family(
         _hf(
-            "WhisperEncoder" if False else "WhisperForAudioClassification",
+            "WhisperForAudioClassification",  # the encoder with a classification head
             "WhisperConfig",
             vocab_size=VOCAB,
             num_mel_bins=16,
@@ -185,9 +185,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(_hf("Qwen3ForCausalLM", "Qwen3Config", **DECODER, head_dim=8), _tokens),
     "granite": Family(_hf("GraniteForCausalLM", "GraniteConfig", **DECODER), _tokens),
     "stablelm": Family(_hf("StableLmForCausalLM", "StableLmConfig", **DECODER), _tokens),
-    "gpt-neox": Family(
-        _hf("GPTNeoXForCausalLM", "GPTNeoXConfig", **BERT, rotary_pct=0.5), _tokens
-    ),
+    "gpt-neox": Family(_hf("GPTNeoXForCausalLM", "GPTNeoXConfig", **BERT, rotary_pct=0.5), _tokens),
     "gptj": Family(
         _hf(
             "GPTJForCausalLM",
@@ -322,6 +320,14 @@ def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def config_changes(old: object, new: object) -> str:
+    """The config's numeric fields that differ, as ``field a→b``."""
+    from autogrow.adapters.hf_config import numeric_fields
+
+    before, after = numeric_fields(old), numeric_fields(new)
+    return ", ".join(f"{k} {v}→{after.get(k)}" for k, v in before.items() if after.get(k) != v)
+
+
 def run(name: str, op: str) -> dict[str, object]:
     import autogrow
     from autogrow.verify import relative_error
@@ -354,6 +360,7 @@ def run(name: str, op: str) -> dict[str, object]:
         error=error,
         after=sum(p.numel() for p in grown.parameters()),
         why="" if rebuilds else "config does not rebuild the grown shapes",
+        config=config_changes(model.config, grown.config),
     )
     if not rebuilds:
         row["outcome"] = "wrong"
@@ -368,14 +375,15 @@ def main(names: list[str]) -> None:
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
-    print(f"| family | op | outcome | max rel error | params before → after | reason |")
+    print("| family | op | outcome | max rel error | params before → after | config / reason |")
     print("|---|---|---|---|---|---|")
     for name in names or list(FAMILIES):
         for op in OPS:
             r = run(name, op)
             error = f"{r['error']:.1e}" if "error" in r else ""
             params = f"{r['before']} → {r['after']}" if "after" in r else f"{r['before']}"
-            print(f"| {name} | {op} | {r['outcome']} | {error} | {params} | {r.get('why', '')} |")
+            note = r.get("why") or r.get("config", "")
+            print(f"| {name} | {op} | {r['outcome']} | {error} | {params} | {note} |")
             sys.stdout.flush()
 
 

@@ -94,11 +94,14 @@ def set_field(config: Any, name: str, value: int | float) -> None:
 
 
 def configured(config: Any, changes: Mapping[str, int | float]) -> Any:
-    """A copy of ``config`` with ``changes``."""
+    """``config`` with ``changes``, as ``from_pretrained`` would read it back: through
+    ``to_dict`` / ``from_dict``, so that the config class validates the fields together and
+    recomputes what it derives (a field it derives from others is then no free size)."""
     out = copy.deepcopy(config)
     for name, value in changes.items():
         set_field(out, name, value)
-    return out
+    with quiet():
+        return type(config).from_dict(out.to_dict())
 
 
 def _key(model_type: type, config: Any) -> str:
@@ -126,7 +129,7 @@ def probe(model: nn.Module) -> tuple[Shapes, dict[str, dict[Axis, float]]]:
 @lru_cache(maxsize=8)
 def _probe(key: str) -> tuple[Shapes, dict[str, dict[Axis, float]]]:
     model_type, config = _CONFIGS[key]
-    base = shapes(build_on_meta(model_type, config))
+    base = shapes(build_on_meta(model_type, configured(config, {})))
     exponents: dict[str, dict[Axis, float]] = {}
     for name, value in numeric_fields(config).items():
         try:
@@ -216,10 +219,7 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
         changes = {n: v for n, v in new_values.items() if v != values[n]}
         name = type(config).__name__
         try:
-            candidate = configured(config, changes)
-            with quiet():  # from_pretrained reads config.json back through the config class
-                type(config).from_dict(candidate.to_dict())
-            built = shapes(build_on_meta(type(model), candidate))
+            built = shapes(build_on_meta(type(model), configured(config, changes)))
         except Exception as e:  # noqa: BLE001 - the config class rejects the combination
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             why = f"{name} rejects {changes}: {lines[-1] if lines else type(e).__name__}"
