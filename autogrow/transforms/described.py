@@ -51,7 +51,9 @@ def plan_described(
         held[name] = blame.why
     relations.held = held
     relations.kept = {
-        gid: _kept_why(relations, gid, held) for gid, n in widths.items() if n < wanted[gid]
+        gid: _kept_why(graph, relations, gid, held, widths)
+        for gid, n in widths.items()
+        if n < wanted[gid]
     }
     short = [gid for gid in requested if widths[gid] < wanted[gid]]
     if short:
@@ -65,18 +67,34 @@ def plan_described(
     return widths
 
 
-def _kept_why(relations: SizeRelations, gid: int, held: Mapping[str, str]) -> str:
+def _kept_why(
+    graph: WidthGraph,
+    relations: SizeRelations,
+    gid: int,
+    held: Mapping[str, str],
+    widths: Mapping[int, int],
+) -> str:
     monomials = relations.widths_of.get(gid)
     if not monomials:
         return f"no {relations.what} states its width"
     m = monomials[0]
     names = [n for n in m.names if n in held] or list(m.names)
     what = ", ".join(f"{relations.what} {n} = {relations.values[n]}" for n in names)
-    reason = held.get(names[0]) if names else None
     sized = f"its width is {m}"
-    if reason is None:
-        return f"{sized}, and {what} also sizes groups that keep their width"
-    return f"{sized}, and {what} is held: {reason}"
+    reason = held.get(names[0]) if names else None
+    if reason is not None:
+        return f"{sized}, and {what} is held: {reason}"
+    pinned = [
+        g
+        for other in relations.groups_of(names[0])
+        if other != gid and (g := graph.by_id(other)) is not None and widths[other] == g.width
+    ]
+    pinned.sort(key=lambda g: g.frozen is None)  # a frozen group says most
+    if not pinned:
+        return f"{sized}, and {what} cannot follow"
+    g = pinned[0]
+    because = f" (frozen: {g.frozen})" if g.frozen else ""
+    return f"{sized}, and {what} also sizes group {g.name!r}, which keeps its width{because}"
 
 
 def _problem(
