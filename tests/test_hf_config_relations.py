@@ -32,7 +32,11 @@ GROWS = {
     ("bert-base", 1.5): (["intermediate_size"], ["hidden_size", "num_attention_heads"], ""),
     ("opt", 2.0): (["hidden_size", "ffn_dim", "num_attention_heads"], [], ""),
     ("opt", 1.5): (["ffn_dim"], ["hidden_size", "num_attention_heads"], "LayerNorm"),
-    ("phi3", 2.0): (["intermediate_size"], [], "fused gate_up_proj grows with its config field"),
+    ("phi3", 2.0): (
+        ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"],
+        [],
+        "fused qkv_proj: the key/value count shows in no shape alone, it is matched at attention",
+    ),
     ("phi3", 1.5): (["intermediate_size"], ["hidden_size"], "RMSNorm"),
     ("electra", 2.0): (
         ["hidden_size", "num_attention_heads", "intermediate_size"],

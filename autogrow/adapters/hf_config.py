@@ -37,6 +37,7 @@ HEAD_COUNTS = (
     "num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
     "decoder_attention_heads",
 )  # fmt: skip
+KV_HEAD_COUNTS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
 Shapes = dict[str, tuple[int, ...]]
 Axis = tuple[str, int]
 
@@ -176,7 +177,9 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
     base, exponents = probe(model)
     values = {n: v for n, v in numeric_fields(config).items() if n in exponents}
     head_fields = {n: v for n, v in numeric_fields(config).items() if n in HEAD_COUNTS}
+    kv_fields = {n: v for n, v in numeric_fields(config).items() if n in KV_HEAD_COUNTS}
     values.update(head_fields)
+    values.update(kv_fields)
     monomials, involved = axis_monomials(base, exponents, values)
     widths_of: dict[int, list[Monomial]] = {}
 
@@ -214,6 +217,12 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
         field = next((n for n, v in head_fields.items() if v == count), None)
         if field is not None:
             add_term(attention.heads, Monomial(1.0, ((field, 1),)))
+        # Grouped-query heads: query heads = key/value heads × a fixed group size, and the
+        # key/value count, fused with the queries in one projection, shows in no shape alone.
+        for atom in store.leaf_atoms(attention.heads):
+            kv = next((n for n, v in kv_fields.items() if v == atom.size), None)
+            if kv is not None:
+                add(atom.id, Monomial(1.0, ((kv, 1),)))
 
     def check(new_values: Mapping[str, int | float], widths: Mapping[int, int]) -> Blame | None:
         changes = {n: v for n, v in new_values.items() if v != values[n]}

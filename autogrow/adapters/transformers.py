@@ -26,14 +26,21 @@ from ..axes.relations import SizeRelations
 from ..axes.terms import Term
 from ..errors import ConstraintError
 from .base import ApplyToModel, ModelAdapter, Undo
-from .hf_config import HEAD_COUNTS, build_on_meta, configured, probe, relations_for, set_field
+from .hf_config import (
+    HEAD_COUNTS,
+    KV_HEAD_COUNTS,
+    build_on_meta,
+    configured,
+    probe,
+    relations_for,
+    set_field,
+)
 from .hf_config import quiet as _quiet
 from .hf_config import shapes as _shapes
 
 if TYPE_CHECKING:
     from ..rules.context import Analysis
 
-KV_HEAD_COUNTS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
 HEAD_SIZES = ("head_dim", "d_kv", "kv_channels", "attention_head_size", "head_size")
 _MISSING = object()
 
