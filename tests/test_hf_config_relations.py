@@ -168,3 +168,18 @@ def test_relations_are_the_configs_own_sizes():
     assert {"hidden_size", "intermediate_size"} <= sized
     assert "num_attention_heads / 2" in sized  # query heads = kv heads × 2 at attention
     assert relations.values["hidden_size"] == model.config.hidden_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["llama", "gpt-neox", "t5-encoder", "distilbert", "swin", "resnet"]
+)
+def test_benchmark_families_are_never_wrong(name):
+    # benchmarks/hf_families.py on families the tests above do not name: widen x2, x1.5 and
+    # deepen with verify=False, outputs compared by the benchmark; a refusal is allowed, a
+    # returned model that computes something else (or that its config would not rebuild) is not.
+    from benchmarks.hf_families import OPS, run
+
+    rows = [run(name, op) for op in OPS]
+    assert all(r["outcome"] != "wrong" for r in rows), rows
+    assert rows[0]["outcome"] == "preserved" and rows[0]["after"] > rows[0]["before"], rows[0]
