@@ -57,6 +57,11 @@ GROWS = {
     ("falcon", 2.0): (["ffn_hidden_size"], [], "fused query_key_value split by an index op"),
     ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
     ("convnext", 2.0): (["hidden_sizes[0]", "hidden_sizes[1]"], [], "one field per stage"),
+    ("resnet", 2.0): (
+        ["embedding_size", "hidden_sizes[0]", "hidden_sizes[1]"],
+        [],
+        "embedding_size and hidden_sizes[0] change together (one alone adds a shortcut)",
+    ),
     ("whisper-encoder", 2.0): (
         ["d_model", "encoder_attention_heads", "encoder_ffn_dim"],
         ["decoder_ffn_dim"],
@@ -76,7 +81,7 @@ GROWS = {
     ),
     ("mamba", 1.5): (["time_step_rank"], ["hidden_size"], ""),
 }
-SLOW = {"whisper-encoder", "convnext", "mamba", "falcon"}
+SLOW = {"whisper-encoder", "convnext", "resnet", "mamba", "falcon"}
 
 
 def _field(config, name: str):

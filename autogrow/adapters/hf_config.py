@@ -82,16 +82,33 @@ def numeric_fields(config: Any) -> dict[str, int | float]:
     return out
 
 
+def field_roots(name: str) -> list[str]:
+    """The config attributes behind a field name: ``a`` for ``a`` and ``a[i]``, ``a`` and
+    ``b`` for the joint field ``a=b``."""
+    return [part.partition("[")[0] for part in name.split("=")]
+
+
+def get_field(config: Any, name: str) -> int | float:
+    """The value of ``field``, ``field[i]`` or the joint field ``a=b`` (both equal)."""
+    part = name.split("=")[0]
+    if part.endswith("]"):
+        field, index = part[:-1].split("[")
+        return getattr(config, field)[int(index)]
+    return getattr(config, part)
+
+
 def set_field(config: Any, name: str, value: int | float) -> None:
-    """Set ``field`` or entry ``field[i]`` of ``config`` (lists stay lists, tuples tuples)."""
-    if name.endswith("]"):
-        field, index = name[:-1].split("[")
-        old = getattr(config, field)
-        items = list(old)
-        items[int(index)] = value
-        setattr(config, field, type(old)(items))
-    else:
-        setattr(config, name, value)
+    """Set ``field``, entry ``field[i]`` (lists stay lists, tuples tuples) or every part of
+    the joint field ``a=b``."""
+    for part in name.split("="):
+        if part.endswith("]"):
+            field, index = part[:-1].split("[")
+            old = getattr(config, field)
+            items = list(old)
+            items[int(index)] = value
+            setattr(config, field, type(old)(items))
+        else:
+            setattr(config, part, value)
 
 
 def configured(config: Any, changes: Mapping[str, int | float]) -> Any:
@@ -132,22 +149,43 @@ def _probe(key: str) -> tuple[Shapes, dict[str, dict[Axis, float]]]:
     model_type, config = _CONFIGS[key]
     base = shapes(build_on_meta(model_type, configured(config, {})))
     exponents: dict[str, dict[Axis, float]] = {}
-    for name, value in numeric_fields(config).items():
-        try:
-            built = shapes(build_on_meta(model_type, configured(config, {name: value * 2})))
-        except Exception:  # noqa: BLE001 - an invalid combination: not a free size
-            continue
-        if built.keys() != base.keys():
-            continue  # a structural field (layers, stages): deepen's business, not widen's
-        changed = {
-            (k, d): math.log2(built[k][d] / s[d])
-            for k, s in base.items()
-            for d in range(len(s))
-            if len(built[k]) == len(s) and built[k][d] != s[d] and s[d] > 0
-        }
-        if changed:
+    structural: list[str] = []
+    fields = numeric_fields(config)
+    for name, value in fields.items():
+        changed = _doubled(model_type, config, base, name, value)
+        if changed is None:
+            structural.append(name)
+        elif changed:
             exponents[name] = changed
+    # Two equal fields that only change together (ResNet's embedding_size and hidden_sizes[0]:
+    # one alone adds a shortcut projection) are one joint field ``a=b``.
+    for i, a in enumerate(structural):
+        for b in structural[i + 1 :]:
+            if fields[a] == fields[b] and type(fields[a]) is int:
+                changed = _doubled(model_type, config, base, f"{a}={b}", fields[a])
+                if changed:
+                    exponents[f"{a}={b}"] = changed
     return base, exponents
+
+
+def _doubled(
+    model_type: type, config: Any, base: Shapes, name: str, value: int | float
+) -> dict[Axis, float] | None:
+    """The ``log2`` size ratio of each axis that changes when field ``name`` is doubled; None
+    when that adds or removes tensors (a structural field: layers, stages, a shortcut), an
+    empty dict when it changes no shape or makes an invalid config."""
+    try:
+        built = shapes(build_on_meta(model_type, configured(config, {name: value * 2})))
+    except Exception:  # noqa: BLE001 - an invalid combination: not a free size
+        return {}
+    if built.keys() != base.keys():
+        return None
+    return {
+        (k, d): math.log2(built[k][d] / s[d])
+        for k, s in base.items()
+        for d in range(len(s))
+        if len(built[k]) == len(s) and built[k][d] != s[d] and s[d] > 0
+    }
 
 
 def axis_monomials(
@@ -175,7 +213,7 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
     check that builds the grown config on meta."""
     config, store = model.config, analysis.store
     base, exponents = probe(model)
-    values = {n: v for n, v in numeric_fields(config).items() if n in exponents}
+    values = {n: get_field(config, n) for n in exponents}
     head_fields = {n: v for n, v in numeric_fields(config).items() if n in HEAD_COUNTS}
     kv_fields = {n: v for n, v in numeric_fields(config).items() if n in KV_HEAD_COUNTS}
     values.update(head_fields)

@@ -31,6 +31,7 @@ from .hf_config import (
     KV_HEAD_COUNTS,
     build_on_meta,
     configured,
+    field_roots,
     probe,
     relations_for,
     set_field,
@@ -206,7 +207,7 @@ def apply_config(model: nn.Module, changes: Mapping[str, int | float]) -> Callab
     compute from the config (num_heads, head_dim, num_key_value_groups, ...) from a reference
     built on meta. Returns an undo function."""
     config = model.config
-    old_fields = {k: getattr(config, k) for k in {n.partition("[")[0] for n in changes}}
+    old_fields = {k: getattr(config, k) for n in changes for k in field_roots(n)}
     for k, v in changes.items():
         set_field(config, k, v)
     reference = dict(_build_on_meta(model, config).named_modules())
