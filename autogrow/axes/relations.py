@@ -103,11 +103,10 @@ class SizeRelations:
         return [g for g, ms in self.widths_of.items() if any(name in m.names for m in ms)]
 
     def solve(self, wanted: Mapping[int, int], held: Mapping[str, str]) -> dict[str, Value]:
-        """Variable values for the widths ``wanted`` (group id → width; groups not in it keep
-        theirs would be a caller's choice: pass every related group). A variable is found from
-        a monomial in which it is the only unknown; several candidates take the smallest (never
-        more growth than asked); ``held`` variables and those no monomial determines keep their
-        values."""
+        """Variable values for the widths ``wanted`` (group id → width; groups left out give
+        no candidates). A variable is found from a monomial in which it is the only unknown;
+        several candidates take the smallest (never more growth than asked); ``held``
+        variables and those no monomial determines keep their values."""
         known: dict[str, Value] = {k: v for k, v in self.values.items() if k in held}
         for _ in range(len(self.values) + 1):
             candidates: dict[str, list[float]] = {}

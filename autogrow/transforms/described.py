@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import networkx as nx
-
 from ..axes.relations import Blame, SizeRelations
 from ..axes.sizes import new_size
+from ..axes.terms import Term
 from ..errors import ConstraintError
 from ..graph.width_graph import WidthGraph
 
@@ -26,10 +25,13 @@ def plan_described(
     planned: Mapping[int, int],
     relations: SizeRelations,
     requested: set[int],
-    equalities: list,
+    equalities: list[tuple[Term, Term]],
+    ratio_classes: list[set[int]],
 ) -> dict[int, int]:
     """New width per group (all groups) that ``relations`` can describe, as close to
-    ``planned`` as holding variables allows. Records on ``relations`` what was held and why
+    ``planned`` as holding variables allows; ``equalities`` (pairs of axes forward code keeps
+    equal) and ``ratio_classes`` (groups that grow by one whole factor) as the planner found
+    them. Records on ``relations`` what was held and why
     (``held``) and which groups it kept below the plan (``kept``). Raises ConstraintError
     when a group the caller named cannot grow as asked, naming the variable that blocks it."""
     wanted = {g.id: planned.get(g.id, g.width) for g in graph.groups}
@@ -38,7 +40,7 @@ def plan_described(
         values = relations.solve(wanted, held)
         described = relations.widths(values)
         widths = {g.id: described.get(g.id, g.width) for g in graph.groups}
-        blame = _problem(graph, relations, values, widths, equalities)
+        blame = _problem(graph, relations, values, widths, equalities, ratio_classes)
         if blame is None:
             break
         free = (blame.variables & relations.changed(values)) - held.keys()
@@ -102,7 +104,8 @@ def _problem(
     relations: SizeRelations,
     values: Mapping[str, float],
     widths: Mapping[int, int],
-    equalities: list,
+    equalities: list[tuple[Term, Term]],
+    ratio_classes: list[set[int]],
 ) -> Blame | None:
     """The first thing that ``values`` / ``widths`` break, with the variables to blame."""
     store = graph.store
@@ -126,20 +129,10 @@ def _problem(
         if new_size(store, a, widths) != new_size(store, b, widths):
             ids = [x.id for x in store.leaf_atoms(a) + store.leaf_atoms(b)]
             return blame_groups(ids, "forward code keeps two sizes equal that would differ")
-    for cls in _ratio_classes(graph):
+    for cls in ratio_classes:
         ratios = {widths[i] / graph.by_id(i).width for i in cls if graph.by_id(i) is not None}
         if len(ratios) > 1 or any(not r.is_integer() for r in ratios):
             return blame_groups(cls, "groups normalised together grow by one whole factor")
     if relations.check is not None:
         return relations.check(values, widths)
     return None
-
-
-def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
-    store = graph.store
-    links = nx.Graph()
-    for a, b in store.ratio_ties.edges:
-        for x in store.leaf_atoms(store.atom(a)):
-            for y in store.leaf_atoms(store.atom(b)):
-                links.add_edge(x.id, y.id)
-    return [set(c) for c in nx.connected_components(links)]

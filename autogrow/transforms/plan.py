@@ -70,7 +70,9 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
     requested = set(wanted) if isinstance(factor, Mapping) else set()
     sizes = _repair(graph, sizes, requested)
     if graph.relations is not None:  # what the model's library can describe (its config)
-        sizes = plan_described(graph, sizes, graph.relations, requested, _equalities(graph))
+        sizes = plan_described(
+            graph, sizes, graph.relations, requested, _equalities(graph), _ratio_classes(graph)
+        )
     changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
     kept_by_config = graph.relations is not None and graph.relations.kept
     if not changed and graph.blocked and not kept_by_config and not isinstance(factor, Mapping):
