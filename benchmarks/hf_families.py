@@ -321,11 +321,14 @@ def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def config_changes(old: object, new: object) -> str:
-    """The config's numeric fields that differ, as ``field a→b``."""
-    from autogrow.adapters.hf_config import numeric_fields
-
-    before, after = numeric_fields(old), numeric_fields(new)
-    return ", ".join(f"{k} {v}→{after.get(k)}" for k, v in before.items() if after.get(k) != v)
+    """The config's fields that differ, as ``field a→b`` (plain ``to_dict`` values, so that
+    this runs against any autogrow version)."""
+    before, after = old.to_dict(), new.to_dict()
+    return ", ".join(
+        f"{k} {v}→{after.get(k)}"
+        for k, v in before.items()
+        if after.get(k) != v and not k.startswith("_") and k != "transformers_version"
+    )
 
 
 def run(name: str, op: str) -> dict[str, object]:
