@@ -331,6 +331,14 @@ def config_changes(old: object, new: object) -> str:
     )
 
 
+def _reason(message: str) -> str:
+    """One line of a refusal: the part that names a config field when there is one (a list
+    of groups and reasons is split at "; ")."""
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    parts = [p for p in first.split("; ") if "config field" in p]
+    return (parts[0].split(": ", 1)[-1] if parts else first)[:180].replace("|", "/")
+
+
 def run(name: str, op: str) -> dict[str, object]:
     import autogrow
     from autogrow.verify import relative_error
@@ -349,8 +357,7 @@ def run(name: str, op: str) -> dict[str, object]:
                 factor = float(op.removeprefix("widen x"))
                 grown = autogrow.widen(model, factor, example_inputs=x, seed=0, verify=False)
     except autogrow.AutogrowError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        row.update(outcome="refused", why=f"{type(e).__name__}: {lines[0][:150]}")
+        row.update(outcome="refused", why=f"{type(e).__name__}: {_reason(str(e))}")
         return row
     row["seconds"] = time.perf_counter() - start
     fresh = inputs(name, seed=1)
