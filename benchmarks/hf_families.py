@@ -7,6 +7,10 @@ reads ``preserved`` (max relative error within tolerance), ``refused`` (autogrow
 grown config rebuilds the grown shapes (``type(model)(model.config)`` on meta).
 
     python -m benchmarks.hf_families [family ...]
+
+Measured (docs/transformers.md has the table): main a018025 → config12 cc25c7c, 28 families:
+widen x2 preserved 17 → 27, widen x1.5 16 → 24, deepen 19 → 19, wrong 0 → 0. The families
+the tests do not name run as slow tests (tests/test_hf_config_relations.py).
 """
 
 from __future__ import annotations
