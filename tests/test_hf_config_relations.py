@@ -62,6 +62,8 @@ GROWS = {
         [],
         "embedding_size and hidden_sizes[0] change together (one alone adds a shortcut)",
     ),
+    ("swin", 2.0): (["embed_dim", "num_heads[0]", "num_heads[1]"], [], "per-stage head counts"),
+    ("swin", 1.5): (["mlp_ratio"], ["embed_dim"], "a float ratio: the FFN is embed_dim × ratio"),
     ("whisper-encoder", 2.0): (
         ["d_model", "encoder_attention_heads", "encoder_ffn_dim"],
         ["decoder_ffn_dim"],
@@ -81,7 +83,7 @@ GROWS = {
     ),
     ("mamba", 1.5): (["time_step_rank"], ["hidden_size"], ""),
 }
-SLOW = {"whisper-encoder", "convnext", "resnet", "mamba", "falcon"}
+SLOW = {"whisper-encoder", "convnext", "resnet", "swin", "mamba", "falcon"}
 
 
 def _field(config, name: str):
