@@ -200,9 +200,11 @@ def test_config_advice_names_an_integer_factor_only_for_a_fraction():
     with pytest.raises(autogrow.ConstraintError, match="n_embd") as e:
         autogrow.widen(model, {"transformer.h.0.mlp.c_fc": 2.0}, example_inputs=x)
     assert "integer factor" not in str(e.value) and "whole factor" in str(e.value)
+    # x1.5: the FFN (n_inner unset: 4 × n_embd) cannot grow while n_embd stays, so nothing
+    # is planned, and the refusal names the relation.
     with pytest.raises(autogrow.ConstraintError, match="Use an integer factor") as e:
         autogrow.widen(model, 1.5, example_inputs=x)
-    assert "256 -> 384" in str(e.value)
+    assert "transformer.h.0.mlp.c_fc (width 256): its width is 4 × n_embd" in str(e.value)
 
 
 def test_loading_a_partially_grown_checkpoint_does_not_warn_again(tmp_path):

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..axes.relations import Blame, Monomial, SizeRelations
 from .base import AdapterRegistry, ApplyToModel, ModelAdapter, Undo
 
 __all__ = [
     "AdapterRegistry",
     "ApplyToModel",
+    "Blame",
     "ModelAdapter",
+    "Monomial",
+    "SizeRelations",
     "Undo",
     "adapter_for",
     "get_default_adapters",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ..axes.relations import SizeRelations
 from ..axes.terms import Term
 
 if TYPE_CHECKING:  # the analysis is built above this layer; adapters only read it
@@ -62,6 +63,11 @@ class ModelAdapter:
     def constrain(self, analysis: Analysis, model: nn.Module) -> None:
         """State on ``analysis.store`` what the library can describe (freeze axes, add ties)
         before widths are planned."""
+
+    def size_relations(self, model: nn.Module, analysis: Analysis) -> SizeRelations | None:
+        """The numbers that describe ``model`` (a config's fields) as relations on the width
+        groups of ``analysis``, for widen to plan under (None: nothing to respect)."""
+        return None
 
     def prepare_widen(
         self,

@@ -3,18 +3,12 @@ and keep ``model.config`` and the modules' size attributes in step with the grow
 that ``type(model)(model.config)`` builds exactly the grown shapes and ``save_pretrained`` /
 ``from_pretrained`` round-trip.
 
-How the new config is found, without a table per architecture:
-
-1. **Probe**: each integer config field is doubled in turn and the model is built on the meta
-   device (no memory, milliseconds); the parameters whose shapes change give that field's
-   exponents (``log2`` of the size ratio per parameter axis).
-2. **Attention counts**: shapes cannot tell heads from head size (BERT's projections are
-   ``hidden × hidden`` whatever the head count), so head-count fields take the ratio of the query
-   heads that the width graph saw at ``scaled_dot_product_attention``; head-size fields stay
-   (autogrow never changes a head's size in these models: one config number describes q, k, v).
-3. **Solve** the remaining fields by least squares on the exponents, round, and **check** by
-   building the model from the new config on meta: every parameter shape must equal the grown
-   one, otherwise :class:`~autogrow.ConstraintError`.
+How the new config is found, without a table per architecture: the config's fields are
+probed on meta builds and become exact relations on the width groups
+(:mod:`~autogrow.adapters.hf_config`, through the ``size_relations`` hook); widen plans under
+them, so the plan is one the config can state, and the fields are then solved from the planned
+widths and checked by building the new config on meta (every parameter shape must equal the
+grown one, otherwise :class:`~autogrow.ConstraintError`).
 
 Nothing here imports transformers: a model is recognised by its config's class hierarchy.
 """
@@ -22,29 +16,33 @@ Nothing here imports transformers: a model is recognised by its config's class h
 from __future__ import annotations
 
 import copy
-import logging
-import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
+from ..axes.relations import SizeRelations
 from ..axes.terms import Term
 from ..errors import ConstraintError
 from .base import ApplyToModel, ModelAdapter, Undo
+from .hf_config import (
+    HEAD_COUNTS,
+    KV_HEAD_COUNTS,
+    build_on_meta,
+    configured,
+    field_roots,
+    probe,
+    relations_for,
+    set_field,
+)
+from .hf_config import quiet as _quiet
+from .hf_config import shapes as _shapes
 from .hf_floats import grown_float_fields
 
 if TYPE_CHECKING:
     from ..rules.context import Analysis
 
-HEAD_COUNTS = (
-    "num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads",
-    "decoder_attention_heads",
-)  # fmt: skip
-KV_HEAD_COUNTS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
 HEAD_SIZES = ("head_dim", "d_kv", "kv_channels", "attention_head_size", "head_size")
 _MISSING = object()
 
@@ -138,20 +136,6 @@ def _heads_divide_fields(model: nn.Module) -> bool:
     return False
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep transformers' own log lines and warnings about probe configs from the user."""
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _residual_atom(analysis: Any) -> Any:
     """The residual stream: the normalised (uniform) atom that the most parameter axes use."""
     store = analysis.store
@@ -166,15 +150,8 @@ def _residual_atom(analysis: Any) -> Any:
     return store.atom(max(counts, key=counts.__getitem__))
 
 
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    named = dict(model.named_parameters(remove_duplicate=False))
-    named.update(model.named_buffers(remove_duplicate=False))
-    return {k: tuple(v.shape) for k, v in named.items()}
-
-
 def _build_on_meta(model: nn.Module, config: Any) -> nn.Module:
-    with torch.device("meta"):
-        return type(model)(config)
+    return build_on_meta(type(model), config)
 
 
 def _int_fields(config: Any) -> dict[str, int]:
@@ -186,15 +163,17 @@ def _int_fields(config: Any) -> dict[str, int]:
 
 
 def grown_config(
-    model: nn.Module, new_shapes: dict[str, tuple[int, ...]], head_ratio: float | None
-) -> dict[str, int]:
-    """The config fields (name → new value) that describe a model with ``new_shapes``.
-
-    ``head_ratio``: how many times more query heads the grown model has (None: no attention
-    call was seen). Raises ConstraintError when no config describes the grown shapes.
-    """
+    model: nn.Module,
+    analysis: Any,
+    new_size: Callable[[Term], int],
+    new_shapes: dict[str, tuple[int, ...]],
+) -> dict[str, int | float]:
+    """The config fields (name → new value; ``field[i]`` for an entry of a list field) that
+    describe ``model`` widened to ``new_shapes``: solved from the relations that widen planned
+    under (:func:`~autogrow.adapters.hf_config.relations_for`), then checked by building the
+    new config on meta. Raises ConstraintError when no config describes the grown shapes."""
     config = model.config
-    base = _shapes(_build_on_meta(model, config))
+    base, _ = probe(model)
     old = _shapes(model)
     if any(base.get(k) != s for k, s in old.items() if k in base):
         different = [k for k, s in old.items() if k in base and base[k] != s][:3]
@@ -203,113 +182,35 @@ def grown_config(
             f"(e.g. {', '.join(different)}), so it cannot describe the grown one. Widen a model "
             "whose shapes match type(model)(model.config), or update the config first."
         )
-    axes = [(k, d) for k, s in base.items() if k in new_shapes for d in range(len(s))]
-    fields = _int_fields(config)
-    exponents: dict[str, list[float]] = {}
-    for name, value in fields.items():
-        probe = copy.deepcopy(config)
-        setattr(probe, name, value * 2)
-        try:
-            shapes = _shapes(_build_on_meta(model, probe))
-        except Exception:  # noqa: BLE001 - an invalid combination: this field is not a width
-            continue
-        if shapes.keys() != base.keys():
-            continue  # a structural field (number of layers): not ours to change
-        column = [math.log2(shapes[k][d] / base[k][d]) for k, d in axes]
-        if any(column):
-            exponents[name] = column
-
-    changes: dict[str, int] = {}
-    fixed: dict[str, float] = {}
-    for name in exponents.keys() | fields.keys():
-        if name in HEAD_SIZES:
-            fixed[name] = 0.0
-        elif head_ratio is not None and name in HEAD_COUNTS + KV_HEAD_COUNTS:
-            fixed[name] = math.log2(head_ratio)
-    target = torch.tensor(
-        [math.log2(new_shapes[k][d] / base[k][d]) for k, d in axes], dtype=torch.float64
-    )
-    for name, x in fixed.items():
-        if name in exponents:
-            target -= x * torch.tensor(exponents[name], dtype=torch.float64)
-    free = [n for n in exponents if n not in fixed]
-    solved: dict[str, float] = dict(fixed)
-    if free:
-        matrix = torch.tensor([exponents[n] for n in free], dtype=torch.float64).T
-        solution = torch.linalg.lstsq(matrix, target.unsqueeze(1), driver="gelsd").solution
-        solved.update({n: float(x) for n, x in zip(free, solution.squeeze(1))})
-    for name, x in solved.items():
-        value = round(fields[name] * 2**x) if name in fields else None
-        if value is not None and value != fields[name]:
-            changes[name] = value
-
-    check = copy.deepcopy(config)
-    for name, value in changes.items():
-        setattr(check, name, value)
+    relations = relations_for(model, analysis)
+    widths = {gid: new_size(analysis.store.atom(gid)) for gid in relations.widths_of}
+    values = relations.solve(widths, {})
+    changes = {n: v for n, v in values.items() if v != relations.values[n]}
     try:
-        built = _shapes(_build_on_meta(model, check))
+        built = _shapes(_build_on_meta(model, configured(config, changes)))
     except Exception as e:  # noqa: BLE001 - the config class rejects the combination
-        why = f"{type(config).__name__} rejects {changes}: {type(e).__name__}: {e}"
-        involved = sorted(changes)
+        why = f"{type(config).__name__} rejects {changes}: {type(e).__name__}: {_first_line(e)}"
     else:
         wrong = [k for k, s in new_shapes.items() if k in built and built[k] != s]
         if not wrong:
             return changes
         shown = ", ".join(f"{k} {tuple(new_shapes[k])} vs {built[k]}" for k in wrong[:3])
         why = f"with {changes or 'no changes'} the config builds different shapes ({shown})"
-        rows = [
-            i for i, (k, d) in enumerate(axes) if k in built and built[k][d] != new_shapes[k][d]
-        ]
-        involved = sorted(n for n in exponents if any(exponents[n][i] for i in rows))
     raise ConstraintError(
         f"no {type(config).__name__} describes the widened {type(model).__name__}: {why}. "
-        + _config_advice(base, new_shapes, axes, involved, exponents)
+        "Widen by a factor the config's fields can follow, or with a dict of widths for the "
+        "groups those fields size (see autogrow.analyze(model) for the groups)."
     )
 
 
-def _config_advice(
-    base: dict[str, tuple[int, ...]],
-    new_shapes: dict[str, tuple[int, ...]],
-    axes: list[tuple[str, int]],
-    fields: list[str],
-    exponents: dict[str, list[float]],
-) -> str:
-    """What to do when no config describes the grown shapes, fitting how they grew: advise an
-    integer factor only where some axis grew by a fraction, and name the fields involved."""
-    fractional = [i for i, (k, d) in enumerate(axes) if new_shapes[k][d] % base[k][d]]
-    if fractional:
-        i = fractional[0]
-        k, d = axes[i]
-        fields = sorted({*fields, *(n for n in exponents if exponents[n][i])})
-    if not fields:
-        named, verb = "the config's fields", "set"
-    else:
-        plural = len(fields) > 1
-        named = f"config field{'s' if plural else ''} {', '.join(fields[:6])}"
-        verb = "set" if plural else "sets"
-    if fractional:
-        return (
-            f"{k} axis {d} grows {base[k][d]} -> {new_shapes[k][d]}, a fraction that {named} "
-            "cannot follow while the other axes they size keep theirs. Use an integer factor, "
-            "or a dict of widths that grows every layer alike (see autogrow.analyze(model) for "
-            "the groups)."
-        )
-    return (
-        f"Every axis grows by a whole factor, but {named} {verb} several of them together "
-        "(a head size derived from hidden / heads, one field for groups that grew by different "
-        "factors). Grow the groups those fields size by one factor, with a dict of widths "
-        "(see autogrow.analyze(model) for the groups)."
-    )
-
-
-def apply_config(model: nn.Module, changes: dict[str, Any]) -> Callable[[], None]:
+def apply_config(model: nn.Module, changes: Mapping[str, Any]) -> Callable[[], None]:
     """Set the new config fields on ``model.config`` and copy every size attribute the modules
     compute from the config (num_heads, head_dim, num_key_value_groups, ...) from a reference
     built on meta. Returns an undo function."""
     config = model.config
-    old_fields = {k: getattr(config, k) for k in changes}
+    old_fields = {k: getattr(config, k) for n in changes for k in field_roots(n)}
     for k, v in changes.items():
-        setattr(config, k, v)
+        set_field(config, k, v)
     reference = dict(_build_on_meta(model, config).named_modules())
     undo: list[tuple[nn.Module, str, Any]] = []
     for name, module in model.named_modules():
@@ -456,9 +357,12 @@ class TransformersAdapter(ModelAdapter):
                 f"(x{sorted(ratios)}), which its config cannot describe; widen every layer by "
                 "the same factor (a float factor does)"
             )
-        changes: dict[str, Any] = grown_config(model, new_shapes, ratios.pop() if ratios else None)
+        changes = grown_config(model, analysis, new_size, new_shapes)
         # Norms whose eps widening rescaled (filled units): the config field takes the new eps.
         return lambda result: apply_config(result, {**changes, **grown_float_fields(result)})
+
+    def size_relations(self, model: nn.Module, analysis: Analysis) -> SizeRelations | None:
+        return relations_for(model, analysis)
 
     def check_grown(self, model: nn.Module, what: str) -> None:
         # save_pretrained/from_pretrained rebuild the model from its config: the grown model

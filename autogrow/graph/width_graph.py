@@ -10,6 +10,7 @@ from typing import Any
 import networkx as nx
 
 from .._text import aligned_table, owner_module
+from ..axes.relations import SizeRelations
 from ..axes.store import AxisStore
 from ..axes.terms import Atom, Term
 from ..errors import GroupNotFoundError
@@ -151,6 +152,9 @@ class WidthGraph:
         self.blocked: list[str] = [
             f"{b.call.where(full=True)}: {b.reason}" for b in analysis.blocked
         ]
+        # What the model's library can describe (a config's fields as relations on the
+        # groups), when widen asked its adapter; the planner then plans under them.
+        self.relations: SizeRelations | None = None
 
     # -- lookups ---------------------------------------------------------------------------
     @property

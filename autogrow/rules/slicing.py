@@ -135,6 +135,9 @@ def _slice_axis(
     if literal and ctx.traced.kind == TracerKind.FX and _has_atoms(ctx, t):
         ctx.freeze(t, f"slice with literal bounds at {call.where()}")
         return Fixed(max(stop - start, 0))
+    if stop <= start:  # an empty slice (Phi-3's q[..., rotary_dim:] at full rotary): no units
+        ctx.freeze(t, f"empty slice at {call.where()} (it must stay empty)")
+        return Fixed(0)
     sizes = [x for x in (start, stop - start, n - stop) if x > 0]
     pieces = ctx.store.split(t, sizes, call.where())
     if pieces is None:

@@ -23,6 +23,7 @@ from ..errors import (
 )
 from ..graph.width_graph import WidthGraph, WidthGroup
 from ..rules.context import BLOCKED
+from .described import plan_described
 
 Factor = Union[float, int, Mapping[str, Union[int, float]]]  # noqa: UP007 - a runtime alias (py3.10)
 
@@ -72,9 +73,15 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
     sizes = _apply_size_ties(graph, sizes)
-    sizes = _repair(graph, sizes, set(wanted) if isinstance(factor, Mapping) else set())
+    requested = set(wanted) if isinstance(factor, Mapping) else set()
+    sizes = _repair(graph, sizes, requested)
+    if graph.relations is not None:  # what the model's library can describe (its config)
+        sizes = plan_described(
+            graph, sizes, graph.relations, requested, _equalities(graph), _ratio_classes(graph)
+        )
     changed = {gid: n for gid, n in sizes.items() if n != graph.by_id(gid).width}
-    if not changed and graph.blocked and not isinstance(factor, Mapping):
+    kept_by_config = graph.relations is not None and graph.relations.kept
+    if not changed and graph.blocked and not kept_by_config and not isinstance(factor, Mapping):
         raise UnsupportedOpError(
             f"nothing to widen with factor {factor!r}: the groups that could grow pass through "
             f"ops autogrow has no rule for: {'; '.join(graph.blocked[:3])}. Register a rule "
@@ -292,7 +299,9 @@ def _module_multiplicity(graph: WidthGraph, g: WidthGroup, module: str) -> int:
 @dataclass(frozen=True)
 class Shortfall:
     """A group that a float factor grew less than asked: ``kind`` is ``"uniform"``,
-    ``"ratio"``, ``"size"``, ``"equality"`` or ``"blocked"``; ``why`` says it in words."""
+    ``"ratio"``, ``"size"``, ``"equality"``, ``"config"`` (the model's description, e.g. a
+    transformers config, cannot state the width) or ``"blocked"``; ``why`` says it in
+    words."""
 
     group: WidthGroup
     planned: int
@@ -322,7 +331,10 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
         got = widths.get(g.id, g.width)
         if got >= asked[g.id]:
             continue
-        if got < sized.get(g.id, g.width):
+        config_why = graph.relations.kept.get(g.id) if graph.relations is not None else None
+        if config_why is not None and got < sized.get(g.id, g.width):
+            kind, why = "config", config_why
+        elif got < sized.get(g.id, g.width):
             held = _equality_reasons(graph, sized) if held is None else held
             kind, why = "equality", _equality_why(held.get(g.id))
             culprits.update(o.id for o in held.get(g.id, ("", []))[1] if not o.widenable)
@@ -444,7 +456,7 @@ def partial_growth_message(
         lines.append(f"  {names}{more} frozen: {why}")
     kinds = {s.kind for s in found}
     advice = []
-    if kinds & {"uniform", "ratio"} and not f.is_integer():
+    if kinds & {"uniform", "ratio", "config"} and not f.is_integer():
         advice.append(
             f"an integer factor ({math.ceil(f)}.0) also grows the uniform and ratio-tied groups"
         )
@@ -494,8 +506,13 @@ def _nothing_to_widen(graph: WidthGraph, factor: Factor) -> str:
     shown = "; ".join(f"{s.group.name} (width {s.group.width}): {s.why}" for s in found[:4])
     more = f"; and {len(found) - 4} more" if len(found) > 4 else ""
     kinds = {s.kind for s in found}
-    if kinds & {"uniform", "ratio"} and not f.is_integer():
+    if kinds & {"uniform", "ratio", "config"} and not f.is_integer():
         advice = f"Use an integer factor ({math.ceil(f)}.0) or a dict of per-group widths"
+    elif kinds == {"config"}:
+        advice = (
+            "The model's config cannot state these widths while the fields named above stay; "
+            "a rule that frees the frozen part, or another factor, may"
+        )
     else:
         advice = "Widen the groups they are tied to as well (a dict of per-group widths)"
     return (

@@ -217,6 +217,7 @@ class WidenTransform(Transform[WidenPlan]):
     def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
         registry = self.registry or get_default_registry()
         graph = self.graph = analyze_traced(model, inputs, registry, reference=verify)
+        graph.relations = adapter_for(model).size_relations(model, graph.analysis)
         widths = self.widths = plan_widths(graph, self.factor)
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
