@@ -1,4 +1,13 @@
-"""Compute accounting shared by the growth-vs-scratch benchmarks (lm_growth, vision_growth).
+"""The clock and the compute accounting shared by the growth-vs-scratch benchmarks
+(``benchmarks.lm_growth``, ``benchmarks.vision_growth``).
+
+The clock: every run, scratch or grown, trains ``Budget.steps`` steps at ``peak x
+lr_shape(step)`` (linear warm-up, then cosine to ``min_lr`` of the peak); a grown run trains
+the small model for the first ``grow_fraction`` of the steps, and after growth its learning
+rate follows a recipe (:func:`recipe_factor`): ``keep`` (the clock goes on), ``rewarm`` (times a
+new linear warm-up of ``warmup`` steps), ``tenth`` (times 1/10, the Net2Net paper's student
+rate), ``decay`` (LEMON's "keep the maximum LR, decay faster": back to the peak, then cosine to
+``min_lr`` over the remaining steps).
 
 A *curve* is a list of ``(step, cost, metric)`` points (cost: FLOPs or steps; metric: a
 validation loss, lower is better, or an accuracy, higher is better). A *run* is a dict with at
@@ -7,8 +16,63 @@ least ``arm``, ``recipe``, ``seed``, ``peak`` (the learning rate) and ``curve``.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+RECIPES = ("keep", "rewarm", "tenth", "decay")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps, schedule, evaluation and the learning-rate grid of one benchmark run."""
+
+    steps: int = 1000
+    grow_fraction: float = 0.25
+    warmup: int = 50
+    min_lr: float = 0.1  # the cosine ends at this fraction of the peak
+    eval_every: int = 50
+    val_windows: int = 256
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3)
+
+    @property
+    def grow_at(self) -> int:
+        return int(self.steps * self.grow_fraction)
+
+
+def lr_shape(step: int, budget: Budget) -> float:
+    """The schedule's factor at ``step``: linear warm-up, then cosine to ``budget.min_lr``.
+
+    >>> b = Budget(steps=100, warmup=10, min_lr=0.1)
+    >>> lr_shape(0, b), lr_shape(9, b), round(lr_shape(99, b), 3)
+    (0.1, 1.0, 0.1)
+    """
+    if step < budget.warmup:
+        return (step + 1) / budget.warmup
+    progress = (step - budget.warmup) / max(1, budget.steps - 1 - budget.warmup)
+    return budget.min_lr + (1 - budget.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def recipe_factor(recipe: str, step: int, budget: Budget) -> float:
+    """The factor of the peak learning rate at ``step`` >= growth under a recipe (docstring).
+
+    >>> b = Budget(steps=100, warmup=10, grow_fraction=0.5)
+    >>> [round(recipe_factor(r, 50, b), 3) for r in RECIPES]
+    [0.621, 0.062, 0.062, 1.0]
+    """
+    base = lr_shape(step, budget)
+    after = step - budget.grow_at
+    if recipe == "keep":
+        return base
+    if recipe == "rewarm":
+        return base * min(1.0, (after + 1) / budget.warmup)
+    if recipe == "tenth":
+        return base / 10
+    if recipe == "decay":
+        progress = after / max(1, budget.steps - 1 - budget.grow_at)
+        return budget.min_lr + (1 - budget.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown recipe {recipe!r}; one of {RECIPES}")
 
 
 def mean_sd(values: Iterable[float]) -> tuple[float, float]:
@@ -43,18 +107,24 @@ def first_reaching(curve: list, target: float, higher: bool = False) -> tuple[in
     >>> first_reaching([(0, 0, 0.5), (10, 5, 0.9)], 0.95, higher=True) is None
     True
     """
-    for step, cost, value in curve:
-        if reached(value, target, higher):
-            return step, cost
+    for point in curve:
+        if reached(point[2], target, higher):
+            return point[0], point[1]
     return None
 
 
-def final(run: dict) -> float:
-    """The metric at the end of a run's curve."""
-    return run["curve"][-1][2]
+def final(run: dict, last: int = 1) -> float:
+    """The metric at the end of a run's curve: the mean of its ``last`` points.
+
+    >>> final({"curve": [(0, 0, 1.0), (1, 1, 0.5), (2, 2, 0.7)]}, last=2)
+    0.6
+    """
+    return round(statistics.fmean(p[2] for p in run["curve"][-last:]), 12)
 
 
-def best_peaks(runs: list[dict], higher: bool = False) -> dict[tuple[str, str], float]:
+def best_peaks(
+    runs: list[dict], higher: bool = False, last: int = 1
+) -> dict[tuple[str, str], float]:
     """For each (arm, recipe): the learning rate whose final metric, averaged over the seeds,
     is best (every arm selected by the same rule).
 
@@ -76,19 +146,17 @@ def best_peaks(runs: list[dict], higher: bool = False) -> dict[tuple[str, str], 
     }
 
 
-def cost_ratio(grown: dict, scratch: dict, higher: bool = False) -> float | None:
-    """Cost for ``grown`` to first reach ``scratch``'s final metric / cost for ``scratch`` to
-    first reach it (None if ``grown`` never does).
+def cost_ratio(grown: dict, scratch: dict, higher: bool = False, last: int = 1) -> float | None:
+    """Cost for ``grown`` to first reach ``scratch``'s final metric (:func:`final` with
+    ``last``) / cost for ``scratch`` to first reach it (None if ``grown`` never does).
 
     >>> s = {"curve": [(0, 0, 3.0), (10, 10, 2.0)]}
     >>> cost_ratio({"curve": [(0, 0, 3.0), (4, 4, 2.5), (8, 6, 1.9)]}, s)
     0.6
     """
-    target = final(scratch)
-    mine, theirs = (
-        first_reaching(grown["curve"], target, higher),
-        first_reaching(scratch["curve"], target, higher),
-    )
+    target = final(scratch, last)
+    mine = first_reaching(grown["curve"], target, higher)
+    theirs = first_reaching(scratch["curve"], target, higher)
     if mine is None or theirs is None:
         return None
     return mine[1] / theirs[1]

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import multiprocessing
 import platform
 import statistics
@@ -60,14 +59,22 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import autogrow
-from benchmarks.accounting import best_peaks, cost_ratio, final, pm
+from benchmarks.accounting import (
+    RECIPES,
+    Budget,
+    best_peaks,
+    cost_ratio,
+    final,
+    lr_shape,
+    pm,
+    recipe_factor,
+)
 from benchmarks.gpt2_growth import byte_streams, stdlib_docstrings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,26 +87,8 @@ WIDE = {"hidden_size": 128, "num_attention_heads": 8, "intermediate_size": 352, 
 DEEP = {**SMALL, "layers": 4}
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Steps, schedule, evaluation and the learning-rate grid of one benchmark run."""
-
-    steps: int = 1000
-    grow_fraction: float = 0.25
-    warmup: int = 50
-    min_lr: float = 0.1  # the cosine ends at this fraction of the peak
-    eval_every: int = 50
-    val_windows: int = 256
-    lr_grid: tuple[float, ...] = (1e-3, 3e-3)
-
-    @property
-    def grow_at(self) -> int:
-        return int(self.steps * self.grow_fraction)
-
-
 FULL = Budget()
 QUICK = Budget(steps=24, warmup=4, eval_every=6, val_windows=16, lr_grid=(3e-3,))
-RECIPES = ("keep", "rewarm", "tenth", "decay")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,40 +120,6 @@ def llama(shape: dict, seed: int) -> nn.Module:
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
-
-
-def lr_shape(step: int, budget: Budget) -> float:
-    """The schedule's factor at ``step``: linear warm-up, then cosine to ``budget.min_lr``.
-
-    >>> b = Budget(steps=100, warmup=10, min_lr=0.1)
-    >>> lr_shape(0, b), lr_shape(9, b), round(lr_shape(99, b), 3)
-    (0.1, 1.0, 0.1)
-    """
-    if step < budget.warmup:
-        return (step + 1) / budget.warmup
-    progress = (step - budget.warmup) / max(1, budget.steps - 1 - budget.warmup)
-    return budget.min_lr + (1 - budget.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def recipe_factor(recipe: str, step: int, budget: Budget) -> float:
-    """The factor of the peak learning rate at ``step`` >= growth under a recipe (docstring).
-
-    >>> b = Budget(steps=100, warmup=10, grow_fraction=0.5)
-    >>> [round(recipe_factor(r, 50, b), 3) for r in RECIPES]
-    [0.586, 0.059, 0.059, 1.0]
-    """
-    base = lr_shape(step, budget)
-    after = step - budget.grow_at
-    if recipe == "keep":
-        return base
-    if recipe == "rewarm":
-        return base * min(1.0, (after + 1) / budget.warmup)
-    if recipe == "tenth":
-        return base / 10
-    if recipe == "decay":
-        progress = after / max(1, budget.steps - 1 - budget.grow_at)
-        return budget.min_lr + (1 - budget.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown recipe {recipe!r}; one of {RECIPES}")
 
 
 def windows(stream: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
