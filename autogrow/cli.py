@@ -92,7 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a group or module name and its new width (int) or factor (float); repeatable",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the random unit mapping")
-    p.add_argument("--symmetry", choices=["split", "none"], default="split")
+    p.add_argument(
+        "--symmetry",
+        choices=["split", "none", "paired"],
+        default="split",
+        help="split: unequal shares; none: equal shares; paired: equal shares plus zero-sum "
+        "noise (+N/-N, exact)",
+    )
+    p.add_argument(
+        "--pair-noise",
+        type=float,
+        default=0.01,
+        help="--symmetry paired: noise scale, relative to each weight tensor's std (0.01)",
+    )
     p.add_argument("--noise", type=float, default=0.0, help="Net2Net noise (approximate result)")
     _output_options(p)
     p.set_defaults(func=widen_command)
@@ -385,6 +397,7 @@ def widen_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         symmetry=args.symmetry,
         noise=args.noise,
+        pair_noise=args.pair_noise,
         verify=not args.no_verify and args.noise == 0,
     )
     _report(args, model, grown.model, inputs, f"widened (seed {grown.plan.seed})")

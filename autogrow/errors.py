@@ -35,7 +35,7 @@ class InvalidArgumentError(AutogrowError, ValueError):
     >>> autogrow.widen(net, 2.0, symmetry="mirror")
     Traceback (most recent call last):
     ...
-    autogrow.errors.InvalidArgumentError: symmetry must be one of ('split', 'none'), got 'mirror'
+    autogrow.errors.InvalidArgumentError: symmetry must be one of ('split', ...), got 'mirror'
     """
 
 

@@ -16,17 +16,21 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..transforms.mapping import SYMMETRIES
+from ..transforms.paired_noise import DEFAULT_PAIR_NOISE, check_pair_noise
 
 __all__ = ["Deepen", "Op", "Widen", "op"]
 
 
 @dataclass(frozen=True)
 class Widen:
-    """``autogrow.widen(model, factor, symmetry=..., noise=...)`` at a scheduled step."""
+    """``autogrow.widen(model, factor, symmetry=..., noise=..., pair_noise=...)`` at a
+    scheduled step."""
 
     factor: float | Mapping[str, int | float]
     symmetry: str = "split"
     noise: float = 0.0
+    pair_noise: float = DEFAULT_PAIR_NOISE
 
     def __post_init__(self) -> None:
         if isinstance(self.factor, Mapping):
@@ -37,12 +41,16 @@ class Widen:
             )
         elif not math.isfinite(self.factor) or self.factor <= 1:
             raise InvalidArgumentError(f"op.widen: factor must be > 1, got {self.factor!r}")
-        if self.symmetry not in ("split", "none"):
+        if self.symmetry not in SYMMETRIES:
             raise InvalidArgumentError(
-                f"op.widen: symmetry must be 'split' or 'none', got {self.symmetry!r}"
+                f"op.widen: symmetry must be one of {SYMMETRIES}, got {self.symmetry!r}"
             )
         if not (isinstance(self.noise, int | float) and self.noise >= 0):
             raise InvalidArgumentError(f"op.widen: noise must be >= 0, got {self.noise!r}")
+        try:
+            check_pair_noise(self.pair_noise)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(f"op.widen: {e}") from None
 
     def apply(
         self,
@@ -56,7 +64,14 @@ class Widen:
         """Widen ``model`` (and ``optimizer``'s state); returns ``(model, optimizer)``."""
         from ..transforms.widen import widen
 
-        kw = dict(seed=seed, symmetry=self.symmetry, noise=self.noise, inplace=inplace, **options)
+        kw = dict(
+            seed=seed,
+            symmetry=self.symmetry,
+            noise=self.noise,
+            pair_noise=self.pair_noise,
+            inplace=inplace,
+            **options,
+        )
         if optimizer is None:
             return widen(model, self.factor, **kw), None
         return widen(model, self.factor, optimizer=optimizer, **kw)
@@ -102,7 +117,7 @@ class op:  # noqa: N801 - a namespace: autogrow.op.widen(...), autogrow.op.deepe
 
     >>> import autogrow
     >>> autogrow.op.widen(2.0)
-    Widen(factor=2.0, symmetry='split', noise=0.0)
+    Widen(factor=2.0, symmetry='split', noise=0.0, pair_noise=0.01)
     >>> autogrow.op.deepen(n=2)
     Deepen(after=None, n=2)
     """
@@ -112,15 +127,21 @@ class op:  # noqa: N801 - a namespace: autogrow.op.widen(...), autogrow.op.deepe
 
     @staticmethod
     def widen(
-        factor: float | Mapping[str, int | float], *, symmetry: str = "split", noise: float = 0.0
+        factor: float | Mapping[str, int | float],
+        *,
+        symmetry: str = "split",
+        noise: float = 0.0,
+        pair_noise: float = DEFAULT_PAIR_NOISE,
     ) -> Widen:
         """Widen by ``factor`` (the arguments of :func:`autogrow.widen`; the grower's seed).
 
         >>> import autogrow
         >>> autogrow.op.widen({"0": 16}).factor
         {'0': 16}
+        >>> autogrow.op.widen(2.0, symmetry="paired").symmetry
+        'paired'
         """
-        return Widen(factor, symmetry=symmetry, noise=noise)
+        return Widen(factor, symmetry=symmetry, noise=noise, pair_noise=pair_noise)
 
     @staticmethod
     def deepen(after: str | Sequence[str] | None = None, *, n: int = 1) -> Deepen:

@@ -22,7 +22,7 @@ __all__ = [
     "term_map",
 ]
 
-SYMMETRIES = ("split", "none")
+SYMMETRIES = ("split", "none", "paired")
 
 
 @dataclass
@@ -41,7 +41,9 @@ def sample_map(
     old: int, new: int, *, uniform: bool, symmetry: str, generator: torch.Generator
 ) -> UnitMap:
     """The paper's random mapping: the old units in place, then random replicas (or, for a
-    uniform group, every unit the same number of times). Shares of one old unit sum to 1."""
+    uniform group, every unit the same number of times). Shares of one old unit sum to 1:
+    unequal random shares with ``symmetry="split"``, equal ones otherwise (``"paired"`` adds
+    its zero-sum noise to the grown tensors afterwards, :mod:`.paired_noise`)."""
     if uniform:
         assert new % old == 0
         source = torch.arange(old).repeat(new // old)

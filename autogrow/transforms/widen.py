@@ -29,6 +29,7 @@ from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
+from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
 from .plan import Factor, check_factor, plan_widths, report_partial_growth
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 
@@ -42,6 +43,7 @@ def widen(
     seed: int | None = ...,
     symmetry: str = ...,
     noise: float = ...,
+    pair_noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
     tolerance: float | None = ...,
@@ -59,6 +61,7 @@ def widen(
     seed: int | None = ...,
     symmetry: str = ...,
     noise: float = ...,
+    pair_noise: float = ...,
     inplace: bool = ...,
     verify: bool = ...,
     tolerance: float | None = ...,
@@ -75,6 +78,7 @@ def widen(
     seed: int | None = None,
     symmetry: str = "split",
     noise: float = 0.0,
+    pair_noise: float = DEFAULT_PAIR_NOISE,
     inplace: bool = False,
     verify: bool = True,
     tolerance: float | None = None,
@@ -92,9 +96,15 @@ def widen(
             first Conv/Linear/Embedding when omitted.
         seed: seeds the random unit mappings and shares (None: a fresh random seed).
         symmetry: ``"split"`` divides each replicated unit's outgoing weights into unequal
-            random shares (exact; replicas diverge in training); ``"none"`` divides equally.
+            random shares (exact; replicas diverge in training); ``"none"`` divides equally;
+            ``"paired"`` divides equally and then gives the ``k`` replicas noise that sums to
+            zero over them for every weight (for ``k = 2``: ``+N`` and ``-N``; HyperCloning):
+            exact and verified, and the replicas diverge in training.
         noise: if > 0, Gaussian noise of ``noise × std`` is added to replicated outgoing
             weights *after* verification, so the result is only approximately equal.
+        pair_noise: ``symmetry="paired"`` only: each replica's noise is
+            ``Normal(0, (pair_noise × std)²)``, ``std`` that of the grown weight tensor
+            (ignored with the other symmetries).
         inplace: modify and return ``model`` itself (restored if verification fails).
         verify: compare outputs in eval mode and raise VerificationError beyond the tolerance.
         tolerance: the max relative error ``verify`` accepts; None: set by the model's dtype,
@@ -114,7 +124,7 @@ def widen(
 
     Raises:
         InvalidArgumentError: a factor that is not a finite number > 1, an unknown
-            ``symmetry``, a negative ``noise``, a model that is not a module.
+            ``symmetry``, a negative ``noise`` or ``pair_noise``, a model that is not a module.
         GroupNotFoundError: a dict key names neither a width group nor a module in one.
         FrozenGroupError: a dict key names a frozen group (the message says why it is frozen).
         ConstraintError: a width the group's constraints do not allow (uniform groups need
@@ -136,6 +146,7 @@ def widen(
         seed=seed,
         symmetry=symmetry,
         noise=noise,
+        pair_noise=pair_noise,
         inplace=inplace,
         verify=verify,
         tolerance=tolerance,
@@ -154,8 +165,10 @@ class WidenPlan:
         maps: width group name → its :class:`~autogrow.transforms.mapping.UnitMap` (which old
             unit each new unit copies, and its share of the outgoing weights).
         seed: the seed of the unit mappings, shares and noise (drawn when ``seed=None``).
-        symmetry: ``"split"`` or ``"none"``.
+        symmetry: ``"split"``, ``"none"`` or ``"paired"``.
         noise: the noise scale added after verification (0: exact).
+        pair_noise: the scale of ``symmetry="paired"``'s zero-sum noise (0 with the other
+            symmetries: none was added).
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -170,6 +183,7 @@ class WidenPlan:
     seed: int
     symmetry: str
     noise: float
+    pair_noise: float = 0.0
 
 
 class WidenTransform(Transform[WidenPlan]):
@@ -190,10 +204,13 @@ class WidenTransform(Transform[WidenPlan]):
         seed: int | None = None,
         symmetry: str = "split",
         noise: float = 0.0,
+        pair_noise: float = DEFAULT_PAIR_NOISE,
         registry: RuleRegistry | None = None,
     ) -> None:
         _check_options(factor, symmetry, noise)
+        pair_noise = check_pair_noise(pair_noise)
         self.factor, self.seed, self.symmetry, self.noise = factor, seed, symmetry, noise
+        self.pair_noise = pair_noise if symmetry == "paired" else 0.0
         self.registry = registry
 
     def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
@@ -215,6 +232,8 @@ class WidenTransform(Transform[WidenPlan]):
         }
         self.axis_maps = param_axis_maps(graph.analysis, self.maps)
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
+        if self.symmetry == "paired":  # before verification: the noise keeps the function
+            add_paired_noise(self.tensors, self.axis_maps, self.pair_noise, self.generator)
         self.attrs = attribute_updates(graph, widths)
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
@@ -227,6 +246,7 @@ class WidenTransform(Transform[WidenPlan]):
             self.seed,
             self.symmetry,
             self.noise,
+            self.pair_noise,
         )
         return plan, graph.analysis.traced.reference_output
 
@@ -279,6 +299,7 @@ class WidenTransform(Transform[WidenPlan]):
             "seed": self.seed,
             "symmetry": self.symmetry,
             "noise": self.noise,
+            "pair_noise": self.pair_noise,
             "custom_registry": self.registry is not None,
         }
 
@@ -296,6 +317,7 @@ def widen_with_plan(
     seed: int | None = None,
     symmetry: str = "split",
     noise: float = 0.0,
+    pair_noise: float = DEFAULT_PAIR_NOISE,
     inplace: bool = False,
     verify: bool = True,
     tolerance: float | None = None,
@@ -313,7 +335,14 @@ def widen_with_plan(
     >>> grown.model[0].out_features, dict(grown.plan.widths), isinstance(grown.plan.seed, int)
     (16, {'0': 16}, True)
     """
-    transform = WidenTransform(factor, seed=seed, symmetry=symmetry, noise=noise, registry=registry)
+    transform = WidenTransform(
+        factor,
+        seed=seed,
+        symmetry=symmetry,
+        noise=noise,
+        pair_noise=pair_noise,
+        registry=registry,
+    )
     return grow(
         model,
         transform,
