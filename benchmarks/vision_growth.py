@@ -14,6 +14,10 @@ Cases:
 * **tiny-resnet**: ``benchmarks.tiny_resnet.TinyResNet`` on MNIST-5k (4000 / 1000), width 8
   grown by ``autogrow.widen(model, 2.0)`` to width 16, compared with width 16 from scratch.
 
+Budgets (``CASES``): digits-mlp 600 steps (about 27 epochs), warm-up 30, evaluated every 20
+steps, peaks 0.03 / 0.1 / 0.3; tiny-resnet 252 steps (4 epochs), warm-up 20, evaluated every
+14 steps, peaks 0.02 / 0.05. Growth at a quarter of the steps.
+
 The clock, the recipes and the tuning are those of ``benchmarks.lm_growth`` (see
 ``benchmarks.accounting``): SGD with momentum 0.9, batch 64, ``peak x lr_shape(step)``; the
 grown arm trains the small model for the first quarter of the steps, widens it (SGD momentum
@@ -73,7 +77,7 @@ CASES = {
     ),
     "tiny-resnet": Case(
         "tiny-resnet",
-        Budget(steps=378, warmup=20, eval_every=16, lr_grid=(0.02, 0.05)),
+        Budget(steps=252, warmup=20, eval_every=14, lr_grid=(0.02, 0.05)),
         Budget(steps=16, warmup=2, eval_every=4, lr_grid=(0.05,)),
     ),
 }
