@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # imported on first use (below), so that `import autogrow` st
     from .rules import Call, RuleRegistry, TensorValue
     from .training import Grower, op
     from .transforms.deepen import InsertionPoint, deepen, insertion_points
+    from .transforms.stack import StackPlan, stack, stack_with_plan
     from .transforms.widen import widen
 
 # Public name -> the module that defines it. Importing torch and the analysis engine takes
@@ -59,6 +60,9 @@ _LAZY = {
     "deepen": ".transforms.deepen",
     "insertion_points": ".transforms.deepen",
     "widen": ".transforms.widen",
+    "StackPlan": ".transforms.stack",
+    "stack": ".transforms.stack",
+    "stack_with_plan": ".transforms.stack",
 }
 
 
@@ -151,6 +155,7 @@ __all__ = [
     "InsertionPoint",
     "InvalidArgumentError",
     "RuleRegistry",
+    "StackPlan",
     "TensorValue",
     "TracingError",
     "UnsupportedOpError",
@@ -168,6 +173,8 @@ __all__ = [
     "register_rule",
     "save",
     "seed_model",
+    "stack",
+    "stack_with_plan",
     "unregister_factory",
     "widen",
 ]

@@ -249,6 +249,43 @@ def verify(
     return result
 
 
+def measure(
+    model: nn.Module,
+    inputs: tuple,
+    reference: Any,
+    *,
+    what: str,
+    describe_module: Callable[[str], str | None] | None = None,
+) -> Comparison:
+    """Run ``model`` and measure how far its outputs are from ``reference`` (no tolerance):
+    for transforms that change the function on purpose (``autogrow.stack``).
+
+    Raises VerificationError, naming the module that raised as :func:`verify` does, when the
+    model fails to run, or when its outputs do not have the reference's number and shapes.
+
+    >>> net = torch.nn.Linear(2, 2)
+    >>> x = (torch.ones(1, 2),)
+    >>> ref = run(net, x)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.mul_(2)
+    >>> measure(net, x, ref, what="stacked").max_error > 0
+    True
+    """
+    try:
+        output = run(model, inputs)
+    except Exception as e:  # noqa: BLE001 - a model that cannot run is a failed check
+        raise VerificationError(_failure_message(what, model, e, describe_module)) from e
+    new, old = flatten_output(output), flatten_output(reference)
+    shapes = [tuple(t.shape) for t in new]
+    expected = [tuple(t.shape) for t in old]
+    if shapes != expected:
+        raise VerificationError(
+            f"the {what} model's outputs have shapes {shapes}, not the original's {expected}: "
+            "the copied layers do not fit where they were put. Nothing was returned."
+        )
+    return compare(output, reference)
+
+
 def _message(what: str, result: Comparison, dtype: torch.dtype, tolerance: float | None) -> str:
     name = str(dtype).removeprefix("torch.")
     default = default_tolerance(dtype)

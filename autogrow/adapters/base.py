@@ -96,6 +96,14 @@ class ModelAdapter:
         ``container`` for each ``(container, index, n)``; ``stacks`` as found before."""
         return _nothing
 
+    def after_stack(
+        self, model: nn.Module, stacks: dict[str, str], sources: dict[str, list[int]]
+    ) -> Undo:
+        """Keep the library's records in step after layer stacks were rebuilt from copies of
+        their layers (``autogrow.stack``): ``sources[container][i]`` is the old index of the
+        layer now at index ``i``; ``stacks`` as found before."""
+        return _nothing
+
     def linear_width(self, module: nn.Module) -> int | None:
         """For a library layer that computes ``x @ W + b`` but is not an ``nn.Linear``: its
         output width (deepen may zero it to make a residual branch vanish); else None."""

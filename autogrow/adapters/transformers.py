@@ -367,28 +367,43 @@ def sync_layer_count(
     per-layer config lists (``layer_types``) and each layer's ``layer_idx`` (caches and masks
     index by it). Returns an undo function."""
     config = getattr(model, "config", None)
+    by_stack: dict[str, list[tuple[int, int]]] = {}
+    for container, index, n in inserted:
+        if index is not None:
+            by_stack.setdefault(container, []).append((index, n))
+    sources: dict[str, list[int]] = {}
+    for container, field in stacks.items():
+        if container not in by_stack:
+            continue
+        sources[container] = list(range(getattr(config, field)))
+        for index, n in sorted(by_stack[container], reverse=True):
+            sources[container][index:index] = [index - 1] * n
+    return sync_layer_sources(model, stacks, sources)
+
+
+def sync_layer_sources(
+    model: nn.Module, stacks: dict[str, str], sources: dict[str, list[int]]
+) -> Callable[[], None]:
+    """After the layers of ``stacks`` (found before, :func:`layer_stacks`) were rebuilt so
+    that layer ``i`` of ``container`` is a copy of old layer ``sources[container][i]``: set the
+    config's layer count, the per-layer config lists (``layer_types``, taken from each layer's
+    source) and each layer's ``layer_idx``. Returns an undo function."""
+    config = getattr(model, "config", None)
     undo: list[tuple[Any, str, Any]] = []
 
     def put(obj: Any, attr: str, value: Any) -> None:
         undo.append((obj, attr, getattr(obj, attr)))
         setattr(obj, attr, value)
 
-    by_stack: dict[str, list[tuple[int, int]]] = {}
-    for container, index, n in inserted:
-        if index is not None:
-            by_stack.setdefault(container, []).append((index, n))
     for container, field in stacks.items():
-        layers = model.get_submodule(container)
-        if container not in by_stack:
+        if container not in sources:
             continue
+        layers = model.get_submodule(container)
         old_count = getattr(config, field)
-        sources = list(range(old_count))
-        for index, n in sorted(by_stack[container], reverse=True):
-            sources[index:index] = [index - 1] * n
         put(config, field, len(layers))
         for attr, value in list(vars(config).items()):
             if isinstance(value, list) and len(value) == old_count and not attr.startswith("_"):
-                put(config, attr, [value[i] for i in sources])
+                put(config, attr, [value[i] for i in sources[container]])
         for i, layer in enumerate(layers):
             for m in layer.modules():
                 if type(getattr(m, "layer_idx", None)) is int and m.layer_idx != i:
@@ -488,6 +503,11 @@ class TransformersAdapter(ModelAdapter):
         inserted: list[tuple[str, int | None, int]],
     ) -> Undo:
         return sync_layer_count(model, stacks, inserted)
+
+    def after_stack(
+        self, model: nn.Module, stacks: dict[str, str], sources: dict[str, list[int]]
+    ) -> Undo:
+        return sync_layer_sources(model, stacks, sources)
 
     def linear_width(self, module: nn.Module) -> int | None:
         # transformers' Conv1D: y = x @ weight + bias with weight stored (in, out); nf = out.

@@ -8,10 +8,10 @@ Layout of a checkpoint directory::
 
 Loading imports the factory, builds the seed, replays the steps with ``verify=False`` (only
 the architecture matters: widen's width plan depends on the graph, deepen replays the places
-it resolved) and loads the weights. Nothing is unpickled. The factory that ``recipe.json``
-names is imported and called only if :mod:`.trust` allows it (model builders of torch.nn,
-torchvision, timm and transformers, and factories registered with
-:func:`autogrow.register_factory`), or if the caller passes ``trust=True``.
+it resolved, stack the layer stacks it copied) and loads the weights. Nothing is unpickled.
+The factory that ``recipe.json`` names is imported and called only if :mod:`.trust` allows
+it (model builders of torch.nn, torchvision, timm and transformers, and factories registered
+with :func:`autogrow.register_factory`), or if the caller passes ``trust=True``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import AutogrowError, GrowthWarning
 from ..transforms.deepen import InsertionPoint, deepen
+from ..transforms.stack import stack
 from ..transforms.widen import widen
 from .recipe import (
     CheckpointError,
@@ -291,6 +292,15 @@ def _replay(model: nn.Module, step: Step) -> nn.Module:
     elif step.op == "deepen":
         after = [InsertionPoint(where, kind, "", True) for where, kind in args["after"]]
         return deepen(model, after=after, n=args["n"], example_inputs=inputs, verify=False)
+    elif step.op == "stack":
+        return stack(
+            model,
+            args["factor"],
+            order=args["order"],
+            stacks=list(args["stacks"]),
+            example_inputs=inputs,
+            verify=False,
+        )
     raise CheckpointError(f"unknown step {step.op!r}; a newer autogrow wrote this checkpoint?")
 
 
@@ -342,7 +352,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
         raise CheckpointError(
             f"the weights in {where} do not fit the model its recipe rebuilds ({'; '.join(parts)})."
             " The model was probably changed after growth by something other than "
-            "autogrow.widen/deepen, or the seed factory now builds a different model"
+            "autogrow.widen/deepen/stack, or the seed factory now builds a different model"
         )
     model.load_state_dict(full, strict=True)
 
@@ -362,7 +372,7 @@ def _check_rebuilds(model: nn.Module, recipe: Recipe) -> None:
     raise CheckpointError(
         f"{type(model).__name__} is not what its recipe rebuilds ({recipe.factory} plus "
         f"{len(recipe.steps)} growth step(s)); differing tensors: {shown}. Only changes made by "
-        "autogrow.widen/deepen are recorded. If a factory builds the current architecture, "
+        "autogrow.widen/deepen/stack are recorded. If a factory builds the current architecture, "
         "drop the recorded steps (del model.autogrow_recipe) and pass save(..., factory=..., "
         "factory_kwargs=...)"
     )

@@ -1,4 +1,4 @@
-"""Growth sites, plan sampling and applying a plan with ``autogrow.widen``/``autogrow.deepen``.
+"""Growth sites, plan sampling and applying a plan with ``autogrow.widen``/``deepen``/``stack``.
 
 A *site* is a place in the **seed** model where growth may happen: a widenable width group
 (named by a module in it) or an insertion point. Sites are named after the seed, so Optuna's
@@ -9,7 +9,8 @@ first module that has it. A checkpoint records the site → module-name map (use
 ``sites``) so that a loaded model can be tagged again. Each operation of a sampled plan also
 records what its site is in the seed (``module``, e.g. ``"Linear(64→16)"``) and, for deepen,
 whether it appends a block to a stage or inserts a layer after a module (``kind``), so that the
-report can say what ``widen 1 ×1.5`` means.
+report can say what ``widen 1 ×1.5`` means. Paired widening is a widen operation with
+``symmetry: "paired"``; stacking has no site (it stacks every layer stack of the model).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Sites:
     ``modules``: site → a short description of its module in the seed (:func:`module_label`);
     ``blocks``: the deepen sites that are stages, where deepen appends a copy of the last block
     (``modules`` describes that block); at the other deepen sites it inserts an identity layer
-    after the module.
+    after the module. ``stack``: the seed has layer stacks that ``autogrow.stack`` can copy.
 
     >>> Sites(("1", "3"), ("2",)).widen
     ('1', '3')
@@ -44,6 +45,17 @@ class Sites:
     deepen: tuple[str, ...]
     modules: Mapping[str, str] = field(default_factory=dict, compare=False)
     blocks: frozenset[str] = frozenset()
+    stack: bool = False
+
+    def offers(self, kind: str) -> bool:
+        """Whether operator ``kind`` (``Growth.kinds``) has somewhere to apply.
+
+        >>> Sites(("1",), ()).offers("widen-paired"), Sites(("1",), ()).offers("stack")
+        (True, False)
+        """
+        if kind == "stack":
+            return self.stack
+        return bool(self.widen if kind.startswith("widen") else self.deepen)
 
 
 def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
@@ -95,7 +107,14 @@ def seed_sites(model: nn.Module, growth: Growth, inputs: tuple) -> Sites:
         if site in stages and list(m.children()):  # what deepen appends: a copy of the last
             m = list(m.children())[-1]
         modules[site] = module_label(m)
-    return Sites(widen, deepen, modules, stages)
+    stack = False
+    if growth.stack:
+        from ..transforms.depth.recorder import Recording
+        from ..transforms.stack import find_runs
+
+        find_runs(model, Recording(model, inputs), None)  # raises if the seed has none
+        stack = True
+    return Sites(widen, deepen, modules, stages, stack)
 
 
 def _has_submodule(model: nn.Module, name: str) -> bool:
@@ -146,20 +165,28 @@ def site_map(model: nn.Module) -> dict[str, str]:
 def sample_plan(trial: Any, growth: Growth, sites: Sites) -> list[dict[str, Any]]:
     """Draw a growth plan with define-by-run ``suggest_*`` calls; names depend only on the seed.
 
-    Parameters: ``n_ops``; per operation ``i``: ``op{i}`` (widen/deepen), then ``op{i}_widen``
-    (a width site) with ``op{i}_factor``, or ``op{i}_deepen`` (an insertion site). Each
-    operation is a dict: ``op``, ``site``, ``factor`` (widen) or ``kind`` (deepen: ``"block"``
-    or ``"layer"``), and ``module`` (the site's module in the seed, when known).
+    Parameters: ``n_ops``; per operation ``i``: ``op{i}`` (one of ``growth.kinds``), then
+    ``op{i}_widen`` (a width site) with ``op{i}_factor`` for widen and widen-paired,
+    ``op{i}_deepen`` (an insertion site), or ``op{i}_stack`` (a stacking factor). Each
+    operation is a dict: ``op``, ``site``, ``factor`` (widen, stack), ``symmetry``
+    (``"paired"`` for widen-paired), ``kind`` (deepen: ``"block"`` or ``"layer"``; stack:
+    ``"stack"``), and ``module`` (the site's module in the seed, when known).
     """
-    kinds = [k for k in growth.kinds if getattr(sites, k)]
+    kinds = [k for k in growth.kinds if sites.offers(k)]
     n = trial.suggest_int("n_ops", growth.min_ops, growth.max_ops)
     plan: list[dict[str, Any]] = []
     for i in range(n):
         kind = trial.suggest_categorical(f"op{i}", kinds)
-        if kind == "widen":
+        if kind == "stack":
+            factor = trial.suggest_categorical(f"op{i}_stack", [int(f) for f in growth.stack])
+            plan.append({"op": "stack", "site": None, "factor": factor, "kind": "stack"})
+            continue
+        if kind.startswith("widen"):
             site = trial.suggest_categorical(f"op{i}_widen", list(sites.widen))
             factor = trial.suggest_categorical(f"op{i}_factor", [float(f) for f in growth.factors])
             plan.append({"op": "widen", "site": site, "factor": factor})
+            if kind == "widen-paired":
+                plan[-1]["symmetry"] = "paired"
         else:
             site = trial.suggest_categorical(f"op{i}_deepen", list(sites.deepen))
             kind = "block" if site in sites.blocks else "layer"
@@ -179,6 +206,13 @@ def apply_plan(
     import autogrow
 
     for i, op in enumerate(plan):
+        if op["op"] == "stack":
+            try:
+                model = autogrow.stack(model, int(op["factor"]), example_inputs=inputs)
+            except autogrow.AutogrowError as e:
+                e.args = (f"growth operation {i} (stack ×{op['factor']}): {e}",)
+                raise
+            continue
         where = site_map(model).get(op["site"])
         if where is None:
             raise GroupNotFoundError(
@@ -188,7 +222,11 @@ def apply_plan(
         try:
             if op["op"] == "widen":
                 model = autogrow.widen(
-                    model, {where: float(op["factor"])}, example_inputs=inputs, seed=seed + i
+                    model,
+                    {where: float(op["factor"])},
+                    example_inputs=inputs,
+                    seed=seed + i,
+                    symmetry=op.get("symmetry", "split"),
                 )
             else:
                 model = autogrow.deepen(model, after=where, example_inputs=inputs)

@@ -6,6 +6,10 @@ the highest validation accuracy (ties: fewer parameters, then the earlier trial)
 number) compete and the most accurate wins. While no trial has completed, a trial is a
 *root*: it trains the seed model from its factory for ``training.seed_epochs``.
 
+A grown child trains at ``training.lr_after_growth``, or, when the space offers LR recipes
+(``growth.lr_recipes``), at ``training.lr`` under the recipe the trial samples (parameter and
+user attribute ``lr_recipe``; :func:`autogrow.training.lr.recipe`).
+
 Lineage is kept in user attributes: ``parent``, ``plan``, ``depth``, ``train_steps`` (this
 trial), ``cumulative_steps`` (this trial plus every ancestor; with ``--from-scratch`` only this
 trial's, since the child starts from random weights), ``sites``, ``checkpoint`` (artifact id).
@@ -104,6 +108,7 @@ class GrowthObjective:
             trial.set_user_attr("retry_of", retry_of)
         seed = space.seed_value * 1_000_003 + trial.number
 
+        recipe: str | None = None
         if "role" in inherited:
             parent = inherited.get("parent")
         else:
@@ -123,6 +128,9 @@ class GrowthObjective:
             p = _trial(trial.study, parent)
             plan = sample_plan(trial, space.growth, self.sites)
             trial.set_user_attr("plan", plan)
+            if space.growth.lr_recipes and not self.from_scratch:
+                recipe = trial.suggest_categorical("lr_recipe", list(space.growth.lr_recipes))
+                trial.set_user_attr("lr_recipe", recipe)
             model = tag(self._load(p.user_attrs["checkpoint"]), p.user_attrs["sites"])
             model = apply_plan(model, plan, self._inputs, seed)
             depth = p.user_attrs["depth"] + 1
@@ -131,6 +139,8 @@ class GrowthObjective:
                 before, lr = 0, training.lr
             else:
                 before, lr = p.user_attrs["cumulative_steps"], training.lr_after_growth
+                if recipe is not None:  # the recipe scales the full rate
+                    lr = training.lr
             epochs = training.epochs
         trial.set_user_attr("depth", depth)
         params = count_params(model)
@@ -152,6 +162,8 @@ class GrowthObjective:
         torch.manual_seed(seed + 7919 * (start + 1))
         train, val = self.loaders
         optimizer = training.make_optimizer(model, lr)
+        if recipe is not None:
+            _apply_recipe(optimizer, recipe, epochs * _batches(train), done=steps)
         accuracy = float("nan")
         for epoch in range(start, epochs):
             steps += train_epoch(model, train, optimizer)
@@ -206,6 +218,26 @@ class GrowthObjective:
         done.sort(key=rank_key)
         pool = random.Random(seed).sample(done[: growth.top_k], min(growth.tournament, len(done)))
         return min(pool, key=rank_key).number
+
+
+def _batches(loader: Any) -> int:
+    try:
+        return len(loader)
+    except TypeError:
+        raise ConstraintError(
+            "Growth.lr_recipes needs the training loader's length (len(train)) to know how "
+            "many steps a child trains; return a sized loader (a DataLoader) from data()"
+        ) from None
+
+
+def _apply_recipe(optimizer: Any, name: str, total: int, *, done: int) -> None:
+    """Put LR recipe ``name`` on ``optimizer`` for a child of ``total`` steps, ``done`` of
+    which were taken before a resume (the recipe continues where it was)."""
+    from ..training.lr import recipe
+
+    steps = {"rewarm": max(1, total // 10), "decay": max(1, total)}.get(name)
+    scale = recipe(optimizer, name, steps=steps)
+    scale.taken = done
 
 
 def rank_key(t: Any) -> tuple[float, int, int]:

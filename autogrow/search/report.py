@@ -109,12 +109,19 @@ def format_op(op: dict[str, Any], *, short: bool = False) -> str:
     'deepen layer2 (+ BasicBlock)'
     >>> format_op({"op": "widen", "site": "fc1", "factor": 2.0, "module": "Linear"}, short=True)
     'widen fc1 ×2'
+    >>> format_op({"op": "widen", "site": "fc1", "factor": 2.0, "symmetry": "paired"})
+    'widen paired fc1 ×2'
+    >>> format_op({"op": "stack", "site": None, "factor": 2, "kind": "stack"})
+    'stack ×2'
     """
+    if op["op"] == "stack":
+        return f"stack ×{op['factor']:g}"
     site, module = op["site"], op.get("module")
     typ = None if short or not module else module.split("(")[0]  # "Linear(64→16)": "Linear"
     if op["op"] == "widen":
         where = f"{site} ({typ})" if typ else site
-        return f"widen {where} ×{op['factor']:g}"
+        paired = " paired" if op.get("symmetry") == "paired" else ""
+        return f"widen{paired} {where} ×{op['factor']:g}"
     if op.get("kind") == "block":
         return f"deepen {site} (+ {typ})" if typ else f"deepen {site}"
     if op.get("kind") == "layer":
@@ -147,10 +154,19 @@ def plan_legend(plans: list[list[dict[str, Any]]]) -> str:
     ops = [op for plan in plans for op in plan]
     if not ops:
         return ""
-    kinds = {"widen" if op["op"] == "widen" else op.get("kind", "deepen") for op in ops}
+    kinds = {
+        ("paired" if op.get("symmetry") == "paired" else "widen")
+        if op["op"] == "widen"
+        else op.get("kind", "deepen")
+        for op in ops
+    }
     meaning = {
         "widen": "widen M ×f: M's output units/channels times f (the layers reading them widen "
         "too)",
+        "paired": "widen paired M ×f: as widen, the copies' outgoing weights get +N/-N noise "
+        "(still exact)",
+        "stack": "stack ×k: every layer stack k times as deep, from copies of its trained "
+        "layers (changes the function)",
         "layer": "deepen after M: a new layer after M, initialised to compute the identity",
         "block": "deepen S (+ B): a zeroed copy of stage S's last block B appended (an identity)",
         "deepen": "deepen M: new depth at M",

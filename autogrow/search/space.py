@@ -33,7 +33,9 @@ class Training:
             a ``--from-scratch`` search trains every trial, the root included, ``epochs``.
         lr: learning rate of the seed and of children trained from scratch.
         lr_after_growth: learning rate of grown children. Net2Net trained students at 1/10 of
-            the teacher's rate, which keeps them near the function they inherited.
+            the teacher's rate, which keeps them near the function they inherited. Not used
+            when the search chooses an LR recipe (``Growth.lr_recipes``): children then train
+            at ``lr`` scaled by the recipe.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         optimizer: optional ``(parameters, lr) -> torch.optim.Optimizer`` replacing SGD.
@@ -79,6 +81,16 @@ class Growth:
         deepen: places where depth may be added, as in ``autogrow.insertion_points(seed)``;
             None: every residual stage of the seed, or, without residual blocks, after each
             hidden activation. An empty list disables deepening.
+        paired: also offer ``widen-paired``: widening with ``symmetry="paired"`` (equal
+            shares plus zero-sum noise; exact) at the same sites and factors as ``widen``.
+        stack: stacking factors to offer (``autogrow.stack``, ``order="repeat"``: every
+            layer stack of the model, copies of its trained layers; not function-preserving);
+            empty (default): no stacking. The seed must have a layer stack.
+        lr_recipes: learning-rate recipes after growth for the search to choose from
+            (``autogrow.training.lr.LR_RECIPES``: ``"keep"``, ``"rewarm"``, ``"tenth"``,
+            ``"decay"``); a child then trains at ``Training.lr`` times the recipe's factor
+            (``rewarm``: over the first tenth of its steps; ``decay``: a cosine to 0 over all
+            of them). Empty (default): children train at ``Training.lr_after_growth``.
         min_ops, max_ops: how many growth operations one trial applies.
         top_k, tournament: parent selection. The candidates are the ``top_k`` best completed
             trials; ``tournament`` of them are drawn at random and the best of those is the
@@ -86,11 +98,16 @@ class Growth:
 
     >>> Growth(factors=(1.5, 2.0), max_ops=1).kinds
     ('widen', 'deepen')
+    >>> Growth(paired=True, stack=(2,), lr_recipes=("keep", "decay")).kinds
+    ('widen', 'widen-paired', 'deepen', 'stack')
     """
 
     widen: Sequence[str] | None = None
     factors: Sequence[float] = (1.5, 2.0)
     deepen: Sequence[str] | None = None
+    paired: bool = False
+    stack: Sequence[int] = ()
+    lr_recipes: Sequence[str] = ()
     min_ops: int = 1
     max_ops: int = 2
     top_k: int = 5
@@ -105,15 +122,29 @@ class Growth:
             )
         if self.top_k < 1 or self.tournament < 1:
             raise InvalidArgumentError("Growth.top_k and Growth.tournament must be >= 1")
+        if any(isinstance(f, bool) or not isinstance(f, int) or f < 2 for f in self.stack):
+            raise InvalidArgumentError(f"Growth.stack must be ints >= 2, got {self.stack!r}")
+        from ..training.lr import LR_RECIPES
+
+        unknown = [r for r in self.lr_recipes if r not in LR_RECIPES]
+        if unknown or isinstance(self.lr_recipes, str):
+            raise InvalidArgumentError(
+                f"Growth.lr_recipes must be a sequence of {LR_RECIPES}, got {self.lr_recipes!r}"
+            )
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The operators allowed: widen unless ``widen=[]``, deepen unless ``deepen=[]``."""
+        """The operators allowed: widen unless ``widen=[]`` (and ``widen-paired`` with
+        ``paired``), deepen unless ``deepen=[]``, stack with ``stack`` factors."""
         kinds = []
         if self.widen is None or len(self.widen) > 0:
             kinds.append("widen")
+            if self.paired:
+                kinds.append("widen-paired")
         if self.deepen is None or len(self.deepen) > 0:
             kinds.append("deepen")
+        if self.stack:
+            kinds.append("stack")
         return tuple(kinds)
 
 

@@ -8,7 +8,7 @@ drive a :class:`Grower` from inside those loops.
 
 from .grower import Grower, GrowthError, GrowthEvent
 from .lr import Rewarm, carry_scheduler
-from .ops import Deepen, Op, Widen, op
+from .ops import Deepen, Op, Stack, Widen, op
 
 __all__ = [
     "Deepen",
@@ -17,6 +17,7 @@ __all__ = [
     "Grower",
     "Op",
     "Rewarm",
+    "Stack",
     "Widen",
     "carry_scheduler",
     "op",

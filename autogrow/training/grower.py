@@ -19,8 +19,8 @@ from torch import nn
 
 from ..errors import AutogrowError, InvalidArgumentError
 from . import distributed as dist_
-from .lr import LR_POLICIES, Rewarm, carry_scheduler
-from .ops import Deepen, Op, Widen
+from .lr import DEFAULT_LR_RECIPE, LR_RECIPES, LRScale, carry_scheduler, recipe
+from .ops import OPS, Op
 
 __all__ = ["GrowthError", "GrowthEvent", "Grower"]
 
@@ -61,8 +61,16 @@ class Grower:
         on_plateau: an operation to apply when the loss (``step(..., loss=)``, averaged over
             ranks) has not improved by ``min_delta`` for ``patience`` steps; at most
             ``max_plateau_growths`` times.
-        lr: ``"keep"``: the schedule continues unchanged; ``"rewarm"``: the ``warmup``
-            optimizer steps after growth run at ``j / warmup`` of the schedule's rate.
+        lr: the learning-rate recipe after each growth, a scale on the carried schedule
+            (:func:`autogrow.training.lr.recipe`): ``"keep"``: the schedule continues
+            unchanged; ``"rewarm"``: the ``warmup`` optimizer steps after growth run at
+            ``j / warmup`` of the schedule's rate; ``"tenth"``: every step after growth runs
+            at 0.1 × the schedule's rate (Net2Net); ``"decay"``: the rate decays from the
+            schedule's to 0 along a cosine over the ``decay_steps`` steps after growth
+            (LEMON). Default: ``autogrow.training.lr.DEFAULT_LR_RECIPE`` (``"keep"``).
+        warmup: ``lr="rewarm"``: the steps of the warm-up.
+        decay_steps: ``lr="decay"`` (required there): the steps over which the rate decays,
+            e.g. the training steps left after growth.
         seed: the seed of every growth (None: drawn once here; in a distributed run rank
             0's is used). Growth ``k`` at step ``s`` uses a seed derived from it and ``s``.
         example_inputs: passed to :func:`autogrow.widen`/``deepen`` (None: inferred).
@@ -99,8 +107,9 @@ class Grower:
         patience: int = 100,
         min_delta: float = 0.0,
         max_plateau_growths: int = 1,
-        lr: str = "keep",
+        lr: str = DEFAULT_LR_RECIPE,
         warmup: int = 100,
+        decay_steps: int | None = None,
         seed: int | None = None,
         example_inputs: tuple[Any, ...] | None = None,
         verify: bool = True,
@@ -117,15 +126,24 @@ class Grower:
         for k, v in schedule.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise InvalidArgumentError(f"schedule steps must be ints >= 0, got {k!r}")
-            if not isinstance(v, Widen | Deepen):
+            if not isinstance(v, OPS):
                 raise InvalidArgumentError(
                     f"schedule[{k}] must be an operation (autogrow.op.widen(...), "
-                    f"autogrow.op.deepen(...)), got {v!r}"
+                    f"autogrow.op.deepen(...), autogrow.op.stack(...)), got {v!r}"
                 )
-        if on_plateau is not None and not isinstance(on_plateau, Widen | Deepen):
+        if on_plateau is not None and not isinstance(on_plateau, OPS):
             raise InvalidArgumentError(f"on_plateau must be an autogrow.op, got {on_plateau!r}")
-        if lr not in LR_POLICIES:
-            raise InvalidArgumentError(f"lr must be one of {LR_POLICIES}, got {lr!r}")
+        if lr not in LR_RECIPES:
+            raise InvalidArgumentError(f"lr must be one of {LR_RECIPES}, got {lr!r}")
+        if lr == "decay" and decay_steps is None:
+            raise InvalidArgumentError(
+                'lr="decay" needs decay_steps= (the steps over which the rate decays after '
+                "growth, e.g. the training steps left)"
+            )
+        if decay_steps is not None and (
+            isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1
+        ):
+            raise InvalidArgumentError(f"decay_steps must be an int >= 1, got {decay_steps!r}")
         for name, value in (("patience", patience), ("warmup", warmup)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
@@ -138,6 +156,7 @@ class Grower:
         self.max_plateau_growths = max_plateau_growths
         self.lr = lr
         self.warmup = warmup
+        self.decay_steps = decay_steps
         self.seed = random.SystemRandom().randrange(2**62) if seed is None else seed
         self._seed_agreed = False
         self.options: dict[str, Any] = {"verify": verify, "tolerance": tolerance}
@@ -147,7 +166,7 @@ class Grower:
         self.shard = shard
         self.check_ranks = check_ranks
         self.history: list[GrowthEvent] = []
-        self.rewarm: Rewarm | None = None
+        self.lr_recipe: LRScale | None = None
         self._done: set[int] = set()
         self._last: int | None = None
         self._best = math.inf
@@ -155,6 +174,12 @@ class Grower:
         self._plateau_growths = 0
         self._checked = False
         self._template: nn.Module | None = None
+
+    @property
+    def rewarm(self) -> LRScale | None:
+        """The learning-rate recipe running since the last growth (None with ``"keep"`` or
+        before growth); the earlier name of :attr:`lr_recipe`."""
+        return self.lr_recipe
 
     @property
     def template(self) -> nn.Module | None:
@@ -349,11 +374,12 @@ class Grower:
         else:
             new_model, new_opt = grown, grown_opt
         new_sched = carry_scheduler(scheduler, optimizer, new_opt) if new_opt else scheduler
-        if self.rewarm is not None:
-            self.rewarm.remove()
-            self.rewarm = None
-        if self.lr == "rewarm" and new_opt is not None:
-            self.rewarm = Rewarm(new_opt, self.warmup)
+        if self.lr_recipe is not None:  # a recipe of an earlier growth
+            self.lr_recipe.remove()
+            self.lr_recipe = None
+        if new_opt is not None and self.lr != "keep":
+            steps = {"rewarm": self.warmup, "decay": self.decay_steps}.get(self.lr)
+            self.lr_recipe = recipe(new_opt, self.lr, steps=steps)
         self._done.add(step)
         if op is self.on_plateau and step not in self.schedule:
             self._plateau_growths += 1

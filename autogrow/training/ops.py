@@ -1,7 +1,8 @@
 """Growth operations a :class:`~autogrow.training.Grower` applies: small frozen records.
 
-``autogrow.op.widen(2.0)`` and ``autogrow.op.deepen()`` only record the arguments; the grower
-calls :func:`autogrow.widen` / :func:`autogrow.deepen` with them (and with its seed and the
+``autogrow.op.widen(2.0)``, ``autogrow.op.deepen()`` and ``autogrow.op.stack(2)`` only record
+the arguments; the grower calls :func:`autogrow.widen` / :func:`autogrow.deepen` /
+:func:`autogrow.stack` with them (and with its seed and the
 optimizer) when the schedule says so. Arguments are checked when the operation is made.
 """
 
@@ -19,7 +20,7 @@ from ..errors import InvalidArgumentError
 from ..transforms.mapping import SYMMETRIES
 from ..transforms.paired_noise import DEFAULT_PAIR_NOISE, check_pair_noise
 
-__all__ = ["Deepen", "Op", "Widen", "op"]
+__all__ = ["OPS", "Deepen", "Op", "Stack", "Widen", "op"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,49 @@ class Deepen:
         return deepen(model, optimizer=optimizer, **kw)
 
 
-Op = Widen | Deepen
+@dataclass(frozen=True)
+class Stack:
+    """``autogrow.stack(model, factor, order=..., stacks=...)`` at a scheduled step
+    (deterministic; not function-preserving, so the grower's ``tolerance`` does not apply:
+    the output change is measured, not bounded)."""
+
+    factor: int = 2
+    order: str = "repeat"
+    stacks: str | Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        from ..transforms.stack import check_stack_options
+
+        try:
+            check_stack_options(self.factor, self.order)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(f"op.{e}") from None
+        if isinstance(self.stacks, list):
+            object.__setattr__(self, "stacks", tuple(self.stacks))
+
+    def apply(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        seed: int,
+        inplace: bool = False,
+        **options: Any,
+    ) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+        """Stack ``model``'s layers (and copy ``optimizer``'s state); returns
+        ``(model, optimizer)``."""
+        from ..transforms.stack import stack
+
+        options.pop("tolerance", None)  # bounds an exact transform's error; stacking changes
+        stacks = list(self.stacks) if isinstance(self.stacks, tuple) else self.stacks
+        kw = dict(order=self.order, stacks=stacks, inplace=inplace, **options)
+        if optimizer is None:
+            return stack(model, self.factor, **kw), None
+        return stack(model, self.factor, optimizer=optimizer, **kw)
+
+
+Op = Widen | Deepen | Stack
+OPS = (Widen, Deepen, Stack)
 
 
 class op:  # noqa: N801 - a namespace: autogrow.op.widen(...), autogrow.op.deepen(...)
@@ -120,10 +163,13 @@ class op:  # noqa: N801 - a namespace: autogrow.op.widen(...), autogrow.op.deepe
     Widen(factor=2.0, symmetry='split', noise=0.0, pair_noise=0.01)
     >>> autogrow.op.deepen(n=2)
     Deepen(after=None, n=2)
+    >>> autogrow.op.stack(2)
+    Stack(factor=2, order='repeat', stacks=None)
     """
 
     Widen = Widen
     Deepen = Deepen
+    Stack = Stack
 
     @staticmethod
     def widen(
@@ -152,3 +198,15 @@ class op:  # noqa: N801 - a namespace: autogrow.op.widen(...), autogrow.op.deepe
         'layers'
         """
         return Deepen(after, n=n)
+
+    @staticmethod
+    def stack(
+        factor: int = 2, *, order: str = "repeat", stacks: str | Sequence[str] | None = None
+    ) -> Stack:
+        """Stack the layer stacks ``factor`` times (the arguments of :func:`autogrow.stack`).
+
+        >>> import autogrow
+        >>> autogrow.op.stack(3, order="interleave").order
+        'interleave'
+        """
+        return Stack(factor, order=order, stacks=stacks)

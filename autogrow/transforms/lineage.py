@@ -37,9 +37,10 @@ class Step:
     """One transform applied to a model, with every argument needed to replay it.
 
     Attributes:
-        op: ``"widen"`` or ``"deepen"``.
+        op: ``"widen"``, ``"deepen"`` or ``"stack"``.
         args: the transform's JSON-compatible keyword arguments (widen: ``factor``, ``seed``,
-            ``symmetry``, ``noise``; deepen: ``after`` as resolved ``[where, kind]`` pairs, ``n``).
+            ``symmetry``, ``noise``, ``pair_noise``; deepen: ``after`` as resolved
+            ``[where, kind]`` pairs, ``n``; stack: ``factor``, ``order``, the ``stacks`` found).
         inputs: shape and dtype of each example input the transform ran on, or None when
             they were not all tensors (replay then infers inputs).
 

@@ -241,6 +241,58 @@ def extend_optimizer(
     return _rebuild(optimizer, powers, replace, added, position)
 
 
+def copy_optimizer(
+    optimizer: torch.optim.Optimizer,
+    old: nn.Module,
+    new: nn.Module,
+    copies: Mapping[int, torch.Tensor],
+    clones: Mapping[int, torch.Tensor],
+) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over a model whose layers were copied (``stack``).
+
+    Each parameter of ``optimizer`` is replaced by its counterpart in ``new`` (``copies``: id
+    of a parameter of ``old`` to the same parameter in ``new``) with its state cloned; each
+    parameter of ``new`` that copies a layer (``clones``: its id to the parameter of ``old`` it
+    was copied from) joins its source's param group with a clone of its source's state
+    (momentum, moments, step count), in model order. ``optimizer`` is left untouched.
+
+    Usually called through ``autogrow.stack(model, optimizer=opt)``:
+
+    >>> import torch, autogrow
+    >>> blocks = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU())
+    ...                                for _ in range(2)])
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), blocks, torch.nn.Linear(3, 1))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    >>> net(torch.randn(4, 2)).sum().backward(); opt.step()
+    >>> deep, opt2 = autogrow.stack(net, 2, optimizer=opt)
+    >>> len(opt2.param_groups[0]["params"]), torch.equal(
+    ...     opt2.state[deep[1][2][0].weight]["momentum_buffer"],
+    ...     opt.state[net[1][0][0].weight]["momentum_buffer"])
+    (12, True)
+    """
+    powers = check_optimizer(optimizer, old)
+
+    def replace(p: torch.Tensor) -> tuple[torch.Tensor, Sequence[AxisMap]]:
+        return copies[id(p)], ()
+
+    group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    added: dict[int, list[torch.Tensor]] = {}
+    for q in new.parameters():
+        source = clones.get(id(q))
+        if source is not None and id(source) in group_of:
+            added.setdefault(group_of[id(source)], []).append(q)
+    position = {id(q): k for k, q in enumerate(new.parameters())}
+    result = _rebuild(optimizer, powers, replace, added, position)
+    for q in new.parameters():
+        source = clones.get(id(q))
+        if source is not None and source in optimizer.state:
+            result.state[q] = {
+                key: _grow_entry(value, (), powers[key])
+                for key, value in optimizer.state[source].items()
+            }
+    return result
+
+
 def _rebuild(
     optimizer: torch.optim.Optimizer,
     powers: Mapping[str, Rule],

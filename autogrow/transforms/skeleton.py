@@ -92,6 +92,22 @@ class Transform(ABC, Generic[P]):
         changed there (e.g. its width groups), or None."""
         return None
 
+    def check(
+        self, result: nn.Module, inputs: tuple, reference: Any, *, tolerance: float | None
+    ) -> None:
+        """Compare the grown model's outputs with ``reference`` (run by :func:`grow` when
+        ``verify``); raise to refuse. By default: equal within the tolerance
+        (:func:`autogrow.verify.verify`); a transform that changes the function on purpose
+        (``stack``) measures instead."""
+        verify_outputs(
+            result,
+            inputs,
+            reference,
+            what=self.what,
+            tolerance=tolerance,
+            describe_module=self.describe_module,
+        )
+
     def finish(self, result: nn.Module) -> None:
         """After verification (widen's noise): by default nothing."""
 
@@ -157,14 +173,7 @@ def grow(
         # checked with or without verification, and undone like a failed verification.
         adapter_for(model).check_grown(result, transform.what)
         if verify:
-            verify_outputs(
-                result,
-                inputs,
-                reference,
-                what=transform.what,
-                tolerance=tolerance,
-                describe_module=transform.describe_module,
-            )
+            transform.check(result, inputs, reference, tolerance=tolerance)
     except Exception:
         undo()
         raise
