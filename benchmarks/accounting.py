@@ -3,11 +3,11 @@
 
 The clock: every run, scratch or grown, trains ``Budget.steps`` steps at ``peak x
 lr_shape(step)`` (linear warm-up, then cosine to ``min_lr`` of the peak); a grown run trains
-the small model for the first ``grow_fraction`` of the steps, and after growth its learning
-rate follows a recipe (:func:`recipe_factor`): ``keep`` (the clock goes on), ``rewarm`` (times a
-new linear warm-up of ``warmup`` steps), ``tenth`` (times 1/10, the Net2Net paper's student
-rate), ``decay`` (LEMON's "keep the maximum LR, decay faster": back to the peak, then cosine to
-``min_lr`` over the remaining steps).
+the small model for the first ``grow_fraction`` of the steps, and after growth the library's
+LR recipe (``autogrow.training.lr.recipe``, :func:`apply_recipe`) multiplies the clock's rate:
+``keep`` (x1: the clock goes on), ``rewarm`` (a new linear warm-up over ``warmup`` steps),
+``tenth`` (x0.1, the Net2Net paper's student rate), ``decay`` (LEMON's "keep the maximum rate,
+decay faster": x a cosine from 1 to 0 over the steps left).
 
 A *curve* is a list of ``(step, cost, metric)`` points (cost: FLOPs or steps; metric: a
 validation loss, lower is better, or an accuracy, higher is better). A *run* is a dict with at
@@ -21,7 +21,11 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-RECIPES = ("keep", "rewarm", "tenth", "decay")
+import torch
+
+from autogrow.training import lr
+
+RECIPES = lr.LR_RECIPES  # keep, rewarm, tenth, decay
 
 
 @dataclass(frozen=True)
@@ -54,25 +58,17 @@ def lr_shape(step: int, budget: Budget) -> float:
     return budget.min_lr + (1 - budget.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def recipe_factor(recipe: str, step: int, budget: Budget) -> float:
-    """The factor of the peak learning rate at ``step`` >= growth under a recipe (docstring).
+def apply_recipe(optimizer: torch.optim.Optimizer, name: str, budget: Budget) -> lr.LRScale:
+    """Right after growth: ``autogrow.training.lr.recipe`` on the grown optimizer, with the
+    benchmark's lengths (``rewarm`` over ``budget.warmup`` steps, ``decay`` over the steps left).
 
-    >>> b = Budget(steps=100, warmup=10, grow_fraction=0.5)
-    >>> [round(recipe_factor(r, 50, b), 3) for r in RECIPES]
-    [0.621, 0.062, 0.062, 1.0]
+    >>> p = torch.nn.Parameter(torch.zeros(1))
+    >>> r = apply_recipe(torch.optim.SGD([p], lr=1.0), "decay", Budget(steps=8, grow_fraction=0.5))
+    >>> [round(r.factor(j), 3) for j in range(4)]
+    [1.0, 0.854, 0.5, 0.146]
     """
-    base = lr_shape(step, budget)
-    after = step - budget.grow_at
-    if recipe == "keep":
-        return base
-    if recipe == "rewarm":
-        return base * min(1.0, (after + 1) / budget.warmup)
-    if recipe == "tenth":
-        return base / 10
-    if recipe == "decay":
-        progress = after / max(1, budget.steps - 1 - budget.grow_at)
-        return budget.min_lr + (1 - budget.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown recipe {recipe!r}; one of {RECIPES}")
+    steps = {"rewarm": budget.warmup, "decay": budget.steps - budget.grow_at}.get(name)
+    return lr.recipe(optimizer, name, steps=steps)
 
 
 def mean_sd(values: Iterable[float]) -> tuple[float, float]:

@@ -115,9 +115,9 @@ def lm_growth_block(args: argparse.Namespace) -> str:
     b = out["budget"]
     return "\n\n".join([
         _stamp(args, args.seeds, time.perf_counter() - t0, cmd),
-        f"Growth at step {b.grow_at} of {b.steps}; peak learning rates {list(b.lr_grid)}; "
-        f"stack: {out['meta']['stack']}. Final validation loss (nats/byte, mean ± sd over "
-        "seeds) of every arm at every peak; in bold the one each arm keeps:",
+        f"Growth at step {b.grow_at} of {b.steps}; peak learning rates {list(b.lr_grid)}. "
+        "Final validation loss (nats/byte, mean ± sd over seeds) of every arm at every peak; "
+        "in bold the one each arm keeps:",
         out["tables"]["grid"],
         "Each operator (LR recipe `keep`) at its chosen peak against the matching scratch "
         "model at its own:",

@@ -28,13 +28,15 @@ A grown arm trains *small* for the first quarter of the steps (the growth point,
 this rule, not tuned: step 150), grows it and continues to the end (``OPERATORS``):
 *widen-split* (exact x2 width, unequal shares, AdamW moments grown), *widen-paired* (exact x2
 width, HyperCloning's paired +N/-N noise), *stack* (x2 depth by copying the trained layer stack
-L1..Ln,L1..Ln: G_stack; not function-preserving; fresh AdamW), *deepen-zero* (x2 depth: after
+L1..Ln,L1..Ln, G_stack's order: ``autogrow.stack``; not function-preserving; each copy's
+AdamW state copied from its source layer), *deepen-zero* (x2 depth: after
 each layer a copy with zeroed output projections, ``autogrow.deepen``; exact). Width arms are
-compared with scratch-wide, depth arms with scratch-deep. After growth the schedule follows a
-*recipe*: ``keep`` (the clock goes on), ``rewarm`` (times a new linear warm-up of 30
-steps), ``tenth`` (times 1/10, the Net2Net paper's), ``decay`` (LEMON: back to the peak, then
-cosine to 0.1 of it over the remaining steps). Every operator runs with ``keep``; widen-split
-also with the other three.
+compared with scratch-wide, depth arms with scratch-deep. After growth the library's LR recipe
+(``autogrow.training.lr.recipe`` through ``benchmarks.accounting.apply_recipe``) multiplies the
+clock's rate: ``keep`` (x1), ``rewarm`` (a new linear warm-up over 30 steps), ``tenth`` (x0.1,
+the Net2Net paper's), ``decay`` (LEMON's "keep the maximum rate, decay faster": x a cosine from
+1 to 0 over the 450 steps left). Every operator runs with ``keep``; widen-split also with the
+other three.
 
 **Tuning, the same for every arm**: each arm (scratch or grown, and each recipe) runs at every
 peak learning rate of the grid 1e-3, 3e-3 (for a grown arm the small phase uses the same
@@ -54,7 +56,6 @@ is <= 0.5); the final gap (grown minus scratch, nats/byte) and the total FLOPs r
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import multiprocessing
 import platform
@@ -72,12 +73,12 @@ import autogrow
 from benchmarks.accounting import (
     RECIPES,
     Budget,
+    apply_recipe,
     best_peaks,
     cost_ratio,
     final,
     lr_shape,
     pm,
-    recipe_factor,
 )
 from benchmarks.gpt2_growth import byte_streams, stdlib_docstrings
 
@@ -184,23 +185,7 @@ def deepen_zero(small, opt, example, seed):
 
 
 def stack(small, opt, example, seed):
-    if hasattr(autogrow, "stack"):
-        return autogrow.stack(small, 2, order="repeat", example_inputs=example), None
-    return local_stack(small), None
-
-
-def local_stack(small: nn.Module) -> nn.Module:
-    """BENCHMARK-LOCAL stand-in for ``autogrow.stack`` (used only while the library lacks it):
-    the trained decoder layers L1..Ln copied once more after themselves (G_stack's order)."""
-    grown = copy.deepcopy(small)
-    layers = [copy.deepcopy(layer) for layer in list(small.model.layers) * 2]
-    for i, layer in enumerate(layers):
-        layer.self_attn.layer_idx = i
-    grown.model.layers = nn.ModuleList(layers)
-    grown.config.num_hidden_layers = len(layers)
-    if getattr(grown.config, "layer_types", None):
-        grown.config.layer_types = list(grown.config.layer_types) * 2
-    return grown
+    return autogrow.stack(small, 2, order="repeat", example_inputs=example, optimizer=opt)
 
 
 # name -> (operator, scratch arm it is compared with, function-preserving)
@@ -290,8 +275,9 @@ def run_arm(arm: str, recipe: str, seed: int, peak: float, budget: Budget) -> di
                          "seconds": grow_seconds, "fresh_optimizer": fresh}  # fmt: skip
         out["flops_per_step"] = {"small": small_flops, "model": per_step}
         curve.append((g, g * small_flops, after))  # right after growth, same FLOPs
-        _train(model, new_opt, lambda s: peak * recipe_factor(recipe, s, budget), budget,
-               batches, g, budget.steps, curve, g * small_flops, per_step)  # fmt: skip
+        apply_recipe(new_opt, recipe, budget)  # scales the clock's rate from here on
+        _train(model, new_opt, lambda s: peak * lr_shape(s, budget), budget, batches, g,
+               budget.steps, curve, g * small_flops, per_step)  # fmt: skip
     out["curve"] = curve
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -540,8 +526,8 @@ def main(argv: list[str] | None = None) -> dict:
                            for k, v in saved["meta"]["budget"].items()})  # fmt: skip
         return report(saved["runs"], saved["meta"]["seeds"], budget, args.figure)
     meta = {"python": platform.python_version(), "torch": torch.__version__,
-            "seeds": args.seeds, "budget": vars(budget) | {"lr_grid": list(budget.lr_grid)},
-            "stack": "autogrow" if hasattr(autogrow, "stack") else "benchmark-local"}  # fmt: skip
+            "seeds": args.seeds,
+            "budget": vars(budget) | {"lr_grid": list(budget.lr_grid)}}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(runs: list[dict]) -> None:

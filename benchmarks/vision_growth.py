@@ -15,7 +15,7 @@ Cases:
   grown by ``autogrow.widen(model, 2.0)`` to width 16, compared with width 16 from scratch.
 
 Budgets (``CASES``): digits-mlp 600 steps (about 27 epochs), warm-up 30, evaluated every 20
-steps, peaks 0.03 / 0.1 / 0.3; tiny-resnet 252 steps (4 epochs), warm-up 20, evaluated every
+steps, peaks 0.1 / 0.3 / 1.0; tiny-resnet 252 steps (4 epochs), warm-up 20, evaluated every
 14 steps, peaks 0.02 / 0.05. Growth at a quarter of the steps.
 
 The clock, the recipes and the tuning are those of ``benchmarks.lm_growth`` (see
@@ -49,13 +49,13 @@ import autogrow
 from benchmarks.accounting import (
     RECIPES,
     Budget,
+    apply_recipe,
     best_peaks,
     cost_ratio,
     final,
     first_reaching,
     lr_shape,
     pm,
-    recipe_factor,
 )
 
 RESULTS = Path(__file__).resolve().parent / "out"
@@ -72,7 +72,7 @@ class Case:
 CASES = {
     "digits-mlp": Case(
         "digits-mlp",
-        Budget(steps=600, warmup=30, eval_every=20, lr_grid=(0.03, 0.1, 0.3)),
+        Budget(steps=600, warmup=30, eval_every=20, lr_grid=(0.1, 0.3, 1.0)),
         Budget(steps=40, warmup=4, eval_every=8, lr_grid=(0.1,)),
     ),
     "tiny-resnet": Case(
@@ -156,13 +156,13 @@ def run(case: str, arm: str, recipe: str, seed: int, peak: float, budget: Budget
                                         optimizer=opt)  # fmt: skip
             model.train()
             out["growth"] = {"before": before, "after": accuracy(model, x_val, y_val)}
+            apply_recipe(opt, recipe, budget)  # scales the clock's rate from here on
             per_step = step_flops(model, x_train[:BATCH], y_train[:BATCH])
             record(step)
         elif step % budget.eval_every == 0:
             record(step)
-        factor = lr_shape(step, budget) if step < grow_at else recipe_factor(recipe, step, budget)
         for group in opt.param_groups:
-            group["lr"] = peak * factor
+            group["lr"] = peak * lr_shape(step, budget)
         idx = batches[step]
         F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
         opt.step()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 
 import pytest
+import torch
 
 from benchmarks import accounting, lm_growth, vision_growth
 
@@ -14,17 +15,19 @@ def test_accounting_doctests_pass():
     assert doctest.testmod(accounting).failed == 0
 
 
-def test_recipes_share_the_clock_before_growth_and_differ_after():
+def test_benchmark_recipes_are_the_librarys_with_the_budgets_lengths():
     budget = lm_growth.FULL
-    g = budget.grow_at
-    assert lm_growth.recipe_factor("keep", g, budget) == lm_growth.lr_shape(g, budget)
-    assert lm_growth.recipe_factor("tenth", g, budget) == pytest.approx(
-        lm_growth.lr_shape(g, budget) / 10
-    )
-    assert lm_growth.recipe_factor("rewarm", g, budget) < lm_growth.recipe_factor("keep", g, budget)
-    assert lm_growth.recipe_factor("decay", g, budget) == 1.0  # back to the peak
-    last = budget.steps - 1
-    assert lm_growth.recipe_factor("decay", last, budget) == pytest.approx(budget.min_lr)
+    p = torch.nn.Parameter(torch.zeros(1))
+
+    def recipe(name):
+        return accounting.apply_recipe(torch.optim.SGD([p], lr=1.0), name, budget)
+
+    assert recipe("keep").multiplier == 1.0
+    assert recipe("tenth").multiplier == pytest.approx(0.1)
+    assert recipe("rewarm").factor(0) == pytest.approx(1 / budget.warmup)
+    assert recipe("rewarm").factor(budget.warmup) == 1.0
+    left = budget.steps - budget.grow_at
+    assert recipe("decay").factor(0) == 1.0 and recipe("decay").factor(left) == 0.0
 
 
 @pytest.mark.slow
