@@ -110,8 +110,12 @@ def symmetry_block(args: argparse.Namespace) -> str:
 def lm_growth_block(args: argparse.Namespace) -> str:
     t0 = time.perf_counter()
     seeds = " ".join(map(str, args.seeds))
-    out = lm_growth.main(["--seeds", *seeds.split(), "--jobs", str(args.jobs)])
-    cmd = f"python -m benchmarks.lm_growth --seeds {seeds} --jobs {args.jobs}"
+    if args.lm_saved is not None:  # the tables of a finished (or interrupted) run, no training
+        out = lm_growth.main(["--report", str(args.lm_saved)])
+        cmd = f"python -m benchmarks.lm_growth --report {args.lm_saved}"
+    else:
+        out = lm_growth.main(["--seeds", *seeds.split(), "--jobs", str(args.jobs)])
+        cmd = f"python -m benchmarks.lm_growth --seeds {seeds} --jobs {args.jobs}"
     b = out["budget"]
     return "\n\n".join([
         _stamp(args, args.seeds, time.perf_counter() - t0, cmd),
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/evidence.md")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--lm-saved", type=Path, default=None,
+                        help="lm_growth: report this saved JSON instead of training")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2,
                         help="worker processes of lm_growth and vision_growth")  # fmt: skip
     args = parser.parse_args(argv)

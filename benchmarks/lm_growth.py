@@ -524,7 +524,8 @@ def main(argv: list[str] | None = None) -> dict:
         saved = json.loads(args.report.read_text())
         budget = Budget(**{k: tuple(v) if k == "lr_grid" else v
                            for k, v in saved["meta"]["budget"].items()})  # fmt: skip
-        return report(saved["runs"], saved["meta"]["seeds"], budget, args.figure)
+        result = report(saved["runs"], saved["meta"]["seeds"], budget, args.figure)
+        return {**result, "runs": saved["runs"], "meta": saved["meta"], "budget": budget}
     meta = {"python": platform.python_version(), "torch": torch.__version__,
             "seeds": args.seeds,
             "budget": vars(budget) | {"lr_grid": list(budget.lr_grid)}}  # fmt: skip
