@@ -115,7 +115,8 @@ def final(run: dict, last: int = 1) -> float:
     >>> final({"curve": [(0, 0, 1.0), (1, 1, 0.5), (2, 2, 0.7)]}, last=2)
     0.6
     """
-    return round(statistics.fmean(p[2] for p in run["curve"][-last:]), 12)
+    # not rounded: a run must reach its own final value (rounding up would say it never does)
+    return statistics.fmean(p[2] for p in run["curve"][-last:])
 
 
 def best_peaks(

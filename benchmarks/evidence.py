@@ -136,8 +136,12 @@ def lm_growth_block(args: argparse.Namespace) -> str:
 def vision_growth_block(args: argparse.Namespace) -> str:
     t0 = time.perf_counter()
     seeds = " ".join(map(str, args.seeds))
-    out = vision_growth.main(["--seeds", *seeds.split(), "--jobs", str(args.jobs)])
-    cmd = f"python -m benchmarks.vision_growth --seeds {seeds} --jobs {args.jobs}"
+    if args.vision_saved is not None:  # the tables of a finished run, no training
+        out = vision_growth.main(["--report", str(args.vision_saved)])
+        cmd = f"python -m benchmarks.vision_growth --report {args.vision_saved}"
+    else:
+        out = vision_growth.main(["--seeds", *seeds.split(), "--jobs", str(args.jobs)])
+        cmd = f"python -m benchmarks.vision_growth --seeds {seeds} --jobs {args.jobs}"
     parts = [_stamp(args, args.seeds, time.perf_counter() - t0, cmd)]
     for name, res in out.items():
         b = res["budget"]
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--lm-saved", type=Path, default=None,
                         help="lm_growth: report this saved JSON instead of training")  # fmt: skip
+    parser.add_argument("--vision-saved", type=Path, default=None,
+                        help="vision_growth: report this saved JSON, no training")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2,
                         help="worker processes of lm_growth and vision_growth")  # fmt: skip
     args = parser.parse_args(argv)

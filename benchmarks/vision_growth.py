@@ -225,8 +225,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "vision_growth.json")
+    parser.add_argument("--report", type=Path, help="a saved vision_growth.json: only report it")
     args = parser.parse_args(argv)
     results: dict = {}
+    if args.report is not None:  # the tables again from a saved run, no training
+        saved = json.loads(args.report.read_text())
+        for name, res in saved.items():
+            budget = Budget(**{**res["budget"], "lr_grid": tuple(res["budget"]["lr_grid"])})
+            seeds = sorted({r["seed"] for r in res["runs"]})
+            res["table"] = table(res["runs"], seeds, budget)
+            print(f"\n{name}\n" + res["table"])
+        return saved
     for name in args.cases:
         budget = CASES[name].quick if args.quick else CASES[name].budget
         todo = [(*t, budget) for t in tasks(name, args.seeds, budget)]
