@@ -5,6 +5,9 @@ Runs, from the repository root (in the dev venv):
 1. ``benchmarks.net2net_mnist``: the Keras port's Net2Net experiment on MNIST-5k;
 2. ``benchmarks.tiny_resnet``: grown students vs a wide model trained from scratch;
 3. ``benchmarks.symmetry``: ``symmetry="none"`` vs ``"split"`` vs ``noise``;
+4. ``benchmarks.lm_growth``: a byte-level Llama grown by four operators vs LR-tuned scratch, in
+   FLOPs, and the LR recipes after growth;
+5. ``benchmarks.vision_growth``: the same accounting for a digits MLP and a tiny ResNet;
 
 writes the figures to ``docs/figures/evidence_*.png`` and replaces the generated blocks of
 ``docs/evidence.md`` (between ``<!-- evidence:NAME -->`` and ``<!-- /evidence:NAME -->``) with
@@ -25,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import net2net_mnist, symmetry, tiny_resnet
+from benchmarks import lm_growth, net2net_mnist, symmetry, tiny_resnet, vision_growth
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "evidence.md"
-PARTS = ("net2net_mnist", "tiny_resnet", "symmetry")
+PARTS = ("net2net_mnist", "tiny_resnet", "symmetry", "lm_growth", "vision_growth")
 
 
 def _commit() -> str:
@@ -104,10 +107,56 @@ def symmetry_block(args: argparse.Namespace) -> str:
     ])  # fmt: skip
 
 
+def lm_growth_block(args: argparse.Namespace) -> str:
+    t0 = time.perf_counter()
+    seeds = " ".join(map(str, args.seeds))
+    if args.lm_saved is not None:  # the tables of a finished (or interrupted) run, no training
+        out = lm_growth.main(["--report", str(args.lm_saved)])
+        cmd = f"python -m benchmarks.lm_growth --report {args.lm_saved}"
+    else:
+        out = lm_growth.main(["--seeds", *seeds.split(), "--jobs", str(args.jobs)])
+        cmd = f"python -m benchmarks.lm_growth --seeds {seeds} --jobs {args.jobs}"
+    b = out["budget"]
+    return "\n\n".join([
+        _stamp(args, args.seeds, time.perf_counter() - t0, cmd),
+        f"Growth at step {b.grow_at} of {b.steps}; peak learning rates {list(b.lr_grid)}. "
+        "Final validation loss (nats/byte, mean ± sd over seeds) of every arm at every peak; "
+        "in bold the one each arm keeps:",
+        out["tables"]["grid"],
+        "Each operator (LR recipe `keep`) at its chosen peak against the matching scratch "
+        "model at its own:",
+        out["tables"]["operators"],
+        f"LR recipes after growth, all on {lm_growth.RECIPE_OPERATOR}, each at its chosen peak:",
+        out["tables"]["recipes"],
+        out["tables"]["findings"],
+        "![Byte-level Llama: grown vs scratch against FLOPs](figures/lm_growth.png)",
+    ])  # fmt: skip
+
+
+def vision_growth_block(args: argparse.Namespace) -> str:
+    t0 = time.perf_counter()
+    seeds = " ".join(map(str, args.seeds))
+    if args.vision_saved is not None:  # the tables of a finished run, no training
+        out = vision_growth.main(["--report", str(args.vision_saved)])
+        cmd = f"python -m benchmarks.vision_growth --report {args.vision_saved}"
+    else:
+        out = vision_growth.main(["--seeds", *seeds.split(), "--jobs", str(args.jobs)])
+        cmd = f"python -m benchmarks.vision_growth --seeds {seeds} --jobs {args.jobs}"
+    parts = [_stamp(args, args.seeds, time.perf_counter() - t0, cmd)]
+    for name, res in out.items():
+        b = res["budget"]
+        parts.append(f"**{name}** (growth at step {int(b['steps'] * b['grow_fraction'])} of "
+                     f"{b['steps']}; peak learning rates {list(b['lr_grid'])}):")  # fmt: skip
+        parts.append(res["table"])
+    return "\n\n".join(parts)
+
+
 BLOCKS = {
     "net2net_mnist": net2net_block,
     "tiny_resnet": tiny_resnet_block,
     "symmetry": symmetry_block,
+    "lm_growth": lm_growth_block,
+    "vision_growth": vision_growth_block,
 }
 
 
@@ -131,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/evidence.md")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--lm-saved", type=Path, default=None,
+                        help="lm_growth: report this saved JSON instead of training")  # fmt: skip
+    parser.add_argument("--vision-saved", type=Path, default=None,
+                        help="vision_growth: report this saved JSON, no training")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="worker processes of lm_growth and vision_growth")  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
