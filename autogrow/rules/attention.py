@@ -87,17 +87,22 @@ def _mha_traced_through(m: nn.MultiheadAttention, name: str, ctx: RuleContext) -
     decomposed graph and those attributes one width."""
     params = {p: ctx.param(f"{name}.{p}" if name else p) for p, _ in m.named_parameters()}
     call = Call(type(m).__name__, None, params, None, module=name or None)
-    axes = _mha_parameters(m, name, call, ctx)
+    axes = _mha_parameters(m, name, call, ctx, lay_out_rows=False)
     if isinstance(axes, str):
         ctx.block(call, axes)
 
 
 def _mha_parameters(
-    m: nn.MultiheadAttention, name: str, call: Call, ctx: RuleContext
+    m: nn.MultiheadAttention, name: str, call: Call, ctx: RuleContext, lay_out_rows: bool = True
 ) -> tuple[Term, Term] | str:
     """Tie an ``nn.MultiheadAttention``'s parameters and bind its size attributes; returns its
     (embedding, heads) axes, or why it cannot widen. Heads grow, head_dim stays: head_dim is
-    the query·key contraction and sets the 1/sqrt(head_dim) scale."""
+    the query·key contraction and sets the 1/sqrt(head_dim) scale.
+
+    ``lay_out_rows``: state in_proj's rows as 3 × embedding. A leaf call must; a decomposed
+    forward already laid them out by its own ops (3 × E for self-attention, E | 2 × E when
+    the query is not the key), and a second, different layout would contradict it; there
+    tying out_proj's input to the embedding is what the ops do not say."""
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
         return "MultiheadAttention with kdim/vdim, bias_k or add_zero_attn"
     prefix = f"{name}." if name else ""
@@ -106,11 +111,12 @@ def _mha_parameters(
     embed = w_in.terms[1]
     # in_proj rows are (3 × heads × head_dim); the module forward requires heads × head_dim
     # to equal the embedding width, so the two are one axis.
-    pieces = ctx.store.factor(w_in.terms[0], [3, m.embed_dim], call.where())
-    if pieces is None:
-        return "cannot lay out in_proj as 3 × heads × head_dim"
-    ctx.unify(pieces[0], Fixed(3), call)
-    ctx.unify(pieces[1], embed, call)
+    if lay_out_rows:
+        pieces = ctx.store.factor(w_in.terms[0], [3, m.embed_dim], call.where())
+        if pieces is None:
+            return "cannot lay out in_proj as 3 × heads × head_dim"
+        ctx.unify(pieces[0], Fixed(3), call)
+        ctx.unify(pieces[1], embed, call)
     head_axis = ctx.store.factor(embed, [m.num_heads, m.head_dim], call.where())
     if head_axis is None:
         return "cannot lay out the embedding as heads × head_dim"
