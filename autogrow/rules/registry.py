@@ -231,7 +231,14 @@ class RuleRegistry:
         when the tracer went through its forward instead of recording one call of it
         (torch.export decomposes it into ATen ops): ``fn(module, qualname, ctx)`` runs once
         per such module after the graph walk, ties its parameters' axes and binds the size
-        attributes its forward reads, so the decomposed ops and the module stay consistent."""
+        attributes its forward reads, so the decomposed ops and the module stay consistent.
+
+        >>> import torch, autogrow
+        >>> registry = autogrow.default_registry.copy()
+        >>> _ = registry.constraint(torch.nn.MultiheadAttention)(lambda m, name, ctx: None)
+        >>> registry.constraint_for(torch.nn.MultiheadAttention(8, 2)) is not None
+        True
+        """
 
         def register(fn: ModuleConstraint) -> ModuleConstraint:
             for t in types:
