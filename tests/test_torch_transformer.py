@@ -264,3 +264,33 @@ def test_widen_then_deepen_encoder_stack():
     for layer in deep.body.layers:
         _encoder_layer_consistent(layer, 2 * D, 2 * FF)
     assert _check_exact(model, deep, inputs, deeper=True) == 3
+
+
+class MaskedEncoder(nn.Module):
+    """An encoder with a key padding mask: torch's eval path packs the batch into a nested
+    tensor (enable_nested_tensor) and runs the fused kernel on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, D)
+        self.body = nn.TransformerEncoder(_layer(), 2, enable_nested_tensor=True)
+        self.out = nn.Linear(D, 8)
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(self.inp(x), src_key_padding_mask=padding))
+
+
+def test_encoder_with_padding_mask_on_the_nested_tensor_path():
+    """torch expands the padding mask to ``num_heads`` with a size its code computes, which the
+    exported graph holds as a fixed axis meeting the heads: the stream stays (the reason is
+    shown by analyze), the feed-forward widths grow, and the nested-tensor path stays exact."""
+    model = _randomize(MaskedEncoder())
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    padding[1, 3:] = True  # the second sequence is two tokens shorter
+    inputs = (torch.randn(2, 5, 8), padding)
+    graph = autogrow.analyze(model, inputs)
+    assert "fixed axis" in graph.group("inp").frozen
+    grown = autogrow.widen(model, 2.0, example_inputs=inputs, seed=0, verify=False)
+    for layer in grown.body.layers:
+        _encoder_layer_consistent(layer, D, 2 * FF)
+    assert _check_exact(model, grown, inputs) == 2
