@@ -159,6 +159,7 @@ class AnalysisPass:
         ctx = self.ctx
         for node in self.traced.graph.nodes:
             ctx.values[node] = getattr(self, node.op)(node, self.traced.meta.get(node))
+        _run_constraints(ctx)
         _move_tied_reductions(ctx)
         _settle_roles(ctx)
         return Analysis(
@@ -204,6 +205,22 @@ class AnalysisPass:
 def build(traced: Traced, registry: RuleRegistry) -> Analysis:
     """Run the rules over every node and collect the facts the transforms need."""
     return AnalysisPass(traced, registry).run()
+
+
+def _run_constraints(ctx: RuleContext) -> None:
+    """Run the registered module constraints for the modules the tracer went through: their
+    forward became several ops (no call of the module itself was recorded), so nothing else
+    ties their parameters to the sizes their forward reads from attributes."""
+    if not ctx.registry.constraints:
+        return
+    called = {id(c.module_obj) for c in ctx.calls.values() if c.module_obj is not None}
+    for name, m in ctx.traced.model.named_modules():
+        constrain = ctx.registry.constraint_for(m)
+        if constrain is None or id(m) in called:
+            continue
+        prefix = f"{name}." if name else ""
+        if any(ctx.uses(prefix + p) for p, _ in m.named_parameters()):
+            constrain(m, name, ctx)
 
 
 def _settle_roles(ctx: RuleContext) -> None:

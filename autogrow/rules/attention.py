@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._text import owner_module
-from ..axes.terms import Fixed
+from ..axes.terms import Fixed, Term
 from .common import COPY, REDUCE, broadcast, out_shape
 from .registry import Call, RuleSet, TensorValue
 
@@ -62,49 +61,86 @@ def multi_head_attention(call: Call, ctx: RuleContext) -> Any:
     """
     m: nn.MultiheadAttention = call.args["module"]
     q, k, v = call.args["query"], call.args["key"], call.args["value"]
-    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        return ctx.block(call, "MultiheadAttention with kdim/vdim, bias_k or add_zero_attn")
-    name = call.module
-    w_in = ctx.param(f"{name}.in_proj_weight")
-    w_out = ctx.param(f"{name}.out_proj.weight")
-    embed = w_in.terms[1]
+    axes = _mha_parameters(m, call.module or "", call, ctx)
+    if isinstance(axes, str):
+        return ctx.block(call, axes)
+    embed, heads = axes
     for x in (q, k, v):
         ctx.unify(x.terms[-1], embed, call)
+    out = call.out
+    attn = TensorValue([*q.terms[:-1], embed], out[0].shape)
+    weights = out[1]
+    if call.args["need_weights"] and call.args["average_attn_weights"]:
+        ctx.uniform(heads, call)  # the returned weights are a mean over heads
+    if weights is not None:
+        weights = ctx.frozen_tensor(weights, f"attention weights of {call.module}")
+    return (attn, weights)
+
+
+@rules.constraint(nn.MultiheadAttention)
+def _mha_traced_through(m: nn.MultiheadAttention, name: str, ctx: RuleContext) -> None:
+    """``nn.MultiheadAttention`` whose forward the tracer went through (torch.export, or a
+    parent module fx could not record): the decomposed ops see in_proj rows and out_proj
+    columns as any linear's, but the module's forward (and torch's fused fast path) reads
+    embed_dim, num_heads and head_dim from attributes and requires in_proj to be q, k, v of
+    embed_dim rows each. The same ties and attribute bindings as the leaf rule keep the
+    decomposed graph and those attributes one width."""
+    params = {p: ctx.param(f"{name}.{p}" if name else p) for p, _ in m.named_parameters()}
+    call = Call(type(m).__name__, None, params, None, module=name or None)
+    axes = _mha_parameters(m, name, call, ctx, lay_out_rows=False)
+    if isinstance(axes, str):
+        ctx.block(call, axes)
+
+
+def _mha_parameters(
+    m: nn.MultiheadAttention, name: str, call: Call, ctx: RuleContext, lay_out_rows: bool = True
+) -> tuple[Term, Term] | str:
+    """Tie an ``nn.MultiheadAttention``'s parameters and bind its size attributes; returns its
+    (embedding, heads) axes, or why it cannot widen. Heads grow, head_dim stays: head_dim is
+    the query·key contraction and sets the 1/sqrt(head_dim) scale.
+
+    ``lay_out_rows``: state in_proj's rows as 3 × embedding. A leaf call must; a decomposed
+    forward already laid them out by its own ops (3 × E for self-attention, E | 2 × E when
+    the query is not the key), and a second, different layout would contradict it; there
+    tying out_proj's input to the embedding is what the ops do not say."""
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        return "MultiheadAttention with kdim/vdim, bias_k or add_zero_attn"
+    prefix = f"{name}." if name else ""
+    w_in = ctx.param(f"{prefix}in_proj_weight")
+    w_out = ctx.param(f"{prefix}out_proj.weight")
+    embed = w_in.terms[1]
     # in_proj rows are (3 × heads × head_dim); the module forward requires heads × head_dim
     # to equal the embedding width, so the two are one axis.
-    pieces = ctx.store.factor(w_in.terms[0], [3, m.embed_dim], call.where())
-    if pieces is None:
-        return ctx.block(call, "cannot lay out in_proj as 3 × heads × head_dim")
-    ctx.unify(pieces[0], Fixed(3), call)
-    ctx.unify(pieces[1], embed, call)
+    if lay_out_rows:
+        pieces = ctx.store.factor(w_in.terms[0], [3, m.embed_dim], call.where())
+        if pieces is None:
+            return "cannot lay out in_proj as 3 × heads × head_dim"
+        ctx.unify(pieces[0], Fixed(3), call)
+        ctx.unify(pieces[1], embed, call)
     head_axis = ctx.store.factor(embed, [m.num_heads, m.head_dim], call.where())
     if head_axis is None:
-        return ctx.block(call, "cannot lay out the embedding as heads × head_dim")
-    ctx.freeze(head_axis[1], f"head_dim of {name}")
+        return "cannot lay out the embedding as heads × head_dim"
+    ctx.freeze(head_axis[1], f"head_dim of {name or 'the model'}")
     ctx.role(w_in, 0, COPY, call)
     ctx.role(w_in, 1, REDUCE, call)
     ctx.unify(w_out.terms[0], embed, call)
     ctx.unify(w_out.terms[1], embed, call)
     ctx.role(w_out, 0, COPY, call)
     ctx.role(w_out, 1, REDUCE, call)
-    for bias in (f"{name}.in_proj_bias", f"{name}.out_proj.bias"):
-        if owner_module(bias) and _has(ctx, bias):
+    for bias in (f"{prefix}in_proj_bias", f"{prefix}out_proj.bias"):
+        if _has(ctx, bias):
             b = ctx.param(bias)
             ctx.unify(b.terms[0], w_in.terms[0] if "in_proj" in bias else embed, call)
             ctx.role(b, 0, COPY, call)
+    module = name
+    head_dim = m.head_dim
     for attr in ("embed_dim", "kdim", "vdim"):
-        ctx.set_attr(name, attr, lambda size: size(embed))
-    ctx.set_attr(name, "num_heads", lambda size: size(embed) // m.head_dim)
-    ctx.set_attr(f"{name}.out_proj", "in_features", lambda size: size(embed))
-    ctx.set_attr(f"{name}.out_proj", "out_features", lambda size: size(embed))
-    out = call.out
-    attn = TensorValue([*q.terms[:-1], embed], out[0].shape)
-    weights = out[1]
-    if call.args["need_weights"] and call.args["average_attn_weights"]:
-        ctx.uniform(head_axis[0], call)  # the returned weights are a mean over heads
-    if weights is not None:
-        weights = ctx.frozen_tensor(weights, f"attention weights of {name}")
-    return (attn, weights)
+        ctx.set_attr(module, attr, lambda size: size(embed))
+    ctx.set_attr(module, "num_heads", lambda size: size(embed) // head_dim)
+    ctx.set_attr(module, "head_dim", lambda size: head_dim)
+    ctx.set_attr(f"{prefix}out_proj", "in_features", lambda size: size(embed))
+    ctx.set_attr(f"{prefix}out_proj", "out_features", lambda size: size(embed))
+    return embed, head_axis[0]
 
 
 def _has(ctx: RuleContext, qualname: str) -> bool:

@@ -168,6 +168,10 @@ class RuleContext:
                 self.module_order.append(owner)
         return TensorValue(list(info.terms), tuple(info.tensor.shape), qualname)
 
+    def uses(self, qualname: str) -> bool:
+        """Whether the graph read this parameter or buffer (under this name or a tied one)."""
+        return self._canonical.get(qualname, qualname) in self.params
+
     def frozen_tensor(self, meta: TensorMeta, why: str) -> TensorValue:
         terms: list[Term] = [
             self.store.new_atom(s, why, frozen=why) if s > 1 else Fixed(s) for s in meta.shape

@@ -149,6 +149,7 @@ class ParamRef:
 
 Rule = Callable[[Call, "RuleContext"], Any]
 ModuleAdapter = Callable[[nn.Module, str, tuple, dict], "tuple[str, dict[str, Any]]"]
+ModuleConstraint = Callable[[nn.Module, str, "RuleContext"], None]
 
 
 def _signature(spec: str) -> inspect.Signature:
@@ -175,9 +176,10 @@ class RuleRegistry:
     bindings: dict[Any, tuple[str, inspect.Signature]] = field(default_factory=dict)
     adapters: dict[type, ModuleAdapter] = field(default_factory=dict)
     module_rules: dict[type, Rule] = field(default_factory=dict)
+    constraints: dict[type, ModuleConstraint] = field(default_factory=dict)
 
     def copy(self) -> RuleRegistry:
-        """An independent copy (the four dicts are copied; the rules themselves are shared).
+        """An independent copy (the five dicts are copied; the rules themselves are shared).
 
         >>> import autogrow
         >>> mine = autogrow.default_registry.copy()
@@ -185,7 +187,11 @@ class RuleRegistry:
         True
         """
         return RuleRegistry(
-            dict(self.rules), dict(self.bindings), dict(self.adapters), dict(self.module_rules)
+            dict(self.rules),
+            dict(self.bindings),
+            dict(self.adapters),
+            dict(self.module_rules),
+            dict(self.constraints),
         )
 
     def rule(
@@ -219,6 +225,34 @@ class RuleRegistry:
             return fn
 
         return register
+
+    def constraint(self, *types: type) -> Callable[[ModuleConstraint], ModuleConstraint]:
+        """Register what a module of these types requires of its parameters and attributes
+        when the tracer went through its forward instead of recording one call of it
+        (torch.export decomposes it into ATen ops): ``fn(module, qualname, ctx)`` runs once
+        per such module after the graph walk, ties its parameters' axes and binds the size
+        attributes its forward reads, so the decomposed ops and the module stay consistent.
+
+        >>> import torch, autogrow
+        >>> registry = autogrow.default_registry.copy()
+        >>> _ = registry.constraint(torch.nn.MultiheadAttention)(lambda m, name, ctx: None)
+        >>> registry.constraint_for(torch.nn.MultiheadAttention(8, 2)) is not None
+        True
+        """
+
+        def register(fn: ModuleConstraint) -> ModuleConstraint:
+            for t in types:
+                self.constraints[t] = fn
+            return fn
+
+        return register
+
+    def constraint_for(self, m: nn.Module) -> ModuleConstraint | None:
+        """The constraint registered for ``m``'s type or its nearest base class, if any."""
+        for t in type(m).__mro__:
+            if t in self.constraints:
+                return self.constraints[t]
+        return None
 
     def register_module_rule(self, module_type: type, fn: Rule) -> None:
         """A rule for a user module type; such modules become leaves of the fx trace.
@@ -286,6 +320,15 @@ class RuleSet:
 
         def record(fn: ModuleAdapter) -> ModuleAdapter:
             self._installs.append(lambda registry: registry.module(*types)(fn))
+            return fn
+
+        return record
+
+    def constraint(self, *types: type) -> Callable[[ModuleConstraint], ModuleConstraint]:
+        """As :meth:`RuleRegistry.constraint`, deferred."""
+
+        def record(fn: ModuleConstraint) -> ModuleConstraint:
+            self._installs.append(lambda registry: registry.constraint(*types)(fn))
             return fn
 
         return record

@@ -82,7 +82,11 @@ def _split(call: Call, ctx: RuleContext, x: TensorValue, d: int, literal: Any) -
     for p, m in zip(pieces, call.out):
         terms = list(x.terms)
         terms[d] = p
-        out.append(TensorValue(terms, m.shape))
+        # A piece of a parameter (a fused q|kv projection cut in two) is still that
+        # parameter: its other axes are the parameter's own, so how an op uses them (a
+        # linear reducing over the input axis) is a role of the parameter, not a contraction
+        # over an activation that would have to freeze.
+        out.append(TensorValue(terms, m.shape, x.param))
     return tuple(out)
 
 
