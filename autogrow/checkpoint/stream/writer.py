@@ -23,8 +23,10 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -176,20 +178,39 @@ def safetensors_header(tensors: list[OutputTensor], metadata: dict[str, str]) ->
 
 def stream_safetensors(path: Path, tensors: list[OutputTensor], metadata: dict[str, str]) -> None:
     """Write ``tensors`` to the safetensors file ``path``, computing and freeing one at a
-    time."""
-    with open(path, "wb") as f:
+    time. The bytes of tensor ``i`` are written by a second thread while tensor ``i + 1`` is
+    computed (both release the GIL), so at most two grown tensors are alive at once."""
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
         f.write(safetensors_header(tensors, metadata))
-        for t in tensors:
-            value = t.make()
-            if tuple(value.shape) != t.shape or value.dtype != t.dtype:
-                raise CheckpointError(
-                    f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
-                    f"planned {t.shape} {t.dtype}"
-                )
-            value = value.contiguous()
-            if value.numel():  # the tensor's own bytes, not copied (numpy is not needed)
-                f.write((ctypes.c_char * t.nbytes).from_address(value.data_ptr()))
-            del value
+        pending: Future[None] | None = None
+        try:
+            for t in tensors:
+                value = _computed(t)
+                if pending is not None:
+                    pending.result()  # an OSError of the previous write surfaces here
+                pending = writer.submit(_write_bytes, f, value, t.nbytes) if value.numel() else None
+                del value
+            if pending is not None:
+                pending.result()
+        finally:
+            if pending is not None:
+                pending.exception()  # wait, so the file is not closed under a running write
+
+
+def _computed(t: OutputTensor) -> torch.Tensor:
+    value = t.make()
+    if tuple(value.shape) != t.shape or value.dtype != t.dtype:
+        raise CheckpointError(
+            f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
+            f"planned {t.shape} {t.dtype}"
+        )
+    return value.contiguous()
+
+
+def _write_bytes(f: Any, value: torch.Tensor, nbytes: int) -> None:
+    # The tensor's own bytes, not copied (numpy is not needed); ``value`` stays referenced
+    # by this call until the write returns.
+    f.write((ctypes.c_char * nbytes).from_address(value.data_ptr()))
 
 
 def write_shards(
