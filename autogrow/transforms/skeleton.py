@@ -4,7 +4,8 @@
 the transform compute its plan, prepares the model's adapter (which may refuse, still before
 any change), applies the plan (to a deep copy, or in place with an undo), chains the adapter's
 undo onto the transform's, has the adapter check that its library can rebuild the result,
-verifies the outputs (undoing and re-raising on either failure), lets the
+verifies the outputs, or without verification traces the result again to check that its
+forward takes the original's path (undoing and re-raising on any failure), lets the
 transform finish (widen's noise), records the step in the model's lineage and grows the
 optimizer. It returns a :class:`Grown`: the model, the transform's frozen plan and the new
 optimizer.
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_for
+from ..errors import StructureError, VerificationError
 from ..tracing import prepare_inputs
 from ..verify import check_tolerance, run
 from ..verify import verify as verify_outputs
@@ -92,6 +94,11 @@ class Transform(ABC, Generic[P]):
         changed there (e.g. its width groups), or None."""
         return None
 
+    def check_structure(self, model: nn.Module, result: nn.Module, inputs: tuple) -> None:
+        """Without verification (and to explain a failed one): trace ``result`` again and
+        raise StructureError where its forward takes another path than ``model``'s
+        (:mod:`autogrow.transforms.structure`). By default nothing."""
+
     def finish(self, result: nn.Module) -> None:
         """After verification (widen's noise): by default nothing."""
 
@@ -156,15 +163,26 @@ def grow(
         # The model's library must be able to rebuild what grew (a config that reloads it);
         # checked with or without verification, and undone like a failed verification.
         adapter_for(model).check_grown(result, transform.what)
-        if verify:
-            verify_outputs(
-                result,
-                inputs,
-                reference,
-                what=transform.what,
-                tolerance=tolerance,
-                describe_module=transform.describe_module,
-            )
+        if not verify:
+            # the fast path still never returns a model whose forward takes another path
+            transform.check_structure(model, result, inputs)
+        else:
+            try:
+                verify_outputs(
+                    result,
+                    inputs,
+                    reference,
+                    what=transform.what,
+                    tolerance=tolerance,
+                    describe_module=transform.describe_module,
+                )
+            except VerificationError as error:
+                # a forward that takes another path is the clearer explanation, when it is one
+                try:
+                    transform.check_structure(model, result, inputs)
+                except StructureError as structure:
+                    raise structure from error
+                raise
     except Exception:
         undo()
         raise

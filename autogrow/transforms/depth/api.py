@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from ...adapters import adapter_for
+from ...rules import get_default_registry
 from ...tracing import prepare_inputs
+from ...verify import verify as verify_outputs
 from ..optimizer import extend_optimizer
 from ..skeleton import Grown, Transform, Undo, grow
+from ..structure import check_deepened
 from .branches import block_candidate, block_point
 from .insert import insert_all
 from .placement import After, DeepenPlan, Placement, check_n, normalise_after, placements
@@ -78,6 +81,7 @@ class DeepenTransform(Transform[DeepenPlan]):
         # The resolved places (not ``after``): the default placement looks at the model's values.
         places = tuple((p.point.where, InsertionKind(p.point.kind)) for p in self.placements)
         self.deepen_plan = DeepenPlan(places, self.n)
+        self.reference = rec.output
         return self.deepen_plan, rec.output
 
     def prepare_adapter(self, model: nn.Module):
@@ -92,6 +96,15 @@ class DeepenTransform(Transform[DeepenPlan]):
         self.memo: dict[int, Any] = {}
         result = model if inplace else copy.deepcopy(model, self.memo)
         return result, insert_all(result, self.placements, self.n)
+
+    def check_structure(self, model: nn.Module, result: nn.Module, inputs: tuple) -> None:
+        # The inserted modules are the identity on their recorded input; what can still go
+        # wrong is forward code that depends on the containers (unpacking, pairing, one skip
+        # tensor per block, an attribute of the last module), which the graph shows. A model
+        # fx cannot trace is run instead (one forward; exporting both would cost more).
+        leaf_types = get_default_registry().leaf_types()
+        if not check_deepened(model, result, self.memo, inputs, leaf_types, self.what):
+            verify_outputs(result, inputs, self.reference, what=self.what)
 
     def recipe_args(self) -> dict[str, Any]:
         return self.deepen_plan.recipe_args()
