@@ -183,22 +183,27 @@ def fx_source(model: nn.Module, leaf_types: tuple[type, ...]) -> Callable[[fx.No
     return lambda node: lines.get(node.name)
 
 
+def fx_graph_or_none(model: nn.Module, leaf_types: tuple[type, ...]) -> fx.Graph | None:
+    """``model``'s fx graph, or None where fx cannot trace it."""
+    try:
+        return trace_like(model, TracerKind.FX, (), leaf_types)
+    except Exception:  # noqa: BLE001 - then the caller compares outputs instead
+        return None
+
+
 def check_deepened(
     model: nn.Module,
+    old: fx.Graph,
     result: nn.Module,
     copies: dict[int, Any],
     inputs: tuple,
     leaf_types: tuple[type, ...],
     what: str,
-) -> bool:
-    """Compare the fx graphs of ``model`` and the deepened ``result`` (``copies``: id of a
-    module of ``model`` → its copy in ``result``, empty when grown in place). Returns False,
-    comparing nothing, when fx cannot trace ``model``; raises StructureError on a difference
-    or when an inserted module never runs."""
-    try:
-        old = trace_like(model, TracerKind.FX, inputs, leaf_types)
-    except Exception:  # noqa: BLE001 - then the caller compares outputs instead
-        return False
+) -> None:
+    """Compare ``old``, the fx graph of ``model`` before deepening, with the deepened
+    ``result``'s (``copies``: id of a module of ``model`` → its copy in ``result``, empty when
+    grown in place); raise StructureError on a difference or when an inserted module never
+    runs."""
     new = retrace(result, TracerKind.FX, inputs, leaf_types, what)
     old_name = {id(copies.get(id(m), m)): name for name, m in model.named_modules()}
     inserted = {
@@ -265,7 +270,6 @@ def check_deepened(
         through=through,
         source=lazy_source(lambda: fx_source(result, leaf_types)),
     )
-    return True
 
 
 def lazy_source(
