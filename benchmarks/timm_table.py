@@ -206,10 +206,8 @@ def main() -> None:
             continue
         got = _run_isolated(module, name, args.limit)
         for r in got:
-            print(
-                f"{module:20s} {name:32s} {r['op']:10s} {r['outcome']:9s} {r.get('detail', '')[:80]}",
-                flush=True,
-            )
+            detail = r.get("detail", "")[:80]
+            print(f"{module:20s} {name:32s} {r['op']:10s} {r['outcome']:9s} {detail}", flush=True)
         rows += got
     print(table(rows))
     print(f"\ncommand: {' '.join(sys.argv)}; torch {torch.__version__}; cpus {os.cpu_count()}")
