@@ -203,11 +203,19 @@ def test_deepen_in_place_is_undone_when_refused(cls):
     assert_unchanged(model, snap)
 
 
-@pytest.mark.parametrize("cls", [Unpacked, SkipPerBlock, ReadsLastModule])
-def test_verification_failure_is_explained_as_a_structure_change(cls):
+def test_outputs_that_differ_are_explained_as_a_structure_change():
     torch.manual_seed(0)
-    with pytest.raises(StructureError):
+    with pytest.raises(StructureError, match="skips.pop()") as caught:
+        _grow("deepen", SkipPerBlock().eval(), torch.randn(3, 4))
+    assert isinstance(caught.value.__cause__, autogrow.VerificationError)
+
+
+@pytest.mark.parametrize("cls", [Unpacked, ReadsLastModule])
+def test_a_grown_model_that_fails_to_run_is_a_verification_error(cls):
+    torch.manual_seed(0)
+    with pytest.raises(autogrow.VerificationError, match="failed to run") as caught:
         _grow("deepen", cls().eval(), torch.randn(3, 4))
+    assert not isinstance(caught.value, StructureError)
 
 
 @pytest.mark.parametrize("kind", ["widen", "deepen"])

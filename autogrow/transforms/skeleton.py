@@ -177,7 +177,9 @@ def grow(
                     describe_module=transform.describe_module,
                 )
             except VerificationError as error:
-                # a forward that takes another path is the clearer explanation, when it is one
+                if error.__cause__ is not None:
+                    raise  # the grown model failed to run: the message names the line
+                # outputs that differ: a forward that takes another path explains them better
                 try:
                     transform.check_structure(model, result, inputs)
                 except StructureError as structure:
