@@ -12,7 +12,8 @@ default pretrained cfg. Each growth runs with ``verify=False``; the outputs are 
 by :mod:`autogrow.verify` itself (eval mode, the dtype's default tolerance). Outcomes:
 ``preserved``; ``refused`` (an AutogrowError: its class and first line, which names the op,
 module and line); ``wrong`` (the growth returned a model that differs: max relative error, or
-that does not run); ``crash`` (any other exception: a bug). Each model runs in its own
+that does not run); ``crash`` (any other exception: a bug); ``timeout`` (the model's process
+ran out of its time limit before this growth finished). Each model runs in its own
 process with a time limit; its rows are cached as JSON under ``benchmarks/out/timm/``.
 """
 
@@ -26,6 +27,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,7 +76,8 @@ def smallest_per_module() -> dict[str, str]:
         module = _registry._model_to_module.get(name, "?")
         if module not in best or (n, name) < best[module]:
             best[module] = (n, name)
-    return {module: name for module, (_, name) in sorted(best.items())}
+    # smallest first, so that a run cut short has covered as many modules as it could
+    return {module: name for module, (_, name) in sorted(best.items(), key=lambda kv: kv[1])}
 
 
 def _first_line(e: BaseException) -> str:
@@ -82,8 +85,8 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:400]
 
 
-def run_model(module: str, name: str) -> list[dict]:
-    """The three rows of one model (in this process)."""
+def run_model(module: str, name: str, done: Any = None) -> list[dict]:
+    """The three rows of one model (in this process); ``done(rows)`` after each."""
     import timm
 
     import autogrow
@@ -117,12 +120,14 @@ def run_model(module: str, name: str) -> list[dict]:
         except Exception as e:  # noqa: BLE001 - a bug, reported as such
             row.update(outcome="crash", detail=_first_line(e), seconds=time.perf_counter() - start)
             rows.append(row)
+            _report(done, rows)
             continue
         try:
             err = compare(run(grown, (x,)), reference).max_error
         except Exception as e:  # noqa: BLE001 - a returned model that does not run is wrong
             row.update(outcome="wrong", detail=f"does not run: {_first_line(e)}")
             rows.append(row)
+            _report(done, rows)
             continue
         grew = sum(p.numel() for p in grown.parameters()) > sum(
             p.numel() for p in model.parameters()
@@ -133,14 +138,22 @@ def run_model(module: str, name: str) -> list[dict]:
             detail=f"max rel err {err:.2g}" + ("" if grew else ", no new parameters"),
         )
         rows.append(row)
+        _report(done, rows)
         del grown
     return rows
 
 
+def _report(done: Any, rows: list[dict]) -> None:
+    if done is not None:
+        done(rows)
+
+
 def _worker(module: str, name: str) -> None:
     torch.set_num_threads(1)
-    rows = run_model(module, name)
+    path = OUT / f"{name}.partial.json"  # the rows so far, for a worker that runs out of time
+    rows = run_model(module, name, lambda rows: path.write_text(json.dumps(rows, indent=1)))
     (OUT / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    path.unlink(missing_ok=True)
 
 
 def _run_isolated(module: str, name: str, limit: float) -> list[dict]:
@@ -154,17 +167,28 @@ def _run_isolated(module: str, name: str, limit: float) -> list[dict]:
     except subprocess.TimeoutExpired:
         failed, tail = True, [f"over the {limit:.0f} s limit"]
     if failed or not path.exists():
-        rows = [
-            {
-                "module": module,
-                "model": name,
-                "op": "all",
-                "outcome": "crash",
-                "detail": f"worker failed: {tail[0][:300]}",
-                "seconds": time.perf_counter() - start,
-            }
-        ]
+        partial = OUT / f"{name}.partial.json"
+        rows = json.loads(partial.read_text()) if partial.exists() else []
+        done = {r["op"] for r in rows}
+        seconds = time.perf_counter() - start - sum(r.get("seconds", 0) for r in rows)
+        for op, arg in OPS:
+            label = f"{op} x{arg}" if op == "widen" else op
+            if label in done:
+                continue
+            outcome = "timeout" if "limit" in tail[0] else "crash"
+            rows.append(
+                {
+                    "module": module,
+                    "model": name,
+                    "op": label,
+                    "outcome": outcome,
+                    "detail": f"worker failed: {tail[0][:300]}",
+                    "seconds": seconds,
+                }
+            )
+            seconds = 0.0
         path.write_text(json.dumps(rows, indent=1))
+        partial.unlink(missing_ok=True)
     return json.loads(path.read_text())
 
 
@@ -186,10 +210,8 @@ def table(rows: list[dict]) -> str:
         sel = [r for r in rows if op is None or r["op"] == op]
         if not sel:
             continue
-        counts = {
-            k: sum(r["outcome"] == k for r in sel)
-            for k in ("preserved", "refused", "wrong", "crash")
-        }
+        kinds = ("preserved", "refused", "wrong", "crash", "timeout")
+        counts = {k: sum(r["outcome"] == k for r in sel) for k in kinds}
         share = ", ".join(f"{k} {v} ({100 * v / len(sel):.0f}%)" for k, v in counts.items())
         lines.append(f"- {op or 'all'}: {len(sel)} runs: {share}")
     return "\n".join(lines)
