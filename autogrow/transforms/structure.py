@@ -10,7 +10,8 @@ symbolically (fx) or with fake values (torch.export, the tracer that captured th
 and its graph is compared with the original's node by node:
 
 * after :func:`~autogrow.widen`, the same ops on the same arguments; integers (sizes) may
-  differ, every other constant must not;
+  differ, every other constant must not (strings excepted: an assertion's message names
+  traced values by node name);
 * after :func:`~autogrow.deepen`, the graph with the inserted modules' nodes taken out (their
   output replaced by their input, since they compute the identity) is the original's, modules
   named by what they were before the insertion, every constant the same; and every inserted
@@ -128,6 +129,10 @@ def _key(v: Any, node: Callable[[fx.Node], Any], sizes_may_change: bool) -> Any:
         return ("slice", *(_key(x, node, sizes_may_change) for x in (v.start, v.stop, v.step)))
     if sizes_may_change and type(v) is int:
         return ("int",)
+    if isinstance(v, str):
+        # an assertion's message is formatted from traced values (f"got {x.ndim}D"), which
+        # fx writes as node names, and those shift when modules go in
+        return ("str",)
     return ("value", type(v).__name__, repr(v))
 
 
