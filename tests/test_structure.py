@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from models import assert_same_function, assert_unchanged, snapshot
 from torch import nn
 
 import autogrow
 from autogrow import AutogrowError, StructureError
-from tests.models import assert_same_function, assert_unchanged, snapshot
 
 
 class BranchOnSize(nn.Module):
