@@ -43,8 +43,11 @@ def main() -> None:
     for name, model, x in models:
         model.eval()
         growths = [
-            ("widen x2", lambda: autogrow.widen(model, 2.0, example_inputs=(x,), verify=False)),
-            ("deepen", lambda: autogrow.deepen(model, example_inputs=(x,), verify=False)),
+            (
+                "widen x2",
+                lambda m=model, x=x: autogrow.widen(m, 2.0, example_inputs=(x,), verify=False),
+            ),
+            ("deepen", lambda m=model, x=x: autogrow.deepen(m, example_inputs=(x,), verify=False)),
         ]
         for label, grow in growths:
             with_check = _best(grow)
