@@ -23,13 +23,14 @@ the model's line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from ..errors import StructureError
+from ..errors import StructureError, VerificationError
 from ..tracing import eval_mode
 from ..tracing.trace import TracerKind, _Tracer, parse_stack_trace, quiet_torch
 from ..verify import locate_failure
@@ -83,14 +84,41 @@ def compare_graphs(
     skip: Callable[[fx.Node], bool] | None = None,
     through: Callable[[fx.Node], fx.Node] | None = None,
     source: Callable[[fx.Node], str | None] | None = None,
+    confirm: Callable[[], object] | None = None,
 ) -> None:
     """Raise StructureError unless ``new`` runs ``old``'s ops, in order, on the same arguments.
 
     ``rename``: a node's target as the original would name it (deepen: modules before the
     insertion); ``skip``: nodes of ``new`` that are not compared (inserted modules);
     ``through``: for a skipped node another node uses, the node whose value it passes on;
-    ``source``: the model's line of a node of ``new`` (for the message).
+    ``source``: the model's line of a node of ``new`` (for the message); ``confirm``: run
+    on a difference, raises VerificationError when the outputs differ too (then the
+    StructureError is raised from it); when it returns, the difference is one of naming, not
+    of computation, and is accepted.
     """
+    problem = first_difference(old, new, what, sizes_may_change, rename, skip, through, source)
+    if problem is None:
+        return
+    if confirm is None:
+        raise StructureError(problem)
+    try:
+        confirm()
+    except VerificationError as error:
+        raise StructureError(problem) from error
+
+
+def first_difference(
+    old: fx.Graph,
+    new: fx.Graph,
+    what: str,
+    sizes_may_change: bool,
+    rename: Rename | None = None,
+    skip: Callable[[fx.Node], bool] | None = None,
+    through: Callable[[fx.Node], fx.Node] | None = None,
+    source: Callable[[fx.Node], str | None] | None = None,
+) -> str | None:
+    """The message for the first op of ``new`` that differs from ``old``'s, or None (the
+    arguments as for :func:`compare_graphs`)."""
     rename = rename or (lambda n: n.target)
     skip = skip or (lambda n: False)
     through = through or (lambda n: n)
@@ -105,15 +133,24 @@ def compare_graphs(
         return _key(v, lambda n: n, sizes_may_change)
 
     for a, b in zip(olds, kept):
-        if a.op != b.op or a.target != rename(b):
-            raise StructureError(_differs(what, a, b, source))
+        if a.op != b.op or _target(a.target) != _target(rename(b)):
+            return _differs(what, a, b, source)
         match[b] = a
         if new_key(b.args) != old_key(a.args) or new_key(b.kwargs) != old_key(a.kwargs):
-            raise StructureError(_differs(what, a, b, source, arguments=True))
+            return _differs(what, a, b, source, arguments=True)
     if len(olds) != len(kept):
         extra = kept[len(olds)] if len(kept) > len(olds) else None
         gone = olds[len(kept)] if len(olds) > len(kept) else None
-        raise StructureError(_differs(what, gone, extra, source))
+        return _differs(what, gone, extra, source)
+    return None
+
+
+def _target(target: Any) -> Any:
+    """A node's target, the constants fx numbers as it meets them (``_tensor_constant3``)
+    under one name: their numbers shift when modules go in before them."""
+    if isinstance(target, str) and re.fullmatch(r"_tensor_constant\d+", target):
+        return "_tensor_constant"
+    return target
 
 
 def _key(v: Any, node: Callable[[fx.Node], Any], sizes_may_change: bool) -> Any:
@@ -204,11 +241,12 @@ def check_deepened(
     inputs: tuple,
     leaf_types: tuple[type, ...],
     what: str,
+    confirm: Callable[[], object] | None = None,
 ) -> None:
     """Compare ``old``, the fx graph of ``model`` before deepening, with the deepened
     ``result``'s (``copies``: id of a module of ``model`` → its copy in ``result``, empty when
-    grown in place); raise StructureError on a difference or when an inserted module never
-    runs."""
+    grown in place); raise StructureError on a difference (``confirm`` as for
+    :func:`compare_graphs`) or when an inserted module never runs."""
     new = retrace(result, TracerKind.FX, inputs, leaf_types, what)
     old_name = {id(copies.get(id(m), m)): name for name, m in model.named_modules()}
     inserted = {
@@ -228,8 +266,13 @@ def check_deepened(
             paths.append(str(node.target).rpartition(".")[0])
         return [modules[p] for p in paths if p in modules]
 
+    skipped = {n for n in new.nodes if any(id(m) in inserted for m in owners(n))}
+    for n in reversed(list(new.nodes)):  # constants only inserted modules use (fx's own)
+        if n.op == "get_attr" and n.users and all(u in skipped for u in n.users):
+            skipped.add(n)
+
     def skip(node: fx.Node) -> bool:
-        return any(id(m) in inserted for m in owners(node))
+        return node in skipped
 
     def rename(node: fx.Node) -> Any:
         if node.op == "call_module":
@@ -274,6 +317,7 @@ def check_deepened(
         skip=skip,
         through=through,
         source=lazy_source(lambda: fx_source(result, leaf_types)),
+        confirm=confirm,
     )
 
 

@@ -25,6 +25,8 @@ from ..graph import WidthGraph, analyze_traced
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import TracerKind, parse_stack_trace
+from ..verify import run
+from ..verify import verify as verify_outputs
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, new_size, sample_map, term_map
@@ -254,7 +256,14 @@ class WidenTransform(Transform[WidenPlan]):
         source = None
         if traced.kind == TracerKind.FX:
             source = lazy_source(lambda: fx_source(result, traced.leaf_types))
-        compare_graphs(traced.graph, new, self.what, sizes_may_change=True, source=source)
+
+        # a difference is settled by running both models (two forwards, only then)
+        def confirm() -> object:
+            return verify_outputs(result, inputs, run(model, inputs), what=self.what)
+
+        compare_graphs(
+            traced.graph, new, self.what, sizes_may_change=True, source=source, confirm=confirm
+        )
 
     def finish(self, result: nn.Module) -> None:
         report_partial_growth(self.graph, self.factor, self.widths)  # groups kept, once per call
