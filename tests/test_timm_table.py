@@ -1,8 +1,11 @@
 """A representative subset of benchmarks/timm_table.py (docs/timm.md): widen ×1.5, ×2 and
 deepen with ``verify=False`` on timm models, random init, each model's own input size; every
 growth is preserved (checked by ``autogrow.verify``) or refused with an AutogrowError, never
-wrong. The models cover: an exported ViT, attribute-sized attention (xcit), a refusal naming
-the line (efficientformerv2), ghost modules, cross-covariance and conv/attention hybrids."""
+wrong. The models cover: an exported ViT, a deep aggregation net, a conv/attention hybrid, ghost
+modules, cross-covariance attention sized by attributes (xcit), literal refusals naming the
+line (efficientformerv2; its deepen reads an assertion message fx formats from node names),
+a widened model that no longer traces, refused by the structure check (convit), and fx's
+numbered tensor constants shifting in a deepened ViT (eva)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ MODELS = [
     ("dla", "dla46x_c"),
     ("mobilevit", "mobilevit_xxs"),
     ("ghostnet", "ghostnet_050"),
-    ("convnext", "convnext_zepto_rms"),
     ("xcit", "xcit_nano_12_p8_224"),
     ("efficientformer_v2", "efficientformerv2_s0"),
-    ("efficientvit_mit", "efficientvit_b0"),
+    ("convit", "convit_tiny"),
+    ("eva", "vit_tiny_patch16_dinov3_qkvb"),
 ]
 
 
