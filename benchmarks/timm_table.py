@@ -193,13 +193,16 @@ def _run_isolated(module: str, name: str, limit: float) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """The markdown table and the summary percentages."""
+    """The markdown table and the summary percentages (details cut at 200 characters, paths
+    into site-packages shortened)."""
+    site_packages = os.path.dirname(os.path.dirname(torch.__file__)) + os.sep
     lines = [
         "| module | model | op | outcome | detail | s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         detail = r.get("detail", "").replace("|", "\\|").replace("\n", " ")
+        detail = detail.replace(site_packages, "")[:200]
         lines.append(
             f"| {r['module']} | {r['model']} | {r['op']} | {r['outcome']} | {detail} | "
             f"{r.get('seconds', 0):.1f} |"
