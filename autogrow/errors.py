@@ -168,6 +168,25 @@ class VerificationError(AutogrowError):
     """
 
 
+class StructureError(VerificationError):
+    """The grown model's forward would take another path than the original's.
+
+    Found by tracing the grown model again and comparing its graph with the original's:
+    forward code that branches on a size (``if x.size(1) != self.filters:``), unpacks a
+    container (``a, b = self.blocks``) or reads an attribute of a container's last module
+    would make the grown model compute another function, or fail to run. Raised with or
+    without ``verify`` (with it, to explain outputs that differ: a VerificationError whose
+    cause is found); the model is then left unchanged.
+
+    ```python
+    try:
+        deep = autogrow.deepen(model, verify=False)
+    except autogrow.StructureError as e:
+        print(e)  # the deepened model no longer traces: ValueError: too many values ...
+    ```
+    """
+
+
 class GrowthWarning(UserWarning):
     """``widen`` with a float factor grew only some groups as asked.
 

@@ -160,6 +160,52 @@ class SpatialRNN(nn.Module):
         return out.transpose(1, 2).reshape(b, -1, h, w)
 
 
+class SpatialAttention(nn.Module):
+    """``nn.MultiheadAttention`` over the spatial positions, with a LayerNorm before it and
+    the shortcut around it: (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, c: int, heads: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+        self.attn = nn.MultiheadAttention(c, heads, batch_first=True)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        seq = self.norm(x.flatten(2).transpose(1, 2))
+        out = self.attn(seq, seq, seq, need_weights=False)[0]
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class GatedSplit(nn.Module):
+    """A split sized by an int attribute (``split([self.dim, self.dim])``), then a gate."""
+
+    def __init__(self, f: int, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(f, 2 * dim)
+        self.out = nn.Linear(dim, f)
+
+    def forward(self, x):
+        a, b = self.proj(x).split([self.dim, self.dim], dim=-1)
+        return self.out(a * torch.sigmoid(b))
+
+
+class HeadsView(nn.Module):
+    """A view by attributes (``view(B, self.num_heads, self.head_dim)``), a softmax per head,
+    and the heads joined again: the attention-head pattern without a sequence."""
+
+    def __init__(self, f: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.proj = nn.Linear(f, num_heads * head_dim)
+        self.out = nn.Linear(num_heads * head_dim, f)
+
+    def forward(self, x):
+        h = self.proj(x).view(x.shape[0], self.num_heads, self.head_dim)
+        h = torch.softmax(h, dim=-1) * h
+        return self.out(h.reshape(x.shape[0], self.num_heads * self.head_dim))
+
+
 class RandomNet(nn.Module):
     def __init__(self, features: nn.Module, head: nn.Module):
         super().__init__()
@@ -177,10 +223,11 @@ class RandomNet(nn.Module):
 #   ("conv", out, k, bias) ("gconv", out, k, groups) ("dwconv", k, mult)
 #   ("bn",) ("gn", groups) ("act", name, functional) ("pool", "max"|"avg")
 #   ("res", body) ("cat", [branch, ...]) ("chunk", left, right, combine) ("se", kind, hidden)
-#   ("rnn", kind, hidden, layers, bidirectional, proj)
+#   ("rnn", kind, hidden, layers, bidirectional, proj) ("mha", heads)
 # head: "flatten" | "gap" | "gmp"
 # linear ops (state: features f):
 #   ("linear", out) ("bn1d",) ("ln",) ("act", name, functional) ("lres", prenorm, body)
+#   ("gated", dim) ("heads", num_heads, head_dim)
 # --------------------------------------------------------------------------------------------
 
 channels = st.integers(MIN_C, MAX_C)
@@ -193,7 +240,7 @@ def act_op(draw):
 
 @st.composite
 def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
-    kinds = ["conv", "conv", "act", "act", "bn", "gn", "dwconv", "se", "rnn"]
+    kinds = ["conv", "conv", "act", "act", "bn", "gn", "dwconv", "se", "rnn", "mha"]
     if [g for g in (2, 3, 4) if c % g == 0]:
         kinds.append("gconv")
     if allow_pool and h >= 4:
@@ -232,6 +279,8 @@ def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
         bidirectional = draw(st.booleans())
         op = ("rnn", rnn, hidden, draw(st.integers(1, 2)), bidirectional, proj)
         return op, (2 if bidirectional else 1) * (proj or hidden), h
+    if kind == "mha":
+        return ("mha", draw(st.sampled_from([d for d in (1, 2, 3, 4) if c % d == 0]))), c, h
     if kind == "res":
         body, c2, _ = draw(conv_seq(c, h, depth - 1, allow_pool=False, min_ops=1, max_ops=3))
         if c2 != c:
@@ -268,7 +317,7 @@ def conv_seq(draw, c: int, h: int, depth: int, allow_pool: bool, min_ops: int, m
 
 @st.composite
 def linear_op(draw, f: int, depth: int):
-    kinds = ["linear", "linear", "act", "act", "bn1d", "ln"]
+    kinds = ["linear", "linear", "act", "act", "bn1d", "ln", "gated", "heads"]
     if depth > 0:
         kinds.append("lres")
     kind = draw(st.sampled_from(kinds))
@@ -279,6 +328,10 @@ def linear_op(draw, f: int, depth: int):
         return draw(act_op()), f
     if kind in ("bn1d", "ln"):
         return (kind,), f
+    if kind == "gated":
+        return ("gated", draw(st.integers(2, 8))), f
+    if kind == "heads":
+        return ("heads", draw(st.integers(1, 4)), draw(st.integers(2, 4))), f
     body, f2 = draw(linear_seq(f, depth - 1, min_ops=1, max_ops=3))
     if f2 != f:
         body.append(("linear", f))
@@ -355,6 +408,8 @@ def build_conv_seq(ops, c: int) -> tuple[nn.Sequential, int]:
             _, rnn, hidden, n_layers, bidirectional, proj = op
             layers.append(SpatialRNN(rnn, c, hidden, n_layers, bidirectional, proj))
             c = (2 if bidirectional else 1) * (proj or hidden)
+        elif kind == "mha":
+            layers.append(SpatialAttention(c, op[1]))
         elif kind == "res":
             body, c2 = build_conv_seq(op[1], c)
             assert c2 == c
@@ -389,6 +444,10 @@ def build_linear_seq(ops, f: int) -> tuple[nn.Sequential, int]:
             layers.append(nn.BatchNorm1d(f))
         elif kind == "ln":
             layers.append(nn.LayerNorm(f))
+        elif kind == "gated":
+            layers.append(GatedSplit(f, op[1]))
+        elif kind == "heads":
+            layers.append(HeadsView(f, op[1], op[2]))
         elif kind == "act":
             layers.append(_act(op))
         elif kind == "lres":
@@ -483,7 +542,7 @@ def _check_outcome(model, snap, call, test_inputs, example):
     assert_unchanged(model, snap)
     assert type(new) is type(model)
     assert new is not model
-    assert param_count(new) > param_count(model), "widen returned a model that is not larger"
+    assert param_count(new) > param_count(model), "the growth returned a model that is not larger"
     assert_same_function(new, model, test_inputs)
     assert_same_function(new, model, example)
     return new
@@ -563,3 +622,24 @@ def test_widen_random_dag_single_group(spec, weight_seed, verify, data):
         assert_unchanged(model, snap)
         return
     _check_outcome(model, snap, call, test_inputs, example)
+
+
+@settings(max_examples=_n(20), **COMMON)
+@given(spec=net_specs(), weight_seed=st.integers(0, 1000), verify=st.booleans())
+def test_deepen_random_dag(spec, weight_seed, verify):
+    """deepen at its default places: exact (the grown graph re-traced without verification)
+    or an AutogrowError, the original untouched."""
+    import autogrow
+
+    note(f"spec = {pformat(spec)}\nweight_seed={weight_seed} verify={verify}")
+    model = build_model(spec, weight_seed).eval()
+    example = make_inputs(spec, 3, weight_seed + 7)
+    test_inputs = make_inputs(spec, 5, weight_seed + 8)
+    snap = snapshot(model)
+    _check_outcome(
+        model,
+        snap,
+        lambda: autogrow.deepen(model, example_inputs=example, verify=verify),
+        test_inputs,
+        example,
+    )

@@ -6,7 +6,8 @@ the transform compute its plan, prepares the model's adapter (which may refuse, 
 any change), applies the plan (to a deep copy, or in place with an undo), chains the adapter's
 undo onto the transform's, has the adapter check that its library can rebuild the result,
 checks the outputs (the transform's :meth:`Transform.check`: equal within the tolerance, or
-for ``stack`` measured; undoing and re-raising on either failure), lets the
+for ``stack`` measured), or without verification traces the result again to check that its
+forward takes the original's path (undoing and re-raising on any failure), lets the
 transform finish (widen's noise), records the step in the model's lineage and grows the
 optimizer. It returns a :class:`Grown`: the model, the transform's frozen plan and the new
 optimizer.
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_for
+from ..errors import StructureError, VerificationError
 from ..tracing import prepare_inputs
 from ..verify import check_tolerance, run
 from ..verify import verify as verify_outputs
@@ -111,6 +113,11 @@ class Transform(ABC, Generic[P]):
             describe_module=self.describe_module,
         )
 
+    def check_structure(self, model: nn.Module, result: nn.Module, inputs: tuple) -> None:
+        """Without verification (and to explain a failed one): trace ``result`` again and
+        raise StructureError where its forward takes another path than ``model``'s
+        (:mod:`autogrow.transforms.structure`). By default nothing."""
+
     def finish(self, result: nn.Module) -> None:
         """After verification (widen's noise): by default nothing."""
 
@@ -175,8 +182,21 @@ def grow(
         # The model's library must be able to rebuild what grew (a config that reloads it);
         # checked with or without verification, and undone like a failed verification.
         adapter_for(model).check_grown(result, transform.what)
-        if verify:
-            transform.check(result, inputs, reference, tolerance=tolerance)
+        if not verify:
+            # the fast path still never returns a model whose forward takes another path
+            transform.check_structure(model, result, inputs)
+        else:
+            try:
+                transform.check(result, inputs, reference, tolerance=tolerance)
+            except VerificationError as error:
+                if error.__cause__ is not None:
+                    raise  # the grown model failed to run: the message names the line
+                # outputs that differ: a forward that takes another path explains them better
+                try:
+                    transform.check_structure(model, result, inputs)
+                except StructureError as structure:
+                    raise structure from error
+                raise
     except Exception:
         undo()
         raise

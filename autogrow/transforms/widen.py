@@ -25,7 +25,9 @@ from ..graph import WidthGraph, analyze_traced
 from ..graph.fill import filled_axes
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
-from ..tracing.trace import parse_stack_trace
+from ..tracing.trace import TracerKind, parse_stack_trace
+from ..verify import run
+from ..verify import verify as verify_outputs
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
@@ -33,6 +35,7 @@ from .optimizer import grow_optimizer
 from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
 from .plan import Factor, check_factor, plan_widths, report_partial_growth
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
+from .structure import compare_graphs, fx_source, lazy_source, retrace
 
 
 @overload
@@ -279,6 +282,23 @@ class WidenTransform(Transform[WidenPlan]):
     def apply(self, model: nn.Module, *, inplace: bool) -> tuple[nn.Module, Undo]:
         self.old_params = dict(model.named_parameters(remove_duplicate=False))  # before edits
         return (_apply_inplace if inplace else _apply_copy)(model, self.tensors, self.attrs)
+
+    def check_structure(self, model: nn.Module, result: nn.Module, inputs: tuple) -> None:
+        # Sizes change, ops and every other constant must not: a branch on a size (kept by
+        # torch.export as the example's path) or on an updated attribute shows here.
+        traced = self.graph.analysis.traced
+        new = retrace(result, traced.kind, inputs, traced.leaf_types, self.what)
+        source = None
+        if traced.kind == TracerKind.FX:
+            source = lazy_source(lambda: fx_source(result, traced.leaf_types))
+
+        # a difference is settled by running both models (two forwards, only then)
+        def confirm() -> object:
+            return verify_outputs(result, inputs, run(model, inputs), what=self.what)
+
+        compare_graphs(
+            traced.graph, new, self.what, sizes_may_change=True, source=source, confirm=confirm
+        )
 
     def finish(self, result: nn.Module) -> None:
         report_partial_growth(self.graph, self.factor, self.widths)  # groups kept, once per call

@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from ...adapters import adapter_for
+from ...rules import get_default_registry
 from ...tracing import prepare_inputs
+from ...verify import verify as verify_outputs
 from ..optimizer import extend_optimizer
 from ..skeleton import Grown, Transform, Undo, grow
+from ..structure import check_deepened, fx_graph_or_none
 from .branches import block_candidate, block_point
 from .insert import insert_all
 from .placement import After, DeepenPlan, Placement, check_n, normalise_after, placements
@@ -78,6 +81,7 @@ class DeepenTransform(Transform[DeepenPlan]):
         # The resolved places (not ``after``): the default placement looks at the model's values.
         places = tuple((p.point.where, InsertionKind(p.point.kind)) for p in self.placements)
         self.deepen_plan = DeepenPlan(places, self.n)
+        self.reference = rec.output
         return self.deepen_plan, rec.output
 
     def prepare_adapter(self, model: nn.Module):
@@ -90,8 +94,30 @@ class DeepenTransform(Transform[DeepenPlan]):
     def apply(self, model: nn.Module, *, inplace: bool) -> tuple[nn.Module, Undo]:
         self.old_params = list(model.parameters())  # before an in-place change adds layers
         self.memo: dict[int, Any] = {}
+        self.leaf_types = get_default_registry().leaf_types()
+        self.old_graph: Any = False  # not traced yet
+        if inplace:  # the structure check needs the graph from before the insertion
+            self.old_graph = fx_graph_or_none(model, self.leaf_types)
         result = model if inplace else copy.deepcopy(model, self.memo)
         return result, insert_all(result, self.placements, self.n)
+
+    def check_structure(self, model: nn.Module, result: nn.Module, inputs: tuple) -> None:
+        # The inserted modules are the identity on their recorded input; what can still go
+        # wrong is forward code that depends on the containers (unpacking, pairing, one skip
+        # tensor per block, an attribute of the last module), which the graph shows. A model
+        # fx cannot trace is run instead (one forward; exporting both would cost more).
+        if self.old_graph is False:
+            self.old_graph = fx_graph_or_none(model, self.leaf_types)
+        if self.old_graph is None:
+            verify_outputs(result, inputs, self.reference, what=self.what)
+        else:
+            # a graph that differs only in how fx names things (a module shared between
+            # blocks, deduplicated attribute reads) is settled by one forward
+            def confirm() -> object:
+                return verify_outputs(result, inputs, self.reference, what=self.what)
+
+            args = (self.memo, inputs, self.leaf_types, self.what, confirm)
+            check_deepened(model, self.old_graph, result, *args)
 
     def recipe_args(self) -> dict[str, Any]:
         return self.deepen_plan.recipe_args()

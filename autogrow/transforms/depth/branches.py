@@ -20,7 +20,15 @@ from ...adapters import ModelAdapter
 from ...tracing import eval_mode
 from ..layer_kinds import FEATURE_NORMS, LINEAR_OR_CONV, norm_width
 from .points import InsertionKind, InsertionPoint
-from .recorder import ModuleCall, Recording, hidden, is_container, parent_of, plain_sequential
+from .recorder import (
+    ModuleCall,
+    Recording,
+    clone,
+    hidden,
+    is_container,
+    parent_of,
+    plain_sequential,
+)
 
 BLOCK_TOL = 1e-6  # largest relative error of a zeroed copy that counts as the identity
 
@@ -42,7 +50,14 @@ def block_candidate(model: nn.Module, name: str, rec: Recording) -> bool:
 
 
 def zero_branch(block: nn.Module, names: Sequence[str], adapter: ModelAdapter) -> None:
-    """Zero each named Linear/Conv (weight and bias) and the bias/mean of a norm right after."""
+    """Zero each named Linear/Conv (weight and bias) and the bias/mean of a norm right after,
+    and turn off the ``inplace`` flag of every submodule: a branch that starts with
+    ``ReLU(inplace=True)`` overwrites the block's input, which the shortcut adds back, so the
+    zeroed copy would compute ``relu(x)``, not ``x``. Out of place, it computes the same
+    values in the original block and the identity in the copy."""
+    for m in block.modules():
+        if type(getattr(m, "inplace", None)) is bool:
+            m.inplace = False
     modules = list(block.named_modules())
     index = {n: i for i, (n, _) in enumerate(modules)}
     with torch.no_grad():
@@ -83,7 +98,9 @@ def _identity_error(
     y = hidden(call.output)
     try:
         with eval_mode(trial), torch.no_grad():
-            out = trial(y, *call.args[1:], **call.kwargs)
+            # copies: an in-place op of the block (``F.relu(x, inplace=True)``, ``x += ...``)
+            # would otherwise overwrite the very values its output is compared with
+            out = trial(clone(y), *clone(call.args[1:]), **clone(call.kwargs))
     except Exception:  # noqa: BLE001 - a block that cannot take its own output is not usable
         return float("inf")
     if isinstance(call.output, tuple) and isinstance(out, tuple) and len(out) == len(call.output):
