@@ -86,6 +86,19 @@ class WidthGroup:
         """
         return self.frozen is None
 
+    @property
+    def whole_multiples_only(self) -> bool:
+        """``True`` when the group grows by whole multiples of its width only: uniform (a norm
+        or mean averages over it) and no filled units fit it (``fill`` is ``None``).
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> autogrow.analyze(net).group("0").whole_multiples_only
+        False
+        """
+        return bool(self.uniform) and not self.fill
+
     def constraints(self) -> list[str]:
         """``"uniform"`` if set, and ``"layout ..."`` for layouts other than the plain atom.
 
@@ -291,7 +304,7 @@ class WidthGraph:
     def _whole_or_own(self, group: WidthGroup, factor: float, *, tied: bool) -> float:
         if not group.widenable:
             return 1.0
-        if group.uniform and not group.fill:
+        if group.whole_multiples_only:
             own = float(math.floor(factor + 1e-9))
         else:
             own = max(group.width, round(group.width * factor)) / group.width

@@ -122,7 +122,7 @@ def _problem(
         n = widths[g.id]
         if n == g.width:
             continue
-        if g.frozen or n < g.width or (g.uniform and n % g.width):
+        if g.frozen or n < g.width or (g.whole_multiples_only and n % g.width):
             why = g.frozen or ("uniform: whole multiples only" if n >= g.width else "shrinks")
             return blame_groups([g.id], f"group {g.name} ({g.width} -> {n}) {why}")
     for a, b in equalities:

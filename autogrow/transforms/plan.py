@@ -51,11 +51,6 @@ def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
     return [set(c) for c in nx.connected_components(links)]
 
 
-def _whole(g: WidthGroup) -> bool:
-    """Whether ``g`` grows by whole multiples only: uniform, and no filled units fit it."""
-    return bool(g.uniform) and not g.fill
-
-
 def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
     """New width per group id (only groups that change). Uniform groups that take filled
     units (``group.fill``) grow as asked: mean or zero units make up the rest."""
@@ -68,7 +63,7 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
             if g.widenable:
                 wanted[g.id] = (
                     g.width * math.floor(f + 1e-9)
-                    if _whole(g)
+                    if g.whole_multiples_only
                     else max(g.width, round(g.width * f))
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
@@ -254,7 +249,7 @@ def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[
 def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
     # A module name (even one that also names the group) means that module's output width.
     scale = _module_multiplicity(graph, g, key)
-    uniform = _whole(g)
+    uniform = g.whole_multiples_only
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
     if isinstance(value, float):
@@ -317,7 +312,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
     f = float(factor)
     asked = {g.id: max(g.width, round(g.width * f)) for g in graph.groups if g.widenable}
     wanted = {
-        g.id: g.width * math.floor(f + 1e-9) if _whole(g) else asked[g.id]
+        g.id: g.width * math.floor(f + 1e-9) if g.whole_multiples_only else asked[g.id]
         for g in graph.groups
         if g.widenable
     }
