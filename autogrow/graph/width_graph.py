@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import networkx as nx
@@ -135,6 +137,23 @@ class WidthGroup:
         }
 
 
+def tied_factor(members: Sequence[WidthGroup], factor: float) -> Fraction:
+    """The common factor, at most ``factor``, by which ratio-tied ``members`` grow to whole
+    widths: a whole number when one of them grows by whole multiples only, else a multiple
+    of ``1 / gcd(widths)`` (so every member's new width is whole).
+
+    >>> filled = WidthGroup("hidden", 0, 64, None, "a norm", fill="zero")
+    >>> whole = WidthGroup("hidden", 0, 64, None, "a norm")
+    >>> heads = WidthGroup("heads", 1, 2, None, None)
+    >>> tied_factor([filled, heads], 1.5), tied_factor([whole, heads], 1.5)
+    (Fraction(3, 2), Fraction(1, 1))
+    """
+    if any(g.whole_multiples_only for g in members):
+        return Fraction(math.floor(factor + 1e-9))
+    step = math.gcd(*(g.width for g in members))
+    return Fraction(math.floor(factor * step + 1e-9), step)
+
+
 class WidthGraph:
     """The result of :func:`autogrow.analyze`: width groups, blocked ops, and the axis graph.
 
@@ -150,14 +169,18 @@ class WidthGraph:
         self.groups: list[WidthGroup] = _collect_groups(analysis)
         self._by_name = {g.name: g for g in self.groups}
         self._by_id = {g.id: g for g in self.groups}
-        # Uniform groups normalised alone that filled units can grow by any amount.
+        # Uniform groups normalised alone that filled units can grow by any amount. A group
+        # ratio-tied to another uniform group is normalised together with it (parts of one
+        # concatenation): one norm over both would need one ρ, so it is left out. A tie to
+        # groups no norm reads (heads whose size a config derives) allows filling: the tied
+        # class then grows by one common, possibly fractional, factor (tied_factor).
         store = analysis.store
-        tied = {
-            x.id
-            for edge in store.ratio_ties.edges
-            for t in edge
-            for x in store.leaf_atoms(store.atom(t))
-        }
+        uniform_ids = {g.id for g in self.groups if g.uniform}
+        tied: set[int] = set()
+        for a, b in store.ratio_ties.edges:
+            ids = {x.id for t in (a, b) for x in store.leaf_atoms(store.atom(t))}
+            if len(ids & uniform_ids) > 1:
+                tied |= ids
         candidates = {g.id for g in self.groups if g.uniform and g.widenable and g.id not in tied}
         self.fills, self.unfilled = fill_groups(analysis, candidates)
         for gid, f in self.fills.items():
@@ -313,10 +336,9 @@ class WidthGraph:
         others = self.ratio_tied(group)
         if not others:
             return own
-        ks = [own] + [self._whole_or_own(g, factor, tied=False) for g in others]
         if any(not g.widenable for g in others):
             return 1.0
-        return float(int(min(ks)))
+        return float(tied_factor([group, *others], factor))
 
     @property
     def nx(self) -> nx.Graph:

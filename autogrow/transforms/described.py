@@ -12,6 +12,7 @@ their width: nothing could state a new one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 
 from ..axes.relations import Blame, SizeRelations
 from ..axes.sizes import new_size
@@ -130,9 +131,11 @@ def _problem(
             ids = [x.id for x in store.leaf_atoms(a) + store.leaf_atoms(b)]
             return blame_groups(ids, "forward code keeps two sizes equal that would differ")
     for cls in ratio_classes:
-        ratios = {widths[i] / graph.by_id(i).width for i in cls if graph.by_id(i) is not None}
-        if len(ratios) > 1 or any(not r.is_integer() for r in ratios):
-            return blame_groups(cls, "groups normalised together grow by one whole factor")
+        members = [g for i in cls if (g := graph.by_id(i)) is not None]
+        ratios = {Fraction(widths[g.id], g.width) for g in members}
+        whole = any(g.whole_multiples_only for g in members)
+        if len(ratios) > 1 or (whole and any(r.denominator != 1 for r in ratios)):
+            return blame_groups(cls, "ratio-tied groups grow by one common (whole) factor")
     if relations.check is not None:
         return relations.check(values, widths)
     return None

@@ -21,7 +21,7 @@ from ..errors import (
     UnsupportedOpError,
     warn_growth,
 )
-from ..graph.width_graph import WidthGraph, WidthGroup
+from ..graph.width_graph import WidthGraph, WidthGroup, tied_factor
 from ..rules.context import BLOCKED
 from .described import plan_described
 
@@ -104,9 +104,13 @@ def _apply_ratio_ties(
                 f"groups {names} are normalised together (one LayerNorm/GroupNorm over their "
                 "concatenation) and must be widened by the same integer factor"
             )
-        k = 1 if frozen else int(min(ks.values()) if not explicit else max(ks.values()))
+        k = (
+            1
+            if frozen
+            else tied_factor(members, max(ks.values()) if explicit else min(ks.values()))
+        )
         for g in members:
-            sizes[g.id] = g.width * k
+            sizes[g.id] = int(g.width * k)
     return sizes
 
 
