@@ -69,6 +69,12 @@ class ModelAdapter:
         groups of ``analysis``, for widen to plan under (None: nothing to respect)."""
         return None
 
+    def unsettable_floats(self, model: nn.Module, attrs: list[tuple[str, str]]) -> str | None:
+        """Why the library's description of ``model`` cannot state new values of these
+        float module attributes ((module, attribute): a norm's ``eps`` that filled units
+        rescale), or None when it can (or describes no model: the model is saved as is)."""
+        return None
+
     def prepare_widen(
         self,
         model: nn.Module,

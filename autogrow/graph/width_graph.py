@@ -192,6 +192,14 @@ class WidthGraph:
         # groups), when widen asked its adapter; the planner then plans under them.
         self.relations: SizeRelations | None = None
 
+    def drop_fill(self, gid: int, why: str) -> None:
+        """Group ``gid`` grows by whole multiples only after all (``why`` filled units do not
+        fit it, e.g. its norm's eps cannot be saved), as if the fill walk had refused it."""
+        self.fills.pop(gid, None)
+        self.unfilled[gid] = why
+        if (g := self._by_id.get(gid)) is not None:
+            g.fill = None
+
     # -- lookups ---------------------------------------------------------------------------
     @property
     def store(self) -> AxisStore:
