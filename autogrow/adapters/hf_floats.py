@@ -50,20 +50,32 @@ def _field_users(model: nn.Module, olds: set[float]) -> dict[str, set[tuple[str,
     return users
 
 
-def unset_float_attrs(model: nn.Module, attrs: list[tuple[str, str]]) -> str | None:
-    """Why ``model.config`` cannot state new values of the float module attributes
-    ``attrs`` ((module, attribute)): the first one that no config field sets; or None."""
+def unset_float_attrs(
+    model: nn.Module, attrs: list[tuple[str, str]], others: set[tuple[str, str]]
+) -> str | None:
+    """Why ``model.config`` cannot state new values of the float module attributes ``attrs``
+    ((module, attribute)): one that no config field sets, or a field that also sets an
+    attribute that must keep its value (not in ``attrs`` or ``others``); or None."""
     have = _float_attrs(dict(model.named_modules()))
     wanted = [k for k in attrs if k in have]
     if not wanted:
         return None
     users = _field_users(model, {have[k] for k in wanted})
+    name = type(model.config).__name__
     for m, a in wanted:
-        if not any((m, a) in keys for keys in users.values()):
+        fields = [f for f, keys in users.items() if (m, a) in keys]
+        if not fields:
             return (
-                f"no field of {type(model.config).__name__} sets {m}.{a} (a norm's eps, which "
-                "filled units rescale), so from_pretrained would rebuild the model differently"
+                f"no field of {name} sets {m}.{a} (a norm's eps, which filled units rescale), "
+                "so from_pretrained would rebuild the model differently"
             )
+        for f in fields:
+            stays = sorted(users[f] - set(attrs) - others)
+            if stays:
+                return (
+                    f"{name}.{f} sets both {m}.{a}, which filled units rescale, and "
+                    f"{'.'.join(stays[0])}, which keeps its value"
+                )
     return None
 
 

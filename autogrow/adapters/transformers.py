@@ -364,8 +364,13 @@ class TransformersAdapter(ModelAdapter):
     def size_relations(self, model: nn.Module, analysis: Analysis) -> SizeRelations | None:
         return relations_for(model, analysis)
 
-    def unsettable_floats(self, model: nn.Module, attrs: list[tuple[str, str]]) -> str | None:
-        return unset_float_attrs(model, attrs)
+    def unsettable_floats(
+        self,
+        model: nn.Module,
+        attrs: list[tuple[str, str]],
+        others: set[tuple[str, str]],
+    ) -> str | None:
+        return unset_float_attrs(model, attrs, others)
 
     def check_grown(self, model: nn.Module, what: str) -> None:
         # save_pretrained/from_pretrained rebuild the model from its config: the grown model

@@ -219,8 +219,9 @@ class WidenTransform(Transform[WidenPlan]):
         graph = self.graph = analyze_traced(model, inputs, registry, reference=verify)
         adapter = adapter_for(model)
         graph.relations = adapter.size_relations(model, graph.analysis)
+        rescaled = {(m, a) for f in graph.fills.values() for m, a, _, _ in f.eps}
         for gid, fill in list(graph.fills.items()):  # an eps the model's library cannot state
-            why = adapter.unsettable_floats(model, [(m, a) for m, a, _, _ in fill.eps])
+            why = adapter.unsettable_floats(model, [(m, a) for m, a, _, _ in fill.eps], rescaled)
             if why is not None:
                 graph.drop_fill(gid, why)
         widths = self.widths = plan_widths(graph, self.factor)
