@@ -65,6 +65,11 @@ GROWS = {
         [],
         "RMSNorm: hidden grows by zero-filled units, heads follow hidden / head_dim",
     ),
+    ("qwen3", 1.5): (
+        ["intermediate_size", "num_attention_heads", "num_key_value_heads"],
+        ["hidden_size", "rms_norm_eps"],
+        "rms_norm_eps also sets q_norm/k_norm over head_dim, whose eps must stay: no fill",
+    ),
     ("falcon", 2.0): (["ffn_hidden_size"], [], "fused query_key_value split by an index op"),
     ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
     ("convnext", 2.0): (["hidden_sizes[0]", "hidden_sizes[1]"], [], "one field per stage"),
