@@ -273,9 +273,10 @@ class WidthGraph:
         * a whole number, ``floor(factor)``, for a *uniform* group (a LayerNorm/GroupNorm or a
           mean averages over it, so every unit is replicated equally often), unless it can
           take filled units (``group.fill``: mean or zero units make up the rest);
-        * for groups in a ratio tie (normalised together, or a head count the config derives
-          from the hidden size): the smallest whole factor among them, ``1.0`` if one of them
-          is frozen;
+        * for groups in a ratio tie (normalised together, or a head count the config ties to
+          the hidden size): one common factor (:func:`tied_factor`: whole if one of them grows
+          by whole multiples only, else a multiple of ``1 / gcd(widths)``), ``1.0`` if one of
+          them is frozen;
         * else ``round(width × factor) / width``.
 
         Planning can keep a group further, where forward code keeps its size equal to another
@@ -312,7 +313,7 @@ class WidthGraph:
         return {g.name: self.max_factor(g, factor) for g in self.groups if g.widenable}
 
     def ratio_tied(self, group: WidthGroup) -> list[WidthGroup]:
-        """The other groups that must grow by the same whole factor as ``group`` (a ratio
+        """The other groups that must grow by the same factor as ``group`` (a ratio
         tie: parts normalised together, or heads whose size the config derives).
 
         >>> import torch, autogrow

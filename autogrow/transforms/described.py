@@ -31,7 +31,7 @@ def plan_described(
 ) -> dict[int, int]:
     """New width per group (all groups) that ``relations`` can describe, as close to
     ``planned`` as holding variables allows; ``equalities`` (pairs of axes forward code keeps
-    equal) and ``ratio_classes`` (groups that grow by one whole factor) as the planner found
+    equal) and ``ratio_classes`` (groups that grow by one common factor) as the planner found
     them. Records on ``relations`` what was held and why
     (``held``) and which groups it kept below the plan (``kept``). Raises ConstraintError
     when a group the caller named cannot grow as asked, naming the variable that blocks it."""

@@ -420,7 +420,12 @@ def _ratio_why(graph: WidthGraph, g: WidthGroup) -> str:
     if frozen:
         return f"ratio-tied{because} to frozen group {', '.join(frozen[:3])}"
     names = ", ".join(t.name for t in tied[:3]) + (", ..." if len(tied) > 3 else "")
-    return f"ratio-tied{because} to {names}: they grow by one whole factor"
+    whole = [t.name for t in [g, *tied] if t.whole_multiples_only]
+    if whole:  # one of them cannot take filled units: the common factor is whole
+        return (
+            f"ratio-tied{because} to {names}: they grow by one whole factor ({whole[0]} is uniform)"
+        )
+    return f"ratio-tied{because} to {names}: they grow by one common factor"
 
 
 def partial_growth_message(
