@@ -194,7 +194,16 @@ class WidthGraph:
 
     def drop_fill(self, gid: int, why: str) -> None:
         """Group ``gid`` grows by whole multiples only after all (``why`` filled units do not
-        fit it, e.g. its norm's eps cannot be saved), as if the fill walk had refused it."""
+        fit it, e.g. its norm's eps cannot be saved), as if the fill walk had refused it.
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> g = graph.group("0")
+        >>> g.whole_multiples_only, graph.drop_fill(g.id, "eps fixed"), g.whole_multiples_only
+        (False, None, True)
+        """
         self.fills.pop(gid, None)
         self.unfilled[gid] = why
         if (g := self._by_id.get(gid)) is not None:
