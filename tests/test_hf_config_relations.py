@@ -5,8 +5,10 @@ its shapes, and save_pretrained / from_pretrained round-trips it; or widen refus
 ConstraintError naming the config field and the group it blocks.
 
 Tiny configs, random init (``benchmarks/hf_families.py`` builds them). What grows is asserted
-as it is today and why: at x1.5 a residual width under LayerNorm/RMSNorm grows by whole
-multiples only (the norm12 branch changes that), so there only FFNs grow.
+as it is today and why: at x1.5 a residual width under RMSNorm grows by filled units (zero
+units, the config's ``rms_norm_eps`` rescaled), with the heads that config ties to it; under a
+LayerNorm whose eps no config field sets, or where something else stops filling, it grows by
+whole multiples only, so there only FFNs grow.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import autogrow
+from autogrow.graph.fill import fill_ratio
 from autogrow.verify import relative_error
 
 transformers = pytest.importorskip("transformers")  # in the dev extra: always present in CI
@@ -31,13 +34,21 @@ GROWS = {
     ),
     ("bert-base", 1.5): (["intermediate_size"], ["hidden_size", "num_attention_heads"], ""),
     ("opt", 2.0): (["hidden_size", "ffn_dim", "num_attention_heads"], [], ""),
-    ("opt", 1.5): (["ffn_dim"], ["hidden_size", "num_attention_heads"], "LayerNorm"),
+    ("opt", 1.5): (
+        ["ffn_dim"],
+        ["hidden_size", "num_attention_heads"],
+        "LayerNorm eps is hard-coded (no config field): hidden grows by whole multiples only",
+    ),
     ("phi3", 2.0): (
         ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"],
         [],
         "fused qkv_proj: the key/value count shows in no shape alone, it is matched at attention",
     ),
-    ("phi3", 1.5): (["intermediate_size"], ["hidden_size"], "RMSNorm"),
+    ("phi3", 1.5): (
+        ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"],
+        [],
+        "RMSNorm: hidden grows by zero-filled units, heads follow hidden / head_dim",
+    ),
     ("electra", 2.0): (
         ["hidden_size", "num_attention_heads", "intermediate_size"],
         ["embedding_size"],
@@ -50,9 +61,14 @@ GROWS = {
         "",
     ),
     ("qwen2", 1.5): (
-        ["intermediate_size"],
-        ["hidden_size", "num_attention_heads", "num_key_value_heads"],
-        "RMSNorm keeps hidden; heads follow hidden / head_dim",
+        ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"],
+        [],
+        "RMSNorm: hidden grows by zero-filled units, heads follow hidden / head_dim",
+    ),
+    ("qwen3", 1.5): (
+        ["intermediate_size", "num_attention_heads", "num_key_value_heads"],
+        ["hidden_size", "rms_norm_eps"],
+        "rms_norm_eps also sets q_norm/k_norm over head_dim, whose eps must stay: no fill",
     ),
     ("falcon", 2.0): (["ffn_hidden_size"], [], "fused query_key_value split by an index op"),
     ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
@@ -127,6 +143,10 @@ def test_widen_is_exact_and_the_config_states_the_growth(name, factor, tmp_path)
         assert _field(grown.config, field) == int(old * factor), field
     for field in keeps:
         assert _field(grown.config, field) == _field(model.config, field), field
+    old_eps = getattr(model.config, "rms_norm_eps", None)
+    if old_eps is not None:  # zero-filled units rescale every RMSNorm's eps by one ρ
+        hidden = model.config.hidden_size, grown.config.hidden_size
+        assert grown.config.rms_norm_eps == pytest.approx(old_eps * fill_ratio(*hidden), rel=1e-12)
     assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in model.parameters())
 
 

@@ -253,8 +253,8 @@ def test_sgd_momentum_of_a_mean_row_is_the_mean_velocity():
 
 def test_hf_llama_hidden_size_grows_by_one_and_a_half_and_round_trips(tmp_path):
     """rms_norm_eps follows the norms' eps, so from_pretrained rebuilds the same model. One
-    attention head: with several, the head count is tied to the hidden size by a whole factor
-    until the config relations (adapters) allow x1.5 of both."""
+    attention head here; several grow with the hidden size by one common factor
+    (tests/test_transformers.py, tests/test_stream_checkpoint.py)."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=64,

@@ -336,3 +336,22 @@ def test_paired_symmetry_is_refused(tmp_path):
     with pytest.raises(autogrow.InvalidArgumentError, match="paired"):
         autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", symmetry="paired")
     assert not (tmp_path / "out").exists()
+
+
+def test_multi_head_llama_streamed_by_one_and_a_half_equals_in_memory(tmp_path):
+    # x1.5 grows Llama's hidden size by zero-filled units (RMSNorm), the heads with it (head
+    # size kept), and rescales rms_norm_eps: the streamed directory must hold the same.
+    model = _llama()
+    src = _save(model, tmp_path / "src")
+    result = autogrow.widen_checkpoint(src, 1.5, tmp_path / "out", max_shard_size=SHARD, seed=3)
+    assert result.max_error is not None and result.max_error <= 1e-4
+    loaded = type(model).from_pretrained(result.path).eval()
+    in_memory = autogrow.widen(model, 1.5, seed=3)
+    _same_state(loaded, in_memory)
+    old, new = model.config, loaded.config
+    assert new.hidden_size == old.hidden_size * 3 // 2
+    assert new.num_attention_heads == old.num_attention_heads * 3 // 2
+    assert new.head_dim == old.head_dim
+    assert new.rms_norm_eps == in_memory.config.rms_norm_eps != old.rms_norm_eps
+    x = _tokens()
+    assert relative_error(loaded(x).logits, model(x).logits) <= 1e-4

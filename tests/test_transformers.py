@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import autogrow
+from autogrow.graph.fill import fill_ratio
 from autogrow.testing import randomize_constant_tensors
 from autogrow.verify import relative_error
 
@@ -153,15 +154,19 @@ def test_llama_widen_then_deepen_then_widen_chain():
     _assert_config_rebuilds(grown)
 
 
-def test_non_integer_factor_keeps_normalised_widths_when_the_config_allows():
-    # Llama states head_dim in its config, but LlamaConfig validates hidden_size % heads == 0
-    # (from_pretrained would reject 6 heads over a hidden size of 64): heads stay with the
-    # RMSNorm'd hidden size, which needs an integer factor; the FFN grows x1.5.
+def test_non_integer_factor_grows_rms_normalised_widths_by_filled_units():
+    # LlamaConfig validates hidden_size % heads == 0, so heads grow with the hidden size
+    # (head_dim kept). The RMSNorm'd hidden size grows x1.5 by zero-filled units, every
+    # RMSNorm's eps (the config's rms_norm_eps) times rho = 64 / 96; the FFN grows x1.5.
     model = _model("llama")
-    big = autogrow.widen(model, 1.5, example_inputs=_inputs("llama"), seed=0)
-    assert big.config.hidden_size == 64
-    assert big.config.num_attention_heads == 4 and big.config.num_key_value_heads == 2
-    assert big.config.intermediate_size == 192
+    x = _inputs("llama")
+    big = autogrow.widen(model, 1.5, example_inputs=x, seed=0)
+    old, new = model.config, big.config
+    assert new.hidden_size == 96 and new.head_dim == old.head_dim
+    assert (new.num_attention_heads, new.num_key_value_heads) == (6, 3)
+    assert new.intermediate_size == 192
+    assert new.rms_norm_eps == pytest.approx(old.rms_norm_eps * fill_ratio(64, 96), rel=1e-12)
+    assert relative_error(_out(big, x), _out(model, x)) < 1e-4
     _assert_config_rebuilds(big)
     # BERT derives the head size from hidden / heads: heads stay with the hidden size.
     bert = _model("bert")

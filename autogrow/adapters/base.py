@@ -69,6 +69,18 @@ class ModelAdapter:
         groups of ``analysis``, for widen to plan under (None: nothing to respect)."""
         return None
 
+    def unsettable_floats(
+        self,
+        model: nn.Module,
+        attrs: list[tuple[str, str]],
+        others: set[tuple[str, str]],
+    ) -> str | None:
+        """Why the library's description of ``model`` cannot state new values of these
+        float module attributes ((module, attribute): the ``eps`` of the norms over one group
+        that filled units rescale) while ``others`` (those of other filled groups) may change
+        too and the rest keep theirs; None when it can (or when it describes no model)."""
+        return None
+
     def prepare_widen(
         self,
         model: nn.Module,

@@ -38,7 +38,7 @@ from .hf_config import (
 )
 from .hf_config import quiet as _quiet
 from .hf_config import shapes as _shapes
-from .hf_floats import grown_float_fields
+from .hf_floats import grown_float_fields, unset_float_attrs
 
 if TYPE_CHECKING:
     from ..rules.context import Analysis
@@ -363,6 +363,14 @@ class TransformersAdapter(ModelAdapter):
 
     def size_relations(self, model: nn.Module, analysis: Analysis) -> SizeRelations | None:
         return relations_for(model, analysis)
+
+    def unsettable_floats(
+        self,
+        model: nn.Module,
+        attrs: list[tuple[str, str]],
+        others: set[tuple[str, str]],
+    ) -> str | None:
+        return unset_float_attrs(model, attrs, others)
 
     def check_grown(self, model: nn.Module, what: str) -> None:
         # save_pretrained/from_pretrained rebuild the model from its config: the grown model

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import networkx as nx
@@ -86,6 +88,19 @@ class WidthGroup:
         """
         return self.frozen is None
 
+    @property
+    def whole_multiples_only(self) -> bool:
+        """``True`` when the group grows by whole multiples of its width only: uniform (a norm
+        or mean averages over it) and no filled units fit it (``fill`` is ``None``).
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> autogrow.analyze(net).group("0").whole_multiples_only
+        False
+        """
+        return bool(self.uniform) and not self.fill
+
     def constraints(self) -> list[str]:
         """``"uniform"`` if set, and ``"layout ..."`` for layouts other than the plain atom.
 
@@ -122,6 +137,23 @@ class WidthGroup:
         }
 
 
+def tied_factor(members: Sequence[WidthGroup], factor: float) -> Fraction:
+    """The common factor, at most ``factor``, by which ratio-tied ``members`` grow to whole
+    widths: a whole number when one of them grows by whole multiples only, else a multiple
+    of ``1 / gcd(widths)`` (so every member's new width is whole).
+
+    >>> filled = WidthGroup("hidden", 0, 64, None, "a norm", fill="zero")
+    >>> whole = WidthGroup("hidden", 0, 64, None, "a norm")
+    >>> heads = WidthGroup("heads", 1, 2, None, None)
+    >>> tied_factor([filled, heads], 1.5), tied_factor([whole, heads], 1.5)
+    (Fraction(3, 2), Fraction(1, 1))
+    """
+    if any(g.whole_multiples_only for g in members):
+        return Fraction(math.floor(factor + 1e-9))
+    step = math.gcd(*(g.width for g in members))
+    return Fraction(math.floor(factor * step + 1e-9), step)
+
+
 class WidthGraph:
     """The result of :func:`autogrow.analyze`: width groups, blocked ops, and the axis graph.
 
@@ -137,14 +169,18 @@ class WidthGraph:
         self.groups: list[WidthGroup] = _collect_groups(analysis)
         self._by_name = {g.name: g for g in self.groups}
         self._by_id = {g.id: g for g in self.groups}
-        # Uniform groups normalised alone that filled units can grow by any amount.
+        # Uniform groups normalised alone that filled units can grow by any amount. A group
+        # ratio-tied to another uniform group is normalised together with it (parts of one
+        # concatenation): one norm over both would need one ρ, so it is left out. A tie to
+        # groups no norm reads (heads whose size a config derives) allows filling: the tied
+        # class then grows by one common, possibly fractional, factor (tied_factor).
         store = analysis.store
-        tied = {
-            x.id
-            for edge in store.ratio_ties.edges
-            for t in edge
-            for x in store.leaf_atoms(store.atom(t))
-        }
+        uniform_ids = {g.id for g in self.groups if g.uniform}
+        tied: set[int] = set()
+        for a, b in store.ratio_ties.edges:
+            ids = {x.id for t in (a, b) for x in store.leaf_atoms(store.atom(t))}
+            if len(ids & uniform_ids) > 1:
+                tied |= ids
         candidates = {g.id for g in self.groups if g.uniform and g.widenable and g.id not in tied}
         self.fills, self.unfilled = fill_groups(analysis, candidates)
         for gid, f in self.fills.items():
@@ -155,6 +191,23 @@ class WidthGraph:
         # What the model's library can describe (a config's fields as relations on the
         # groups), when widen asked its adapter; the planner then plans under them.
         self.relations: SizeRelations | None = None
+
+    def drop_fill(self, gid: int, why: str) -> None:
+        """Group ``gid`` grows by whole multiples only after all (``why`` filled units do not
+        fit it, e.g. its norm's eps cannot be saved), as if the fill walk had refused it.
+
+        >>> import torch, autogrow
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> g = graph.group("0")
+        >>> g.whole_multiples_only, graph.drop_fill(g.id, "eps fixed"), g.whole_multiples_only
+        (False, None, True)
+        """
+        self.fills.pop(gid, None)
+        self.unfilled[gid] = why
+        if (g := self._by_id.get(gid)) is not None:
+            g.fill = None
 
     # -- lookups ---------------------------------------------------------------------------
     @property
@@ -229,9 +282,10 @@ class WidthGraph:
         * a whole number, ``floor(factor)``, for a *uniform* group (a LayerNorm/GroupNorm or a
           mean averages over it, so every unit is replicated equally often), unless it can
           take filled units (``group.fill``: mean or zero units make up the rest);
-        * for groups in a ratio tie (normalised together, or a head count the config derives
-          from the hidden size): the smallest whole factor among them, ``1.0`` if one of them
-          is frozen;
+        * for groups in a ratio tie (normalised together, or a head count the config ties to
+          the hidden size): one common factor (:func:`tied_factor`: whole if one of them grows
+          by whole multiples only, else a multiple of ``1 / gcd(widths)``), ``1.0`` if one of
+          them is frozen;
         * else ``round(width × factor) / width``.
 
         Planning can keep a group further, where forward code keeps its size equal to another
@@ -268,7 +322,7 @@ class WidthGraph:
         return {g.name: self.max_factor(g, factor) for g in self.groups if g.widenable}
 
     def ratio_tied(self, group: WidthGroup) -> list[WidthGroup]:
-        """The other groups that must grow by the same whole factor as ``group`` (a ratio
+        """The other groups that must grow by the same factor as ``group`` (a ratio
         tie: parts normalised together, or heads whose size the config derives).
 
         >>> import torch, autogrow
@@ -291,7 +345,7 @@ class WidthGraph:
     def _whole_or_own(self, group: WidthGroup, factor: float, *, tied: bool) -> float:
         if not group.widenable:
             return 1.0
-        if group.uniform and not group.fill:
+        if group.whole_multiples_only:
             own = float(math.floor(factor + 1e-9))
         else:
             own = max(group.width, round(group.width * factor)) / group.width
@@ -300,10 +354,9 @@ class WidthGraph:
         others = self.ratio_tied(group)
         if not others:
             return own
-        ks = [own] + [self._whole_or_own(g, factor, tied=False) for g in others]
         if any(not g.widenable for g in others):
             return 1.0
-        return float(int(min(ks)))
+        return float(tied_factor([group, *others], factor))
 
     @property
     def nx(self) -> nx.Graph:

@@ -89,10 +89,10 @@ def grow_tensor(
 
 def _fill(t: torch.Tensor, a: AxisMap, power: float, gradient: bool) -> None:
     """Set the filled entries of ``t`` along ``a.dim`` (in place)."""
-    filled = a.map.filled.to(t.device)  # type: ignore[union-attr]
+    filled = a.map.filled  # type: ignore[union-attr]  # on the CPU: ``t`` may be on meta
     if not bool(filled.any()):
         return
-    where = filled.nonzero().squeeze(1)
+    where = filled.nonzero().squeeze(1).to(t.device)
     old = int(a.map.source.max()) + 1
     kept = t.narrow(a.dim, 0, old)  # the first ``old`` entries are the old units, in order
     if gradient or power != 1:

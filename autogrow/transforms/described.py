@@ -12,6 +12,7 @@ their width: nothing could state a new one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 
 from ..axes.relations import Blame, SizeRelations
 from ..axes.sizes import new_size
@@ -30,7 +31,7 @@ def plan_described(
 ) -> dict[int, int]:
     """New width per group (all groups) that ``relations`` can describe, as close to
     ``planned`` as holding variables allows; ``equalities`` (pairs of axes forward code keeps
-    equal) and ``ratio_classes`` (groups that grow by one whole factor) as the planner found
+    equal) and ``ratio_classes`` (groups that grow by one common factor) as the planner found
     them. Records on ``relations`` what was held and why
     (``held``) and which groups it kept below the plan (``kept``). Raises ConstraintError
     when a group the caller named cannot grow as asked, naming the variable that blocks it."""
@@ -122,7 +123,7 @@ def _problem(
         n = widths[g.id]
         if n == g.width:
             continue
-        if g.frozen or n < g.width or (g.uniform and n % g.width):
+        if g.frozen or n < g.width or (g.whole_multiples_only and n % g.width):
             why = g.frozen or ("uniform: whole multiples only" if n >= g.width else "shrinks")
             return blame_groups([g.id], f"group {g.name} ({g.width} -> {n}) {why}")
     for a, b in equalities:
@@ -130,9 +131,11 @@ def _problem(
             ids = [x.id for x in store.leaf_atoms(a) + store.leaf_atoms(b)]
             return blame_groups(ids, "forward code keeps two sizes equal that would differ")
     for cls in ratio_classes:
-        ratios = {widths[i] / graph.by_id(i).width for i in cls if graph.by_id(i) is not None}
-        if len(ratios) > 1 or any(not r.is_integer() for r in ratios):
-            return blame_groups(cls, "groups normalised together grow by one whole factor")
+        members = [g for i in cls if (g := graph.by_id(i)) is not None]
+        ratios = {Fraction(widths[g.id], g.width) for g in members}
+        whole = any(g.whole_multiples_only for g in members)
+        if len(ratios) > 1 or (whole and any(r.denominator != 1 for r in ratios)):
+            return blame_groups(cls, "ratio-tied groups grow by one common (whole) factor")
     if relations.check is not None:
         return relations.check(values, widths)
     return None

@@ -21,7 +21,7 @@ from ..errors import (
     UnsupportedOpError,
     warn_growth,
 )
-from ..graph.width_graph import WidthGraph, WidthGroup
+from ..graph.width_graph import WidthGraph, WidthGroup, tied_factor
 from ..rules.context import BLOCKED
 from .described import plan_described
 
@@ -51,11 +51,6 @@ def _ratio_classes(graph: WidthGraph) -> list[set[int]]:
     return [set(c) for c in nx.connected_components(links)]
 
 
-def _whole(g: WidthGroup) -> bool:
-    """Whether ``g`` grows by whole multiples only: uniform, and no filled units fit it."""
-    return bool(g.uniform) and not g.fill
-
-
 def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
     """New width per group id (only groups that change). Uniform groups that take filled
     units (``group.fill``) grow as asked: mean or zero units make up the rest."""
@@ -68,7 +63,7 @@ def plan_widths(graph: WidthGraph, factor: Factor) -> dict[int, int]:
             if g.widenable:
                 wanted[g.id] = (
                     g.width * math.floor(f + 1e-9)
-                    if _whole(g)
+                    if g.whole_multiples_only
                     else max(g.width, round(g.width * f))
                 )
     sizes = _apply_ratio_ties(graph, wanted, explicit=isinstance(factor, Mapping))
@@ -109,9 +104,13 @@ def _apply_ratio_ties(
                 f"groups {names} are normalised together (one LayerNorm/GroupNorm over their "
                 "concatenation) and must be widened by the same integer factor"
             )
-        k = 1 if frozen else int(min(ks.values()) if not explicit else max(ks.values()))
+        k = (
+            1
+            if frozen
+            else tied_factor(members, max(ks.values()) if explicit else min(ks.values()))
+        )
         for g in members:
-            sizes[g.id] = g.width * k
+            sizes[g.id] = int(g.width * k)
     return sizes
 
 
@@ -254,7 +253,7 @@ def _dict_targets(graph: WidthGraph, factor: Mapping[str, int | float]) -> dict[
 def _target_width(graph: WidthGraph, g: WidthGroup, key: str, value: int | float) -> int:
     # A module name (even one that also names the group) means that module's output width.
     scale = _module_multiplicity(graph, g, key)
-    uniform = _whole(g)
+    uniform = g.whole_multiples_only
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"width for {key!r} must be an int or a float, got {value!r}")
     if isinstance(value, float):
@@ -317,7 +316,7 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
     f = float(factor)
     asked = {g.id: max(g.width, round(g.width * f)) for g in graph.groups if g.widenable}
     wanted = {
-        g.id: g.width * math.floor(f + 1e-9) if _whole(g) else asked[g.id]
+        g.id: g.width * math.floor(f + 1e-9) if g.whole_multiples_only else asked[g.id]
         for g in graph.groups
         if g.widenable
     }
@@ -421,7 +420,12 @@ def _ratio_why(graph: WidthGraph, g: WidthGroup) -> str:
     if frozen:
         return f"ratio-tied{because} to frozen group {', '.join(frozen[:3])}"
     names = ", ".join(t.name for t in tied[:3]) + (", ..." if len(tied) > 3 else "")
-    return f"ratio-tied{because} to {names}: they grow by one whole factor"
+    whole = [t.name for t in [g, *tied] if t.whole_multiples_only]
+    if whole:  # one of them cannot take filled units: the common factor is whole
+        return (
+            f"ratio-tied{because} to {names}: they grow by one whole factor ({whole[0]} is uniform)"
+        )
+    return f"ratio-tied{because} to {names}: they grow by one common factor"
 
 
 def partial_growth_message(

@@ -220,7 +220,13 @@ class WidenTransform(Transform[WidenPlan]):
     def plan(self, model: nn.Module, inputs: tuple, *, verify: bool) -> tuple[WidenPlan, Any]:
         registry = self.registry or get_default_registry()
         graph = self.graph = analyze_traced(model, inputs, registry, reference=verify)
-        graph.relations = adapter_for(model).size_relations(model, graph.analysis)
+        adapter = adapter_for(model)
+        graph.relations = adapter.size_relations(model, graph.analysis)
+        rescaled = {(m, a) for f in graph.fills.values() for m, a, _, _ in f.eps}
+        for gid, fill in list(graph.fills.items()):  # an eps the model's library cannot state
+            why = adapter.unsettable_floats(model, [(m, a) for m, a, _, _ in fill.eps], rescaled)
+            if why is not None:
+                graph.drop_fill(gid, why)
         widths = self.widths = plan_widths(graph, self.factor)
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
