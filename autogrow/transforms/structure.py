@@ -300,6 +300,19 @@ def check_deepened(
         m for m in result.modules() if id(m) in inserted and id(parents.get(id(m))) not in inserted
     ]
     idle = [m for m in roots if id(m) not in ran]
+    # A module inside one the graph calls whole (a leaf, e.g. a torch.nn container fx does
+    # not enter) is hidden from the graph, not dead: the outputs decide for those.
+    called = {id(modules[str(n.target)]) for n in new.nodes if n.op == "call_module"}
+    hidden = [m for m in idle if _inside(m, called, parents)]
+    if hidden and confirm is not None:
+        ran_hidden: set[int] = set()
+        hooks = [m.register_forward_hook(lambda mod, *_: ran_hidden.add(id(mod))) for m in hidden]
+        try:
+            confirm()
+        finally:
+            for h in hooks:
+                h.remove()
+        idle = [m for m in idle if id(m) not in ran_hidden]
     if idle:
         names = {id(m): n for n, m in modules.items()}
         raise StructureError(
@@ -319,6 +332,16 @@ def check_deepened(
         source=lazy_source(lambda: fx_source(result, leaf_types)),
         confirm=confirm,
     )
+
+
+def _inside(m: nn.Module, called: set[int], parents: dict[int, nn.Module]) -> bool:
+    """Whether an ancestor of ``m`` is called whole by the graph."""
+    parent = parents.get(id(m))
+    while parent is not None:
+        if id(parent) in called:
+            return True
+        parent = parents.get(id(parent))
+    return False
 
 
 def lazy_source(
