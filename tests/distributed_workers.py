@@ -166,6 +166,9 @@ def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
                 net, sgd, _ = plateau.step(step, net, sgd, loss=loss)
             record["plateau_steps"] = [e.step for e in plateau.history]
             record["plateau_wrapped"] = type(net).__name__
+        # Both ranks done communicating before either tears gloo down: a rank that destroys
+        # its group while the other still sends can abort in gloo's threads (seen once in CI).
+        dist.barrier()
     finally:
         with open(os.path.join(out, f"{rank}.json"), "w") as f:
             json.dump(record, f)
