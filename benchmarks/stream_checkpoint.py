@@ -108,8 +108,8 @@ def write_source(path: Path, config: dict) -> int:
 
     def random(shape: tuple[int, ...], norm: bool):
         if norm:
-            return lambda: torch.ones(shape, dtype=torch.bfloat16)
-        return lambda: (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+            return lambda _: torch.ones(shape, dtype=torch.bfloat16)
+        return lambda _: (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
 
     tensors = [
         OutputTensor(n, tuple(p.shape), torch.bfloat16, random(tuple(p.shape), p.ndim == 1))

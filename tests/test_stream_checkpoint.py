@@ -218,12 +218,12 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     before = _digest(src)
     calls = []
 
-    def full(path, tensors, metadata):
+    def full(path, tensors, metadata, pipeline):
         calls.append(path)
         if len(calls) == 2:
             path.write_bytes(b"part of a shard")
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, tensors, metadata)
+        return real(path, tensors, metadata, pipeline)
 
     real = writer_module.stream_safetensors
     monkeypatch.setattr(writer_module, "stream_safetensors", full)
@@ -237,8 +237,8 @@ def test_an_interrupted_run_leaves_no_output_and_a_rerun_works(tmp_path, monkeyp
     out = tmp_path / "out"
     real = writer_module.stream_safetensors
 
-    def interrupted(path, tensors, metadata):
-        real(path, tensors, metadata)
+    def interrupted(path, tensors, metadata, pipeline):
+        real(path, tensors, metadata, pipeline)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(writer_module, "stream_safetensors", interrupted)
@@ -262,8 +262,13 @@ def test_verification_failure_leaves_no_output(tmp_path, monkeypatch):
     from autogrow.checkpoint.stream import plan
 
     src = _save(_llama(), tmp_path / "src")
-    real = plan.grow
-    monkeypatch.setattr(plan, "grow", lambda t, axes: real(t, axes) * 1.5)
+    real = plan.grow_into
+
+    def wrong(t, axes, buffer):
+        grown = real(t, axes, buffer)
+        return plan.Grown(grown.value * 1.5, grown.rows)
+
+    monkeypatch.setattr(plan, "grow_into", wrong)
     with pytest.raises(autogrow.VerificationError, match="nothing was written"):
         autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))

@@ -21,7 +21,7 @@ from ...transforms.depth import DeepenPlan, DeepenTransform
 from ...transforms.lineage import record_step
 from ...transforms.widen import WidenPlan, WidenTransform
 from ..recipe import CheckpointError
-from .grow import grow
+from .grow import Grown, grow_into, scratch_bytes
 from .lazy import LazyWeights, stored_names
 from .source import SourceCheckpoint
 from .writer import OutputTensor
@@ -68,7 +68,7 @@ def plan_widen(
 ) -> tuple[nn.Module, WidenPlan, list[OutputTensor]]:
     """Widen the meta ``model``; (the grown meta model with its updated description, the plan,
     the output tensors in source order). Each output tensor is its source tensor grown by its
-    axis maps (:func:`.grow.grow`: what in-memory widen computes, bit for bit)."""
+    axis maps (:func:`.grow.grow_into`: what in-memory widen computes, bit for bit)."""
     transform = WidenTransform(factor, seed=seed, symmetry=symmetry)
     adapter = adapter_for(model)
     inputs = meta_inputs(model)
@@ -99,14 +99,17 @@ def plan_widen(
         model_name = stored_as[stored]
         axes = by_id.get(id(named.get(model_name)), [])
         shape = tuple(new_state[model_name].shape)
-        outputs.append(OutputTensor(stored, shape, info.dtype, _grower(source, stored, axes)))
+        make = _grower(source, stored, axes)
+        scratch = scratch_bytes(info.shape, info.dtype, axes)
+        outputs.append(OutputTensor(stored, shape, info.dtype, make, scratch))
     return result, plan, outputs
 
 
-def _grower(source: SourceCheckpoint, name: str, axes: list[AxisMap]) -> Callable[[], torch.Tensor]:
-    def make() -> torch.Tensor:
-        t = source.tensor(name)
-        return grow(t, axes) if axes else t
+def _grower(
+    source: SourceCheckpoint, name: str, axes: list[AxisMap]
+) -> Callable[[torch.Tensor | None], Grown]:
+    def make(buffer: torch.Tensor | None) -> Grown:
+        return grow_into(source.tensor(name), axes, buffer)
 
     return make
 
@@ -174,5 +177,7 @@ def plan_deepen(
             outputs.append(OutputTensor(name, info.shape, info.dtype, _grower(source, stored, [])))
         else:
             value = t.detach()
-            outputs.append(OutputTensor(name, tuple(value.shape), value.dtype, lambda v=value: v))
+            outputs.append(
+                OutputTensor(name, tuple(value.shape), value.dtype, lambda _, v=value: v)
+            )
     return result, plan, outputs

@@ -20,18 +20,20 @@ import ctypes
 import errno
 import json
 import os
+import queue
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 
 from ..recipe import CheckpointError
+from .grow import Grown
 from .source import INDEX, WEIGHTS
 
 _UNITS = {
@@ -69,12 +71,16 @@ def parse_size(size: int | str) -> int:
 
 @dataclass(frozen=True)
 class OutputTensor:
-    """One tensor of the output: its name, shape, dtype, and how to compute it."""
+    """One tensor of the output: its name, shape, dtype, and how to compute it: ``make(buffer)``
+    returns the tensor or a :class:`~.grow.Grown`; ``buffer`` is a reusable uint8 tensor of at
+    least ``scratch`` bytes (None when ``scratch`` is 0) that the result may live in until
+    it is written."""
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    make: Callable[[], torch.Tensor]
+    make: Callable[[torch.Tensor | None], torch.Tensor | Grown]
+    scratch: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -176,41 +182,147 @@ def safetensors_header(tensors: list[OutputTensor], metadata: dict[str, str]) ->
     return len(text).to_bytes(8, "little") + text
 
 
-def stream_safetensors(path: Path, tensors: list[OutputTensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to the safetensors file ``path``, computing and freeing one at a
-    time. The bytes of tensor ``i`` are written by a second thread while tensor ``i + 1`` is
-    computed (both release the GIL), so at most two grown tensors are alive at once."""
-    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
-        f.write(safetensors_header(tensors, metadata))
-        pending: Future[None] | None = None
+def stream_safetensors(
+    path: Path, tensors: list[OutputTensor], metadata: dict[str, str], pipeline: Pipeline
+) -> None:
+    """Write ``tensors`` to the safetensors file ``path``: the header, then each tensor's
+    bytes at its offset as soon as ``pipeline`` has grown it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        header = safetensors_header(tensors, metadata)
+        _pwrite_all(fd, [memoryview(header)], 0)
+        placed, offset = [], len(header)
+        for t in tensors:
+            placed.append((t, offset))
+            offset += t.nbytes
+        pipeline.run(fd, placed)
+    finally:
+        os.close(fd)
+
+
+class Pipeline:
+    """Grows tensors in ``workers`` threads and writes them, in order, in one more thread
+    (numpy's gathers, torch's arithmetic and the writes release the GIL, so they use as many
+    cores). At most ``workers + 1`` grown tensors are alive at once, each in one of as many
+    reusable buffers of the largest ``scratch`` (allocated once: a fresh allocation per
+    tensor costs more in page faults than the gather)."""
+
+    def __init__(self, tensors: list[OutputTensor], workers: int) -> None:
+        self.workers = workers
+        self.capacity = max((t.scratch for t in tensors), default=0)
+        self.free: queue.SimpleQueue[torch.Tensor | None] = queue.SimpleQueue()
+        for _ in range(workers + 1):
+            self.free.put(None)  # allocated when first used
+        self.growers = ThreadPoolExecutor(workers, thread_name_prefix="autogrow-grow")
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="autogrow-write")
+
+    def close(self) -> None:
+        self.growers.shutdown()
+        self.writer.shutdown()
+
+    def _buffer(self) -> torch.Tensor | None:
+        buffer = self.free.get()  # waits until a write has finished with one
+        if buffer is None and self.capacity:
+            buffer = torch.empty(self.capacity, dtype=torch.uint8)
+        return buffer
+
+    def run(self, fd: int, placed: list[tuple[OutputTensor, int]]) -> None:
+        """Grow and write each (tensor, file offset) of ``placed``; returns once all are
+        written, raising the first error (after every started write has ended)."""
+        growing: deque[tuple[OutputTensor, int, torch.Tensor | None, Future[Grown]]] = deque()
+        writing: deque[Future[None]] = deque()
         try:
-            for t in tensors:
-                value = _computed(t)
-                if pending is not None:
-                    pending.result()  # an OSError of the previous write surfaces here
-                pending = writer.submit(_write_bytes, f, value, t.nbytes) if value.numel() else None
-                del value
-            if pending is not None:
-                pending.result()
+            for t, offset in placed:
+                buffer = self._buffer()
+                growing.append((t, offset, buffer, self.growers.submit(_computed, t, buffer)))
+                while growing and (growing[0][3].done() or len(growing) > self.workers):
+                    self._hand_over(fd, growing.popleft(), writing)
+                while writing and writing[0].done():
+                    writing.popleft().result()  # an OSError of a write surfaces here
+            while growing:
+                self._hand_over(fd, growing.popleft(), writing)
+            while writing:
+                writing.popleft().result()
+        finally:  # never leave a thread writing to a closed file or into a reused buffer
+            for *_, buffer, future in growing:
+                future.exception()
+                self.free.put(buffer)
+            for future in writing:
+                future.exception()
+
+    def _hand_over(
+        self,
+        fd: int,
+        item: tuple[OutputTensor, int, torch.Tensor | None, Future[Grown]],
+        writing: deque[Future[None]],
+    ) -> None:
+        t, offset, buffer, future = item
+        try:
+            grown = future.result()
+        except BaseException:
+            self.free.put(buffer)
+            raise
+        writing.append(self.writer.submit(self._write, fd, offset, grown, buffer))
+
+    def _write(self, fd: int, offset: int, grown: Grown, buffer: torch.Tensor | None) -> None:
+        try:
+            if grown.value.numel():
+                _pwrite_all(fd, _row_buffers(grown), offset)
         finally:
-            if pending is not None:
-                pending.exception()  # wait, so the file is not closed under a running write
+            self.free.put(buffer)
 
 
-def _computed(t: OutputTensor) -> torch.Tensor:
-    value = t.make()
-    if tuple(value.shape) != t.shape or value.dtype != t.dtype:
+def _computed(t: OutputTensor, buffer: torch.Tensor | None) -> Grown:
+    value = t.make(buffer)
+    grown = value if isinstance(value, Grown) else Grown(value.contiguous())
+    if grown.shape != t.shape or grown.value.dtype != t.dtype:
         raise CheckpointError(
-            f"internal error: {t.name} came out {tuple(value.shape)} {value.dtype}, "
+            f"internal error: {t.name} came out {grown.shape} {grown.value.dtype}, "
             f"planned {t.shape} {t.dtype}"
         )
-    return value.contiguous()
+    return grown
 
 
-def _write_bytes(f: Any, value: torch.Tensor, nbytes: int) -> None:
-    # The tensor's own bytes, not copied (numpy is not needed); ``value`` stays referenced
-    # by this call until the write returns.
-    f.write((ctypes.c_char * nbytes).from_address(value.data_ptr()))
+def _row_buffers(grown: Grown) -> list[memoryview]:
+    """The bytes of ``grown`` as buffers in file order, without copying: its tensor's bytes,
+    or, when rows are named, one buffer per run of consecutive rows."""
+    value = grown.value
+    flat = (ctypes.c_char * (value.numel() * value.element_size())).from_address(value.data_ptr())
+    whole = memoryview(flat).cast("B")
+    if grown.rows is None:
+        return [whole]
+    if not len(grown.rows):
+        return []
+    row = whole.nbytes // max(1, value.shape[0])
+    rows = grown.rows.tolist()
+    out, start, prev = [], rows[0], rows[0]
+    for r in rows[1:]:
+        if r != prev + 1:
+            out.append(whole[start * row : (prev + 1) * row])
+            start = r
+        prev = r
+    out.append(whole[start * row : (prev + 1) * row])
+    return out
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _pwrite_all(fd: int, buffers: list[memoryview], offset: int) -> None:
+    """Write ``buffers`` one after the other at ``offset``, in calls of at most IOV_MAX
+    buffers, resuming after a short write."""
+    i = 0
+    while i < len(buffers):
+        batch = buffers[i : i + _IOV_MAX]
+        done = os.pwritev(fd, batch, offset)
+        offset += done
+        for b in batch:  # skip what was written; a partly written buffer is resumed
+            if done >= b.nbytes:
+                done -= b.nbytes
+                i += 1
+            else:
+                buffers[i] = b[done:]
+                break
 
 
 def write_shards(
@@ -220,15 +332,32 @@ def write_shards(
     gives ``model.safetensors`` (no index needed), several ``model-0000k-of-0000n``."""
     shards = assign_shards(tensors, max_bytes)
     weight_map: dict[str, str] = {}
-    for k, shard in enumerate(shards, 1):
-        file = WEIGHTS if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        weight_map.update(dict.fromkeys((t.name for t in shard), file))
+    pipeline = Pipeline(tensors, workers=grow_workers())
+    try:
+        for k, shard in enumerate(shards, 1):
+            file = (
+                WEIGHTS if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            )
+            weight_map.update(dict.fromkeys((t.name for t in shard), file))
 
-        def write(path: Path, shard: list[OutputTensor] = shard) -> None:
-            stream_safetensors(path, shard, {"format": "pt"})
+            def write(path: Path, shard: list[OutputTensor] = shard) -> None:
+                stream_safetensors(path, shard, {"format": "pt"}, pipeline)
 
-        partial.write_file(file, write)
+            partial.write_file(file, write)
+    finally:
+        pipeline.close()
     return weight_map
+
+
+def grow_workers() -> int:
+    """Threads growing tensors while another writes: one on a machine of two cores or fewer
+    (the writer needs the other), else two; more would add a buffer of the largest grown
+    tensor each for little gain, since the writes bound the time. ``AUTOGROW_GROW_WORKERS``
+    overrides it."""
+    env = os.environ.get("AUTOGROW_GROW_WORKERS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return 1 if (os.cpu_count() or 1) <= 2 else 2
 
 
 def write_index(partial: PartialOutput, weight_map: dict[str, str], total: int) -> None:
