@@ -336,6 +336,52 @@ def test_streamed_grow_is_grow_tensor_bit_for_bit(dtype):
     assert got.dtype == expected.dtype and torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16, torch.int64])
+@pytest.mark.parametrize("dims", [(0,), (1,), (0, 1), (1, 0)])
+def test_matrix_route_is_grow_tensor_bit_for_bit(dtype, dims):
+    # columns gathered into a reused buffer and scaled there, rows left to the writer: the
+    # same bytes as grow_tensor, whichever axes grow and in which order they are listed
+    from autogrow.checkpoint.stream.grow import grow_into, scratch_bytes
+    from autogrow.transforms.axis_maps import AxisMap, grow_tensor
+    from autogrow.transforms.mapping import sample_map
+
+    gen = torch.Generator().manual_seed(1)
+    t = (torch.randn(6, 5, generator=gen) * 100).to(dtype)
+    maps = {d: sample_map(n, 2 * n + 1, uniform=False, symmetry="split", generator=gen)
+            for d, n in ((0, 6), (1, 5))}  # fmt: skip
+    axes = [AxisMap(d, maps[d], reduce=d == 1) for d in dims]
+    before = t.clone()
+    buffer = torch.full((scratch_bytes(t.shape, dtype, axes) + 3,), 7, dtype=torch.uint8)
+    grown = grow_into(t, axes, buffer)
+    expected = grow_tensor(t, axes)
+    assert grown.shape == tuple(expected.shape)
+    assert torch.equal(grown.materialize(), expected) and torch.equal(t, before)
+    assert (grown.rows is None) == (0 not in dims)
+    if 1 in dims:  # the columns live in the buffer the writer reuses
+        assert grown.value.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+
+
+def test_short_writes_are_resumed(tmp_path, monkeypatch):
+    # pwritev may write less than asked (a signal, a pipe): the rest follows, in order
+    from autogrow.checkpoint.stream.writer import _pwrite_all
+
+    os = writer_module.os
+
+    def short(fd, buffers, offset):  # at most 3 bytes of the first buffer
+        return os.pwrite(fd, bytes(buffers[0])[:3], offset)
+
+    monkeypatch.setattr(os, "pwritev", short)
+    parts = [memoryview(bytes(range(i, i + 7))) for i in range(0, 70, 7)]
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        _pwrite_all(fd, parts, 0)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(range(70))
+
+
 def test_paired_symmetry_is_refused(tmp_path):
     src = _save(_llama(), tmp_path / "src")
     with pytest.raises(autogrow.InvalidArgumentError, match="paired"):
