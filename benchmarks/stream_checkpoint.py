@@ -116,7 +116,7 @@ def write_source(path: Path, config: dict) -> int:
         for n, p in model.state_dict().items()
     ]
     partial = PartialOutput(path, overwrite=False)
-    weight_map = write_shards(partial, tensors, parse_size(SHARD))
+    weight_map, _ = write_shards(partial, tensors, parse_size(SHARD))
     total = sum(t.nbytes for t in tensors)
     write_index(partial, weight_map, total)
     cfg.architectures = ["LlamaForCausalLM"]

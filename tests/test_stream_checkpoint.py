@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -246,9 +247,9 @@ def test_an_interrupted_run_leaves_no_output_and_a_rerun_works(tmp_path, monkeyp
         autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD)
     assert not out.exists()
     monkeypatch.setattr(writer_module, "stream_safetensors", real)
-    # a run killed outright leaves its partial directory behind: the next run starts clean
+    # an interrupted run leaves its partial directory behind; another seed starts clean
     stale = tmp_path / ".out.partial"
-    stale.mkdir()
+    assert stale.is_dir()
     (stale / "model-00001-of-00009.safetensors").write_bytes(b"half")
     result = autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD, seed=0)
     assert not stale.exists()
@@ -256,6 +257,60 @@ def test_an_interrupted_run_leaves_no_output_and_a_rerun_works(tmp_path, monkeyp
         transformers.LlamaForCausalLM.from_pretrained(result.path),
         autogrow.widen(model, 2.0, seed=0),
     )
+
+
+def test_a_rerun_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    model = _llama()
+    src = _save(model, tmp_path / "src")
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    real = writer_module.stream_safetensors
+    written: list[str] = []
+
+    def interrupted(path, *args):  # stopped (Ctrl-C) as the third shard starts
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        real(path, *args)
+        written.append(path.name)
+
+    def recording(path, *args):
+        written.append(path.name)
+        real(path, *args)
+
+    def interrupt(**kwargs):
+        shutil.rmtree(out, ignore_errors=True)
+        written.clear()
+        monkeypatch.setattr(writer_module, "stream_safetensors", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD, **kwargs)
+        assert not out.exists() and sorted(p.name for p in partial.glob("*.safetensors")) == written
+        done = list(written)
+        written.clear()
+        monkeypatch.setattr(writer_module, "stream_safetensors", recording)
+        return done
+
+    done = interrupt(seed=0)
+    result = autogrow.widen_checkpoint(src, 2.0, out, max_shard_size=SHARD, seed=0)
+    assert result.resumed_shards == 2 and not set(done) & set(written)
+    assert len(written) + 2 == result.shards and not partial.exists()
+    _same_state(
+        transformers.LlamaForCausalLM.from_pretrained(result.path),
+        autogrow.widen(model, 2.0, seed=0),
+    )
+    first = _digest(result.path)
+    again = dict(max_shard_size=SHARD, verify=False)
+    # a shard changed since it was recorded is written again
+    done = interrupt(seed=0)
+    (partial / done[1]).write_bytes(b"damaged")
+    resumed = autogrow.widen_checkpoint(src, 2.0, out, seed=0, **again)
+    assert resumed.resumed_shards == 1 and done[1] in written and done[0] not in written
+    assert _digest(resumed.path) == first
+    # other arguments (another seed, another shard size) start clean
+    interrupt(seed=0)
+    other = autogrow.widen_checkpoint(src, 2.0, out, seed=1, **again)
+    assert other.resumed_shards == 0 and len(written) == other.shards
+    interrupt(seed=0)
+    bigger = autogrow.widen_checkpoint(src, 2.0, out, seed=0, **{**again, "max_shard_size": "40KB"})
+    assert bigger.resumed_shards == 0
 
 
 def test_verification_failure_leaves_no_output(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from ...errors import AutogrowError, InvalidArgumentError
 from ..recipe import CheckpointError
 from .check import check_streamed, sample_inputs, stored_float_dtype
 from .own_format import AutogrowDirectory
+from .partial import files_identity, fingerprint
 from .plan import check_matches, plan_deepen, plan_widen
 from .source import SourceCheckpoint
 from .writer import (
@@ -43,6 +44,8 @@ class StreamResult:
         seed: the seed of widen's unit maps (None for deepen).
         seconds: wall time of each phase: ``plan`` (reading headers, building on meta,
             planning), ``write`` (reading, growing and writing the tensors), ``verify``.
+        resumed_shards: shards an interrupted run with the same arguments had completed,
+            kept rather than written again.
 
     >>> r = StreamResult(Path("wide"), {"hidden_size": 4096}, (1_100, 4_200), 8_400, 2, 0.0, 7)
     >>> r.parameters[1] / r.parameters[0] > 3, r.changes["hidden_size"]
@@ -57,6 +60,7 @@ class StreamResult:
     max_error: float | None = None
     seed: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    resumed_shards: int = 0
 
 
 def widen_checkpoint(
@@ -87,7 +91,9 @@ def widen_checkpoint(
             with ``model.safetensors.index.json``); never written to.
         factor: as for :func:`autogrow.widen` (a float > 1, or a dict of widths).
         out: the output directory; written as ``.<name>.partial`` beside it and renamed when
-            complete. A stale partial directory from an interrupted run is removed.
+            complete. A partial directory left by an interrupted run with the same source
+            and arguments (and seed) is resumed: its completed shards are kept; any other
+            is removed.
         max_shard_size: bytes per output shard (an int, or ``"2GB"``, ``"500MB"``, ``"1GiB"``).
         seed: seeds the unit maps (None: drawn; :attr:`StreamResult.seed` tells it).
         symmetry: ``"split"`` or ``"none"``, as for :func:`autogrow.widen` (``"paired"`` is
@@ -129,7 +135,7 @@ def widen_checkpoint(
     return _write(
         root, fmt, source, result, outputs, Path(out), changes, plan.seed, start,
         max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
-        what="widened",
+        what="widened", args=("widen", repr(factor), plan.seed, symmetry),
     )  # fmt: skip
 
 
@@ -188,7 +194,7 @@ def deepen_checkpoint(
     return _write(
         root, fmt, source, result, outputs, Path(out), changes, None, start,
         max_shard_size=max_shard_size, verify=verify, tolerance=tolerance, overwrite=overwrite,
-        what="deepened",
+        what="deepened", args=("deepen", repr(after), n),
     )  # fmt: skip
 
 
@@ -251,16 +257,25 @@ def _write(
     tolerance: float | None,
     overwrite: bool,
     what: str,
+    args: tuple[Any, ...],
 ) -> StreamResult:
     max_bytes = parse_size(max_shard_size)
     if fmt.single_file:
         max_bytes = sum(t.nbytes for t in outputs) + 1
     if out.resolve() == root.resolve():
         raise CheckpointError(f"the output {out} is the source; name another directory")
-    partial = PartialOutput(out, overwrite=overwrite)
+    description = fmt.description_file(root)
+    run = fingerprint(
+        list(args),
+        description.read_bytes() if description.is_file() else b"",
+        files_identity(root, source.files),
+        max_bytes,
+        [(t.name, list(t.shape), str(t.dtype), t.key) for t in outputs],
+    )
+    partial = PartialOutput(out, overwrite=overwrite, run_fingerprint=run)
     seconds = {"plan": time.perf_counter() - start}
     try:
-        weight_map = write_shards(partial, outputs, max_bytes)
+        weight_map, resumed = write_shards(partial, outputs, max_bytes)
         source.close()
         partial.write_file(
             fmt.description_file(out).name, lambda p: fmt.write_description(result, p.parent)
@@ -288,12 +303,15 @@ def _write(
                 where=out,
             )
             seconds["verify"] = time.perf_counter() - start - seconds["plan"] - seconds["write"]
+    except (KeyboardInterrupt, SystemExit):
+        raise  # the partial directory stays: a rerun with the same arguments resumes it
     except BaseException:
         partial.discard()
         raise
     path = partial.commit()
     before = sum(i.nbytes // i.dtype.itemsize for i in source.infos.values())
     after = sum(t.nbytes // t.dtype.itemsize for t in outputs)
+    shards = len(set(weight_map.values()))
     return StreamResult(
-        path, changes, (before, after), total, len(set(weight_map.values())), error, seed, seconds
+        path, changes, (before, after), total, shards, error, seed, seconds, resumed
     )

@@ -23,6 +23,7 @@ from ...transforms.widen import WidenPlan, WidenTransform
 from ..recipe import CheckpointError
 from .grow import Grown, grow_into, scratch_bytes
 from .lazy import LazyWeights, stored_names
+from .partial import fingerprint
 from .source import SourceCheckpoint
 from .writer import OutputTensor
 
@@ -94,6 +95,7 @@ def plan_widen(
     new_state = result.state_dict(keep_vars=True)
     stored_as = {s: n for n, s in names.items()}  # stored name → one model name
     outputs = []
+    digests: dict[int, str] = {}
     for stored in source.infos:
         info = source.infos[stored]
         model_name = stored_as[stored]
@@ -101,8 +103,25 @@ def plan_widen(
         shape = tuple(new_state[model_name].shape)
         make = _grower(source, stored, axes)
         scratch = scratch_bytes(info.shape, info.dtype, axes)
-        outputs.append(OutputTensor(stored, shape, info.dtype, make, scratch))
+        key = fingerprint(stored, [_axis_key(a, digests) for a in axes])
+        outputs.append(OutputTensor(stored, shape, info.dtype, make, scratch, key))
     return result, plan, outputs
+
+
+def _axis_key(a: AxisMap, digests: dict[int, str]) -> list[Any]:
+    """What ``a`` does to its tensor, with a digest of its unit map (one per map object)."""
+    if id(a.map) not in digests:
+        filled = getattr(a.map, "filled", None)
+        parts = [tensor_bytes(x) for x in (a.map.source, a.map.share, filled) if x is not None]
+        digests[id(a.map)] = fingerprint(*parts)
+    return [a.dim, a.reduce, a.fill, a.factor, digests[id(a.map)]]
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The dtype, shape and bytes of a CPU tensor (for fingerprints)."""
+    t = t.detach().contiguous()
+    raw = t.reshape(-1).view(torch.uint8) if t.numel() else t.new_empty(0, dtype=torch.uint8)
+    return f"{t.dtype}{tuple(t.shape)}".encode() + raw.numpy().tobytes()
 
 
 def _grower(
@@ -174,7 +193,9 @@ def plan_deepen(
                 raise CheckpointError(f"internal error: {name} has neither an origin nor a value")
             stored = names[old]
             info = source.infos[stored]
-            outputs.append(OutputTensor(name, info.shape, info.dtype, _grower(source, stored, [])))
+            make = _grower(source, stored, [])
+            key = fingerprint(stored)
+            outputs.append(OutputTensor(name, info.shape, info.dtype, make, key=key))
         else:
             value = t.detach()
             outputs.append(

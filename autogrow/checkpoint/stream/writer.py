@@ -1,23 +1,18 @@
 """Writing a grown checkpoint shard by shard into a temporary directory that becomes the
-output only when complete.
+output only when complete (:class:`~.partial.PartialOutput`, which also lets a rerun resume).
 
 Tensors are assigned to shards of at most ``max_shard_size`` from their planned shapes. A shard
 file is written in the safetensors format as a stream: its header first (every name, dtype,
-shape and offset is known from the plan), then each tensor's bytes as soon as it is computed
-(each from one source tensor), after which it is freed. So the memory a shard needs is that
-of its largest tensor, not of the whole shard; files are read back with
-``safetensors.safe_open`` like any other (the tests do, and ``from_pretrained``).
-The directory is ``.<name>.partial`` beside the output; the index
-(``model.safetensors.index.json``) is written last and the directory renamed into place, so
-an interrupted run never leaves an output that looks complete. A stale partial directory
-left by an interrupted run is removed when the next run starts (runs start clean; they do
-not resume).
+shape and offset is known from the plan), then each tensor's bytes at its offset as soon as it
+is computed (each from one source tensor), after which its buffer is reused. So the memory a
+shard needs is that of its largest tensors in flight, not of the whole shard; files are read
+back with ``safetensors.safe_open`` like any other (the tests do, and ``from_pretrained``).
+The index (``model.safetensors.index.json``) is written last.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import os
 import queue
@@ -30,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from ..recipe import CheckpointError
 from .grow import Grown
+from .partial import PartialOutput
 from .source import INDEX, WEIGHTS
 
 _UNITS = {
@@ -74,13 +69,15 @@ class OutputTensor:
     """One tensor of the output: its name, shape, dtype, and how to compute it: ``make(buffer)``
     returns the tensor or a :class:`~.grow.Grown`; ``buffer`` is a reusable uint8 tensor of at
     least ``scratch`` bytes (None when ``scratch`` is 0) that the result may live in until
-    it is written."""
+    it is written. ``key`` describes how it is computed, for resuming (see
+    :mod:`~.partial`)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     make: Callable[[torch.Tensor | None], torch.Tensor | Grown]
     scratch: int = 0
+    key: str = ""  # how it is computed (source tensor, axis maps): part of a run's fingerprint
 
     @property
     def nbytes(self) -> int:
@@ -102,53 +99,6 @@ def assign_shards(tensors: list[OutputTensor], max_bytes: int) -> list[list[Outp
         shards[-1].append(t)
         size += t.nbytes
     return [s for s in shards if s]
-
-
-class PartialOutput:
-    """The temporary directory beside ``out``; :meth:`commit` renames it to ``out``, and
-    :meth:`discard` removes it."""
-
-    def __init__(self, out: Path, *, overwrite: bool) -> None:
-        self.out = out
-        if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-            raise CheckpointError(
-                f"{out} exists and is not an empty directory; choose another output or pass "
-                "overwrite=True (--overwrite)"
-            )
-        self.tmp = out.parent / f".{out.name}.partial"
-        if self.tmp.exists():  # left by an interrupted run: start clean
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-
-    def write_file(self, name: str, write: Callable[[Path], None]) -> None:
-        """Run ``write(path)`` for ``name`` in the temporary directory; an OSError (a full
-        disk) removes the partial output and raises CheckpointError naming the file."""
-        path = self.tmp / name
-        try:
-            write(path)
-        except (OSError, SafetensorError) as e:
-            self.discard()
-            full = isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space" in str(e)
-            why = "the disk is full" if full else f"{type(e).__name__}: {e}"
-            raise CheckpointError(
-                f"cannot write {self.out / name} ({why}); the partial output was removed and "
-                "the source is untouched"
-            ) from e
-
-    def commit(self) -> Path:
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.replaced"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.out, old)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.tmp, self.out)
-        return self.out
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 _CODES = {
@@ -327,26 +277,34 @@ def _pwrite_all(fd: int, buffers: list[memoryview], offset: int) -> None:
 
 def write_shards(
     partial: PartialOutput, tensors: list[OutputTensor], max_bytes: int
-) -> dict[str, str]:
-    """Write ``tensors`` into shards of at most ``max_bytes``; returns name → file. One shard
-    gives ``model.safetensors`` (no index needed), several ``model-0000k-of-0000n``."""
+) -> tuple[dict[str, str], int]:
+    """Write ``tensors`` into shards of at most ``max_bytes``; returns (name → file, how many
+    shards an interrupted run had completed and were kept). One shard gives
+    ``model.safetensors`` (no index needed), several ``model-0000k-of-0000n``. Each shard is
+    recorded in ``partial``'s manifest once written."""
     shards = assign_shards(tensors, max_bytes)
     weight_map: dict[str, str] = {}
+    kept = 0
     pipeline = Pipeline(tensors, workers=grow_workers())
     try:
         for k, shard in enumerate(shards, 1):
             file = (
                 WEIGHTS if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
             )
-            weight_map.update(dict.fromkeys((t.name for t in shard), file))
+            names = [t.name for t in shard]
+            weight_map.update(dict.fromkeys(names, file))
+            if partial.completed(file, names):
+                kept += 1
+                continue
 
             def write(path: Path, shard: list[OutputTensor] = shard) -> None:
                 stream_safetensors(path, shard, {"format": "pt"}, pipeline)
 
             partial.write_file(file, write)
+            partial.record(file, names)
     finally:
         pipeline.close()
-    return weight_map
+    return weight_map, kept
 
 
 def grow_workers() -> int:
