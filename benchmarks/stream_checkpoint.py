@@ -26,9 +26,9 @@ copy of the same bytes. Then, on paper, the same run for a 70B-class config.
    ``ru_maxrss``, which Linux may carry over from the parent at fork.
 4. Plans the same widening for Llama-2-70B's config on the meta device (the real shapes) and
    extrapolates time from the measured seconds per byte read + written, and memory from the
-   measured resident size after building the model plus the largest working set of growing
-   one tensor (stored tensor + intermediate gather + output), which is larger than that of
-   verifying one module.
+   measured resident size after building the model plus the working set of growing (a reusable
+   buffer as large as the largest column gather for each tensor in flight, plus the stored
+   tensor being read), which is larger than that of verifying one module.
 
 The output and source are deleted at the end. Results go to
 ``benchmarks/out/stream_checkpoint_<size>.json`` and are printed as a table.
@@ -241,15 +241,26 @@ def plan_70b() -> dict:
     item = torch.tensor([], dtype=torch.bfloat16).element_size()
     old = {n: t.numel() * item for n, t in model.state_dict().items()}
     new = {n: t.numel() * item for n, t in result.state_dict().items()}
-    # growing one tensor holds the stored tensor, the result of each axis's gather but the
-    # last (half the output when two axes double) and the output
+    # growing holds one reusable buffer per tensor in flight (the grower's and the writer's,
+    # each as large as the largest column gather) and the stored tensor being read; a tensor
+    # off the matrix route holds its stored tensor, the first axis's gather and the output;
+    # one whose rows alone grow is written from the stored tensor itself
+    from autogrow.checkpoint.stream.grow import scratch_bytes
+    from autogrow.checkpoint.stream.writer import grow_workers
+
     named = dict(model.named_parameters())
-    axes = {n: len(transform.axis_maps.get(n, [])) for n in old}
-    held = {
-        n: old[n] + new[n] + (new[n] // 2 if axes.get(n, 0) > 1 and n in named else 0) for n in old
-    }
+    axes = {n: transform.axis_maps.get(n, []) for n in old}
+    shapes = {n: (tuple(t.shape), torch.bfloat16) for n, t in model.state_dict().items()}
+    scratch = {n: scratch_bytes(*shapes[n], axes[n]) for n in old if n in named}
+    buffers = (grow_workers() + 1) * max(scratch.values())
+    others = [  # vectors (norm weights), grown by grow_tensor's route
+        old[n] + new[n] + (new[n] // 2 if len(axes[n]) > 1 else 0)
+        for n in old
+        if len(shapes[n][0]) != 2
+    ]
+    held = max(buffers + max(old.values()), max(others, default=0))
     return {
-        "largest_grow_working_set": max(held.values()),
+        "largest_grow_working_set": held,
         "plan_seconds": seconds,
         "source_bytes": sum(old.values()),
         "output_bytes": sum(new.values()),
