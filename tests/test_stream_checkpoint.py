@@ -232,6 +232,42 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     assert _digest(src) == before
 
 
+def test_a_write_failing_in_the_writer_thread_names_the_shard(tmp_path, monkeypatch):
+    # the writes run in a thread of their own: a full disk there still stops the run, names
+    # the shard being written, and leaves nothing (no thread left writing, no hang)
+    src = _save(_llama(), tmp_path / "src")
+    os, real, calls = writer_module.os, writer_module.os.pwritev, []
+
+    def full(fd, buffers, offset):
+        calls.append(offset)
+        if len(calls) == 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", full)
+    _expect_error(src, tmp_path / "out", "disk is full", "model-0000")
+    assert len(calls) == 12
+
+
+def test_a_failure_while_growing_stops_the_run(tmp_path, monkeypatch):
+    from autogrow.checkpoint.stream import plan
+
+    src = _save(_llama(), tmp_path / "src")
+    real, grown = plan.grow_into, []
+
+    def failing(t, axes, buffer):
+        grown.append(t.shape)
+        if len(grown) == 5:
+            raise RuntimeError("out of memory")
+        return real(t, axes, buffer)
+
+    monkeypatch.setattr(plan, "grow_into", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        autogrow.widen_checkpoint(src, 2.0, tmp_path / "out", max_shard_size=SHARD)
+    assert len(grown) < len(_stored(src))  # the run stopped when the failure was seen
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
 def test_an_interrupted_run_leaves_no_output_and_a_rerun_works(tmp_path, monkeypatch):
     model = _llama()
     src = _save(model, tmp_path / "src")
