@@ -78,9 +78,9 @@ def test_a_wrong_attribute_update_is_refused_by_the_structure_check(monkeypatch)
     """Without the arguments that let the attention module be traced alone, ``num_heads`` is
     not updated; the re-traced model then gives the reshape the old head count, which the
     plan's sizes catch with verify=False."""
-    import autogrow.transforms.widen as widen_module
+    import autogrow.transforms.attributes as attributes_module
 
-    monkeypatch.setattr(widen_module, "plain_call_arguments", lambda *a: {})
+    monkeypatch.setattr(attributes_module, "plain_call_arguments", lambda *a: {})
     torch.manual_seed(0)
     net = SubSampleNet().eval()
     (x,) = _inputs()

@@ -328,6 +328,38 @@ class AttributeProber:
         return None
 
 
+class SubmoduleProbers:
+    """Per module path, an :class:`AttributeProber` of that module traced alone (None where fx
+    cannot trace it, even with the values of its arguments that are no tensors)."""
+
+    def __init__(self, traced: Traced, inputs: tuple | None) -> None:
+        self.traced, self.inputs = traced, inputs
+        self.probers: dict[str, AttributeProber | None] = {}
+        self._arguments: dict[str, dict[str, Any]] | None = None
+
+    def get(self, path: str) -> AttributeProber | None:
+        """The prober of the module at ``path``, built on first use."""
+        if path not in self.probers:
+            model, leaf_types = self.traced.model, self.traced.leaf_types
+            prober = AttributeProber.submodule(model, path, leaf_types)
+            if prober is None and self.inputs is not None:
+                # forward(x, size) iterating ``size``: one run of the model records such
+                # arguments of every module in the graph, for this and later literals
+                if self._arguments is None:
+                    paths = {
+                        str(p)
+                        for n in self.traced.graph.nodes
+                        for p, _ in (n.meta.get("nn_module_stack") or {}).values()
+                    }
+                    self._arguments = plain_call_arguments(model, paths, self.inputs)
+                if self._arguments.get(path):
+                    prober = AttributeProber.submodule(
+                        model, path, leaf_types, self._arguments[path]
+                    )
+            self.probers[path] = prober
+        return self.probers[path]
+
+
 def plain_call_arguments(
     model: nn.Module, paths: set[str], inputs: tuple
 ) -> dict[str, dict[str, Any]]:

@@ -28,13 +28,7 @@ from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import TracerKind, parse_stack_trace
 from ..verify import run
 from ..verify import verify as verify_outputs
-from .attributes import (
-    AttributeProber,
-    AttrSource,
-    plain_call_arguments,
-    size_leaves,
-    stack_frames,
-)
+from .attributes import AttributeProber, AttrSource, SubmoduleProbers, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
@@ -473,7 +467,7 @@ def attribute_updates(
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
     blocking: list[tuple[LiteralSize, int]] = []
     soft: list[tuple[LiteralSize, int]] = []
-    probers = _SubmoduleProbers(analysis.traced, inputs)
+    probers = SubmoduleProbers(analysis.traced, inputs)
     for lit in analysis.literals:
         new = size(lit.term)
         if not isinstance(lit.value, int):  # sized from another axis: the sizes must agree
@@ -611,38 +605,7 @@ def _guess_by_value(
     return [(m, a, v) for (m, a), v in guess.items()]
 
 
-class _SubmoduleProbers:
-    """Per module path, an :class:`AttributeProber` of that module traced alone (None where fx
-    cannot trace it, even with the values of its arguments that are no tensors)."""
-
-    def __init__(self, traced: Any, inputs: tuple | None) -> None:
-        self.traced, self.inputs = traced, inputs
-        self.probers: dict[str, AttributeProber | None] = {}
-        self._arguments: dict[str, dict[str, Any]] | None = None
-
-    def get(self, path: str) -> AttributeProber | None:
-        if path not in self.probers:
-            model, leaf_types = self.traced.model, self.traced.leaf_types
-            prober = AttributeProber.submodule(model, path, leaf_types)
-            if prober is None and self.inputs is not None:
-                # forward(x, size) iterating ``size``: one run records such arguments of
-                # every module the graph's literals come from
-                if self._arguments is None:
-                    paths = {
-                        str(p)
-                        for n in self.traced.graph.nodes
-                        for p, _ in (n.meta.get("nn_module_stack") or {}).values()
-                    }
-                    self._arguments = plain_call_arguments(model, paths, self.inputs)
-                if self._arguments.get(path):
-                    prober = AttributeProber.submodule(
-                        model, path, leaf_types, self._arguments[path]
-                    )
-            self.probers[path] = prober
-        return self.probers[path]
-
-
-def _soft_source(lit: LiteralSize, probers: _SubmoduleProbers) -> Any:
+def _soft_source(lit: LiteralSize, probers: SubmoduleProbers) -> Any:
     """The attribute behind a literal of an exported graph: the modules that wrote it
     (innermost first) are traced alone with fx, the literal is found again by its source line,
     and probed. The source line (a str) when fx shows the very number written in the code
