@@ -129,3 +129,26 @@ def test_windowed_heads_grow_exactly_without_verification():
     assert (wide.num_heads, wide.window_size) == (4, 2)
     with torch.no_grad():
         torch.testing.assert_close(wide(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+class Cached(nn.Module):
+    """Caches a tensor in eval mode, as timm's LeViT caches its attention biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache: dict[str, torch.Tensor] = {}
+        self.net = SubSampleNet()
+
+    def forward(self, x):
+        self.cache["x"] = x
+        return self.net(x)
+
+
+def test_call_arguments_are_recorded_by_name_and_the_model_left_as_it_was():
+    from autogrow.transforms.attributes import plain_call_arguments
+
+    model = Cached().train()
+    (x,) = _inputs()
+    found = plain_call_arguments(model, {"net.attn", "net.head"}, (x,))
+    assert found == {"net.attn": {"size": (4, 4)}, "net.head": {}}
+    assert model.cache == {} and model.training

@@ -374,10 +374,16 @@ def plain_call_arguments(
         if path in found:
             return
         try:
-            bound = inspect.signature(module.forward).bind(*args, **kwargs)
-        except TypeError:
+            signature = inspect.signature(module.forward)
+            bound = signature.bind(*args, **kwargs)
+        except (TypeError, ValueError):
             return
-        found[path] = {k: _plain(v) for k, v in bound.arguments.items() if _is_plain(v)}
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        found[path] = {
+            k: _plain(v)
+            for k, v in bound.arguments.items()
+            if signature.parameters[k].kind in named and _is_plain(v)
+        }
 
     modules = dict(model.named_modules())
     for path in paths:
@@ -387,7 +393,8 @@ def plain_call_arguments(
             )
             hooks.append(hook)
     try:
-        with torch.no_grad(), eval_mode(model), quiet_torch():
+        # _patched: state the forward caches (LeViT's attention_bias_cache) is restored
+        with torch.no_grad(), eval_mode(model), quiet_torch(), _patched(model, []):
             model(*inputs)
     except Exception:  # noqa: BLE001 - then no module gets arguments; probing does without
         return {}
