@@ -336,6 +336,7 @@ class SubmoduleProbers:
         self.traced, self.inputs = traced, inputs
         self.probers: dict[str, AttributeProber | None] = {}
         self._arguments: dict[str, dict[str, Any]] | None = None
+        self._hints: set[tuple] = set()  # shared: the next block of a stage has its own prober
 
     def get(self, path: str) -> AttributeProber | None:
         """The prober of the module at ``path``, built on first use."""
@@ -356,6 +357,8 @@ class SubmoduleProbers:
                     prober = AttributeProber.submodule(
                         model, path, leaf_types, self._arguments[path]
                     )
+            if prober is not None:
+                prober._hints = self._hints
             self.probers[path] = prober
         return self.probers[path]
 
