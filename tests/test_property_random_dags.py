@@ -176,6 +176,46 @@ class SpatialAttention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
+class GlobalSubSample(nn.Module):
+    """Twins' GlobalSubSampleAttn in small, on tokens ``(B, N, C)`` of an image of ``size``:
+    queries from every token, keys and values from a strided conv (``sr_ratio``) and a
+    LayerNorm, heads by ``reshape(..., self.num_heads, C // self.num_heads)``. ``sr_ratio`` is
+    often drawn equal to ``num_heads``: only the latter sizes the heads axis, the former only
+    built the conv (an attribute guessed by its value would be the wrong one half the time).
+    fx cannot trace it alone (``*size`` iterates a traced argument)."""
+
+    def __init__(self, c: int, heads: int, sr_ratio: int):
+        super().__init__()
+        self.num_heads, self.sr_ratio = heads, sr_ratio
+        self.q = nn.Linear(c, c)
+        self.kv = nn.Linear(c, 2 * c)
+        self.sr = nn.Conv2d(c, c, sr_ratio, stride=sr_ratio)
+        self.norm = nn.LayerNorm(c)
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x, size):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
+        x = self.sr(x.transpose(1, 2).reshape(B, C, *size)).reshape(B, C, -1).transpose(1, 2)
+        kv = self.kv(self.norm(x)).reshape(B, -1, 2, self.num_heads, C // self.num_heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
+        return self.proj(out)
+
+
+class SubSampleAttention(nn.Module):
+    """:class:`GlobalSubSample` over the spatial positions, with the shortcut around it."""
+
+    def __init__(self, c: int, heads: int, sr_ratio: int):
+        super().__init__()
+        self.attn = GlobalSubSample(c, heads, sr_ratio)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        out = self.attn(x.flatten(2).transpose(1, 2), (h, w))
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
 class GatedSplit(nn.Module):
     """A split sized by an int attribute (``split([self.dim, self.dim])``), then a gate."""
 
@@ -216,6 +256,16 @@ class RandomNet(nn.Module):
         return self.head(self.features(x))
 
 
+class ExportedNet(RandomNet):
+    """fx cannot trace it (a branch on a size), so torch.export captures it: every size in its
+    graph is a literal, synced with an attribute by probing the module that wrote it."""
+
+    def forward(self, x):
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError("square images only")
+        return self.head(self.features(x))
+
+
 # --------------------------------------------------------------------------------------------
 # spec strategies
 #
@@ -223,7 +273,7 @@ class RandomNet(nn.Module):
 #   ("conv", out, k, bias) ("gconv", out, k, groups) ("dwconv", k, mult)
 #   ("bn",) ("gn", groups) ("act", name, functional) ("pool", "max"|"avg")
 #   ("res", body) ("cat", [branch, ...]) ("chunk", left, right, combine) ("se", kind, hidden)
-#   ("rnn", kind, hidden, layers, bidirectional, proj) ("mha", heads)
+#   ("rnn", kind, hidden, layers, bidirectional, proj) ("mha", heads) ("gsa", heads, sr_ratio)
 # head: "flatten" | "gap" | "gmp"
 # linear ops (state: features f):
 #   ("linear", out) ("bn1d",) ("ln",) ("act", name, functional) ("lres", prenorm, body)
@@ -240,7 +290,7 @@ def act_op(draw):
 
 @st.composite
 def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
-    kinds = ["conv", "conv", "act", "act", "bn", "gn", "dwconv", "se", "rnn", "mha"]
+    kinds = ["conv", "conv", "act", "act", "bn", "gn", "dwconv", "se", "rnn", "mha", "gsa"]
     if [g for g in (2, 3, 4) if c % g == 0]:
         kinds.append("gconv")
     if allow_pool and h >= 4:
@@ -281,6 +331,8 @@ def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
         return op, (2 if bidirectional else 1) * (proj or hidden), h
     if kind == "mha":
         return ("mha", draw(st.sampled_from([d for d in (1, 2, 3, 4) if c % d == 0]))), c, h
+    if kind == "gsa":
+        return draw(gsa_op(c, h)), c, h
     if kind == "res":
         body, c2, _ = draw(conv_seq(c, h, depth - 1, allow_pool=False, min_ops=1, max_ops=3))
         if c2 != c:
@@ -304,6 +356,16 @@ def conv_op(draw, c: int, h: int, depth: int, allow_pool: bool):
     if cl != cr:
         right.append(("conv", cl, 1, True))
     return ("chunk", left, right, combine), cl, h
+
+
+@st.composite
+def gsa_op(draw, c: int, h: int):
+    heads = draw(st.sampled_from([d for d in (1, 2, 3, 4) if c % d == 0]))
+    ratios = [r for r in (1, 2, heads) if h % r == 0]
+    # equal to the head count where the spatial size allows: the by-value trap
+    if heads in ratios and draw(st.booleans()):
+        return ("gsa", heads, heads)
+    return ("gsa", heads, draw(st.sampled_from(ratios)))
 
 
 @st.composite
@@ -410,6 +472,8 @@ def build_conv_seq(ops, c: int) -> tuple[nn.Sequential, int]:
             c = (2 if bidirectional else 1) * (proj or hidden)
         elif kind == "mha":
             layers.append(SpatialAttention(c, op[1]))
+        elif kind == "gsa":
+            layers.append(SubSampleAttention(c, op[1], op[2]))
         elif kind == "res":
             body, c2 = build_conv_seq(op[1], c)
             assert c2 == c
@@ -469,7 +533,7 @@ def spatial_after(ops, h: int) -> int:
     return h
 
 
-def build_model(spec: dict, weight_seed: int = 0) -> RandomNet:
+def build_model(spec: dict, weight_seed: int = 0, exported: bool = False) -> RandomNet:
     torch.manual_seed(weight_seed)
     features, c = build_conv_seq(spec["features"], spec["c_in"])
     h = spatial_after(spec["features"], SPATIAL)
@@ -484,7 +548,8 @@ def build_model(spec: dict, weight_seed: int = 0) -> RandomNet:
         f = c
     mlp, f = build_linear_seq(spec["mlp"], f)
     head = nn.Sequential(*head_layers, *mlp, nn.Linear(f, spec["n_out"]))
-    return randomize_norms(RandomNet(features, head), seed=weight_seed + 1)
+    net = (ExportedNet if exported else RandomNet)(features, head)
+    return randomize_norms(net, seed=weight_seed + 1)
 
 
 def make_inputs(spec: dict, batch: int, seed: int) -> tuple[torch.Tensor]:
@@ -604,8 +669,11 @@ def test_widen_random_dag_single_group(spec, weight_seed, verify, data):
     assert_unchanged(model, snap)
     groups = list(graph.groups)
     assert groups, "every model has at least its input and output groups"
-    free = [g for g in groups if not g.frozen]
-    frozen = [g for g in groups if g.frozen]
+    # a name the group shares with a module asks for that module's output group instead
+    # (graph.group's rule), which may be another one: only names that reach their own group
+    named = [g for g in groups if graph.group(g.name) is g]
+    free = [g for g in named if not g.frozen]
+    frozen = [g for g in named if g.frozen]
     pick_frozen = not free or (frozen and data.draw(st.integers(0, 3), label="frozen?") == 0)
     group = data.draw(st.sampled_from(frozen if pick_frozen else free), label="group")
     extra = data.draw(st.integers(1, 12), label="extra width")
@@ -641,5 +709,65 @@ def test_deepen_random_dag(spec, weight_seed, verify):
         snap,
         lambda: autogrow.deepen(model, example_inputs=example, verify=verify),
         test_inputs,
+        example,
+    )
+
+
+@st.composite
+def attention_specs(draw):
+    """A spec whose features start with sub-sampled attention after the stem (``sr_ratio`` often
+    equal to the head count), then random ops."""
+    spec = draw(net_specs(max_depth=1))
+    stem = spec["features"][0]
+    spec["features"] = [stem, draw(gsa_op(stem[1], SPATIAL)), *spec["features"][1:]]
+    return spec
+
+
+@settings(max_examples=_n(12), **COMMON)
+@given(
+    spec=attention_specs(),
+    weight_seed=st.integers(0, 1000),
+    factor=st.floats(1.1, 3.0, allow_nan=False),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_widen_subsampled_attention_without_verification(spec, weight_seed, factor, seed):
+    """Attribute-derived heads next to an attribute of the same value, LayerNorm, non-integer
+    factors, ``verify=False``: exact or refused, never wrong."""
+    import autogrow
+
+    note(f"spec = {pformat(spec)}\nweight_seed={weight_seed} factor={factor!r} seed={seed}")
+    model = build_model(spec, weight_seed).eval()
+    example = make_inputs(spec, 3, weight_seed + 7)
+    snap = snapshot(model)
+    _check_outcome(
+        model,
+        snap,
+        lambda: autogrow.widen(model, factor, example_inputs=example, seed=seed, verify=False),
+        make_inputs(spec, 5, weight_seed + 8),
+        example,
+    )
+
+
+@pytest.mark.slow
+@settings(max_examples=_n(6), **COMMON)
+@given(
+    spec=attention_specs(),
+    weight_seed=st.integers(0, 1000),
+    factor=st.sampled_from([1.5, 2.0]),
+)
+def test_widen_exported_attention_without_verification(spec, weight_seed, factor):
+    """The same models captured by torch.export (its graph holds every size as a literal; the
+    attention module is probed traced alone with its ``size`` argument's value)."""
+    import autogrow
+
+    note(f"spec = {pformat(spec)}\nweight_seed={weight_seed} factor={factor!r}")
+    model = build_model(spec, weight_seed, exported=True).eval()
+    example = make_inputs(spec, 3, weight_seed + 7)
+    snap = snapshot(model)
+    _check_outcome(
+        model,
+        snap,
+        lambda: autogrow.widen(model, factor, example_inputs=example, seed=0, verify=False),
+        make_inputs(spec, 3, weight_seed + 8),
         example,
     )

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import torch
 from torch import fx, nn
 
-from ..tracing.trace import Traced, _Tracer, quiet_torch
+from ..tracing.trace import Traced, _Tracer, eval_mode, quiet_torch
 
 Leaves = tuple[Any, ...]
 _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
@@ -99,6 +100,7 @@ class AttributeProber:
         self.model = model
         self.leaf_types = leaf_types
         self.concrete = concrete  # forward's arguments fixed while tracing (fx concrete_args)
+        self.fixed = False  # some came from a run: a number in the trace may be one of them
         self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
         self.nodes = {n.name: n for n in graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
@@ -119,10 +121,15 @@ class AttributeProber:
 
     @classmethod
     def submodule(
-        cls, model: nn.Module, path: str, leaf_types: tuple[type, ...]
+        cls,
+        model: nn.Module,
+        path: str,
+        leaf_types: tuple[type, ...],
+        arguments: dict[str, Any] | None = None,
     ) -> AttributeProber | None:
         """A prober of ``model.get_submodule(path)`` traced alone, with source lines; None if
-        fx cannot trace it."""
+        fx cannot trace it. ``arguments``: values of forward's arguments that are no tensors
+        (``size=(56, 56)``, see :func:`plain_call_arguments`), fixed while tracing."""
         try:
             module = model.get_submodule(path)
             # arguments with a default take it (``forward(x, x_prev=None)`` branches on it)
@@ -132,12 +139,15 @@ class AttributeProber:
                 for p in params
                 if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
             }
+            concrete.update(arguments or {})
             with _patched(module, []), quiet_torch():
                 tracer = _Tracer(leaf_types, record_stack_traces=True)
                 graph = tracer.trace(module, concrete_args=concrete or None)
         except Exception:  # noqa: BLE001 - then this submodule cannot be probed
             return None
-        return cls(module, graph, leaf_types, concrete or None)
+        prober = cls(module, graph, leaf_types, concrete or None)
+        prober.fixed = bool(arguments)
+        return prober
 
     def nodes_at(self, frames: set[str], sizes: Leaves, index: int) -> list[fx.Node]:
         """The nodes of this trace that can be an exported op given ``sizes`` (its
@@ -316,6 +326,95 @@ class AttributeProber:
             if all(after[name][2][i] != value for i in indices):
                 return f"op {name!r} does not get the size {value}"
         return None
+
+
+class SubmoduleProbers:
+    """Per module path, an :class:`AttributeProber` of that module traced alone (None where fx
+    cannot trace it, even with the values of its arguments that are no tensors)."""
+
+    def __init__(self, traced: Traced, inputs: tuple | None) -> None:
+        self.traced, self.inputs = traced, inputs
+        self.probers: dict[str, AttributeProber | None] = {}
+        self._arguments: dict[str, dict[str, Any]] | None = None
+        self._hints: set[tuple] = set()  # shared: the next block of a stage has its own prober
+
+    def get(self, path: str) -> AttributeProber | None:
+        """The prober of the module at ``path``, built on first use."""
+        if path not in self.probers:
+            model, leaf_types = self.traced.model, self.traced.leaf_types
+            prober = AttributeProber.submodule(model, path, leaf_types)
+            if prober is None and self.inputs is not None:
+                # forward(x, size) iterating ``size``: one run of the model records such
+                # arguments of every module in the graph, for this and later literals
+                if self._arguments is None:
+                    paths = {
+                        str(p)
+                        for n in self.traced.graph.nodes
+                        for p, _ in (n.meta.get("nn_module_stack") or {}).values()
+                    }
+                    self._arguments = plain_call_arguments(model, paths, self.inputs)
+                if self._arguments.get(path):
+                    prober = AttributeProber.submodule(
+                        model, path, leaf_types, self._arguments[path]
+                    )
+            if prober is not None:
+                prober._hints = self._hints
+            self.probers[path] = prober
+        return self.probers[path]
+
+
+def plain_call_arguments(
+    model: nn.Module, paths: set[str], inputs: tuple
+) -> dict[str, dict[str, Any]]:
+    """Per module at ``paths``: the arguments of its first call, in one eval-mode run of
+    ``model`` on ``inputs``, that hold no tensor (``forward(x, size)`` with ``size=(56, 56)``),
+    by name. fx cannot trace such a module alone with a proxy for them (``reshape(B, C, *size)``
+    iterates it), but can with their values. Empty where the model does not run."""
+    found: dict[str, dict[str, Any]] = {}
+    hooks = []
+
+    def record(path: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if path in found:
+            return
+        try:
+            signature = inspect.signature(module.forward)
+            bound = signature.bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        found[path] = {
+            k: _plain(v)
+            for k, v in bound.arguments.items()
+            if signature.parameters[k].kind in named and _is_plain(v)
+        }
+
+    modules = dict(model.named_modules())
+    for path in paths:
+        if path in modules and path:
+            hook = modules[path].register_forward_pre_hook(
+                lambda m, a, k, path=path: record(path, m, a, k), with_kwargs=True
+            )
+            hooks.append(hook)
+    try:
+        # _patched: state the forward caches (LeViT's attention_bias_cache) is restored
+        with torch.no_grad(), eval_mode(model), quiet_torch(), _patched(model, []):
+            model(*inputs)
+    except Exception:  # noqa: BLE001 - then no module gets arguments; probing does without
+        return {}
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _is_plain(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain(x) for x in v)
+    return v is None or type(v) in (int, float, bool, str)
+
+
+def _plain(v: Any) -> Any:
+    return tuple(_plain(x) for x in v) if isinstance(v, tuple) else v
 
 
 def _relative(level: str, module: str) -> str:

@@ -10,8 +10,10 @@ symbolically (fx) or with fake values (torch.export, the tracer that captured th
 and its graph is compared with the original's node by node:
 
 * after :func:`~autogrow.widen`, the same ops on the same arguments; integers (sizes) may
-  differ, every other constant must not (strings excepted: an assertion's message names
-  traced values by node name);
+  differ, but only as the plan says (each literal size the rules recorded, and with
+  torch.export each op's output shape: :class:`~autogrow.transforms.planned_sizes.PlannedSizes`),
+  every other constant must not (strings excepted: an assertion's message names traced
+  values by node name);
 * after :func:`~autogrow.deepen`, the graph with the inserted modules' nodes taken out (their
   output replaced by their input, since they compute the identity) is the original's, modules
   named by what they were before the insertion, every constant the same; and every inserted
@@ -36,6 +38,7 @@ from ..tracing.trace import TracerKind, _Tracer, parse_stack_trace, quiet_torch
 from ..verify import locate_failure
 
 Rename = Callable[[fx.Node], Any]
+Sizes = Callable[[fx.Node, fx.Node], "str | None"]
 
 
 def trace_like(
@@ -85,6 +88,7 @@ def compare_graphs(
     through: Callable[[fx.Node], fx.Node] | None = None,
     source: Callable[[fx.Node], str | None] | None = None,
     confirm: Callable[[], object] | None = None,
+    sizes: Sizes | None = None,
 ) -> None:
     """Raise StructureError unless ``new`` runs ``old``'s ops, in order, on the same arguments.
 
@@ -94,9 +98,12 @@ def compare_graphs(
     ``source``: the model's line of a node of ``new`` (for the message); ``confirm``: run
     on a difference, raises VerificationError when the outputs differ too (then the
     StructureError is raised from it); when it returns, the difference is one of naming, not
-    of computation, and is accepted.
+    of computation, and is accepted; ``sizes(old_node, new_node)``: what is wrong with the
+    sizes a matched op is given or returns, or None (widen: the plan's sizes).
     """
-    problem = first_difference(old, new, what, sizes_may_change, rename, skip, through, source)
+    problem = first_difference(
+        old, new, what, sizes_may_change, rename, skip, through, source, sizes
+    )
     if problem is None:
         return
     if confirm is None:
@@ -116,6 +123,7 @@ def first_difference(
     skip: Callable[[fx.Node], bool] | None = None,
     through: Callable[[fx.Node], fx.Node] | None = None,
     source: Callable[[fx.Node], str | None] | None = None,
+    sizes: Sizes | None = None,
 ) -> str | None:
     """The message for the first op of ``new`` that differs from ``old``'s, or None (the
     arguments as for :func:`compare_graphs`)."""
@@ -138,6 +146,15 @@ def first_difference(
         match[b] = a
         if new_key(b.args) != old_key(a.args) or new_key(b.kwargs) != old_key(a.kwargs):
             return _differs(what, a, b, source, arguments=True)
+        if sizes is not None and (wrong := sizes(a, b)) is not None:
+            return (
+                f"the {what} model's {wrong}: a size attribute its forward code reads was not "
+                "updated as planned (two attributes holding the same value, one of them "
+                "mistaken for the other, or one computed in a way autogrow cannot follow), so "
+                "the grown model would compute another function. Nothing was returned; leave "
+                "the groups involved out (widen(model, {group: factor, ...})), or widen by "
+                "another factor."
+            )
     if len(olds) != len(kept):
         extra = kept[len(olds)] if len(kept) > len(olds) else None
         gone = olds[len(kept)] if len(olds) > len(kept) else None

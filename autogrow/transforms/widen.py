@@ -28,12 +28,13 @@ from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import TracerKind, parse_stack_trace
 from ..verify import run
 from ..verify import verify as verify_outputs
-from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
+from .attributes import AttributeProber, AttrSource, SubmoduleProbers, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
 from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
 from .plan import Factor, check_factor, plan_widths, report_partial_growth
+from .planned_sizes import PlannedSizes
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 from .structure import compare_graphs, fx_source, lazy_source, retrace
 
@@ -258,7 +259,7 @@ class WidenTransform(Transform[WidenPlan]):
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
         if self.symmetry == "paired":  # before verification: the noise keeps the function
             add_paired_noise(self.tensors, self.axis_maps, self.pair_noise, self.generator)
-        self.attrs = attribute_updates(graph, widths) + eps
+        self.attrs = attribute_updates(graph, widths, inputs) + eps
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
         if isinstance(factor, Mapping):
@@ -302,8 +303,16 @@ class WidenTransform(Transform[WidenPlan]):
         def confirm() -> object:
             return verify_outputs(result, inputs, run(model, inputs), what=self.what)
 
+        graph, widths = self.graph, self.widths
+        planned = PlannedSizes(graph.analysis, lambda t: new_size(graph.store, t, widths))
         compare_graphs(
-            traced.graph, new, self.what, sizes_may_change=True, source=source, confirm=confirm
+            traced.graph,
+            new,
+            self.what,
+            sizes_may_change=True,
+            source=source,
+            confirm=confirm,
+            sizes=planned,
         )
 
     def finish(self, result: nn.Module) -> None:
@@ -416,7 +425,9 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
         raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
 
 
-def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:
+def attribute_updates(
+    graph: WidthGraph, widths: dict[int, int], inputs: tuple | None = None
+) -> list[tuple[str, str, Any]]:
     """(module, attribute, new value) for every size attribute that forward code reads.
 
     The rules' attribute bindings come first. A literal size that widening would change is
@@ -424,7 +435,9 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
     (:class:`~autogrow.transforms.attributes.AttributeProber`, fx traces only); the attribute
     gets the value that makes the literal the new size, and one more symbolic trace checks
     that every literal then follows its axis and nothing else moved. A literal with no
-    attribute behind it raises HardcodedSizeError naming the source line.
+    attribute behind it raises HardcodedSizeError naming the source line. ``inputs`` (the
+    example inputs) let a module of an exported graph that fx cannot trace alone be traced
+    with the values of its arguments that are no tensors.
     """
     analysis, store = graph.analysis, graph.store
     model = analysis.traced.model
@@ -454,7 +467,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
     blocking: list[tuple[LiteralSize, int]] = []
     soft: list[tuple[LiteralSize, int]] = []
-    probers: dict[str, AttributeProber | None] = {}
+    probers = SubmoduleProbers(analysis.traced, inputs)
     for lit in analysis.literals:
         new = size(lit.term)
         if not isinstance(lit.value, int):  # sized from another axis: the sizes must agree
@@ -484,7 +497,7 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         items[key] = (value, lit.call.where())
 
     for lit, new in soft:  # an exported graph: probe the module that wrote it, traced alone
-        src = _soft_source(analysis.traced, lit, probers)
+        src = _soft_source(lit, probers)
         if isinstance(src, str):  # the line where fx sees the number written
             raise refuse(lit, new, f"The number is written at {src}. {lit.advice(model)}")
         value = src.solve(new) if isinstance(src, AttrSource) else None
@@ -592,20 +605,19 @@ def _guess_by_value(
     return [(m, a, v) for (m, a), v in guess.items()]
 
 
-def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProber | None]) -> Any:
+def _soft_source(lit: LiteralSize, probers: SubmoduleProbers) -> Any:
     """The attribute behind a literal of an exported graph: the modules that wrote it
     (innermost first) are traced alone with fx, the literal is found again by its source line,
     and probed. The source line (a str) when fx shows the very number written in the code
     and no attribute moves it; None when that cannot be told (no submodule traces, the number is
-    computed from a shape, several attributes move it)."""
+    computed from a shape, several attributes move it, or a number may be an argument's value
+    fixed for the trace)."""
     frames = stack_frames(lit.call.node.meta.get("stack_trace"))
     if not frames or lit.index is None:
         return None
     stack = [str(p) for p, _ in (lit.call.node.meta.get("nn_module_stack") or {}).values()]
     for path in reversed(stack):
-        if path not in probers:
-            probers[path] = AttributeProber.submodule(traced.model, path, traced.leaf_types)
-        prober = probers[path]
+        prober = probers.get(path)
         if prober is None:
             continue
         sizes = size_leaves(lit.call.node)
@@ -613,7 +625,7 @@ def _soft_source(traced: Any, lit: LiteralSize, probers: dict[str, AttributeProb
             return None
         nodes = prober.nodes_at(frames, sizes, lit.index)
         found = {s for node in nodes for s in prober.sources(node, lit.value, lit.index)}
-        if not found and nodes:
+        if not found and nodes and not prober.fixed:
             text = nodes[0].meta.get("stack_trace")
             return (parse_stack_trace(text) if text else None) or "a line of the model's code"
         if len(found) != 1:
