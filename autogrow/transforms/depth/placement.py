@@ -194,9 +194,15 @@ def _default_placements(model: nn.Module, rec: Recording) -> list[Placement]:
         raise UnsupportedOpError(
             f"no layer of {type(model).__name__}'s {', '.join(stacks)} becomes the identity when "
             "its output projections are zeroed, so a copied layer would change the function. "
-            "This is the case for post-LayerNorm layers (LayerNorm(x + f(x))) "
-            "whose LayerNorm weights are no longer 1 and biases 0. Pass after=... to insert "
-            "identity layers instead (the config will not describe them)."
+            "Post-LayerNorm layers (x -> LayerNorm(x + f(x))) are such: with f = 0 a copy "
+            "computes LayerNorm(x), and x, the previous LayerNorm's output gamma*n + beta, is "
+            "its own normalisation only while gamma and beta are the same for every feature "
+            "(1 and 0 at initialisation); nothing inside the copy can undo the division by "
+            "each token's spread (docs/deepen.md, 'Post-LayerNorm stacks'). Instead: "
+            "autogrow.widen(model, 2.0) grows width exactly; autogrow.stack(model) copies "
+            "whole layers (not function-preserving: it measures the change); identity layers "
+            "elsewhere (after=..., see autogrow.insertion_points(model)) are refused where the "
+            "model's config counts its layers, as the config could not describe them."
         )
     for name in run_ends(model, rec):
         point = block_point(model, name, rec)
