@@ -28,6 +28,7 @@ from .recorder import (
     is_container,
     parent_of,
     plain_sequential,
+    run_between,
 )
 
 BLOCK_TOL = 1e-6  # largest relative error of a zeroed copy that counts as the identity
@@ -201,7 +202,12 @@ def block_point(
 
     ``outermost``: a layer of a library's layer stack is a block even though it holds
     residual blocks (its attention and MLP sublayers), because the library counts layers.
+    A block whose container's loop runs other modules between the blocks is none: a new
+    block would bring another call of them.
     """
+    parent, _ = parent_of(model, name)
+    if parent is not None and run_between(rec, name.rpartition(".")[0], list(parent._modules)):
+        return None
     if outermost and block_candidate(model, name, rec):
         discarded = discarded_outputs(model, name, rec)
         zero = _find_zero_set(model.get_submodule(name), rec.calls[name], rec.adapter, discarded)

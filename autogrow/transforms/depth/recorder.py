@@ -42,6 +42,8 @@ class Recording:
         self.adapter = adapter_for(model)
         self.calls: dict[str, ModuleCall] = {}
         self.order: list[str] = []  # leaf modules, in the order their forward ended
+        self.events: list[str] = []  # every leaf call's end, repeats included
+        self.spans: dict[str, tuple[int, int]] = {}  # container child: its first call's events
         self.keep = {
             f"{name}.{key}" if name else key
             for name, m in model.named_modules()
@@ -66,6 +68,7 @@ class Recording:
         def hook(module, args, kwargs):
             if name not in self.calls and name not in self._pending:
                 self._pending[name] = (clone(args), clone(kwargs))
+                self.spans[name] = (len(self.events), len(self.events))
 
         return hook
 
@@ -74,7 +77,12 @@ class Recording:
             is_tensor = isinstance(output, torch.Tensor)
             shape = tuple(output.shape) if is_tensor else None
             call = self.calls.get(name)
+            leaf = not any(True for _ in module.children())
+            if leaf:
+                self.events.append(name)
             if call is None:
+                if name in self.spans:
+                    self.spans[name] = (self.spans[name][0], len(self.events))
                 a, k = self._pending.pop(name, ((), {}))
                 if name in self.keep:
                     value = clone(output)
@@ -84,13 +92,30 @@ class Recording:
                     value = None
                 device = output.device if is_tensor else None
                 call = self.calls[name] = ModuleCall(a, k, value, device)
-                if not any(True for _ in module.children()):
+                if leaf:
                     self.order.append(name)
             else:
                 call.calls += 1
             call.shapes.add(shape)
 
         return hook
+
+
+def run_between(rec: Recording, container: str, keys: list[str]) -> list[str]:
+    """Modules outside ``container`` that forward runs between two of its children (``keys``,
+    in order): the model's own loop over the blocks calls them once per block, so a new block
+    brings one more call of each."""
+    names = [f"{container}.{k}" if container else k for k in keys]
+    spans = [rec.spans.get(n) for n in names]
+    inside = f"{container}." if container else ""
+    found: list[str] = []
+    for a, b in zip(spans, spans[1:]):
+        if a is None or b is None:
+            continue
+        for leaf in rec.events[a[1] : b[0]]:
+            if not leaf.startswith(inside) and leaf not in found:
+                found.append(leaf)
+    return found
 
 
 def clone(value: Any) -> Any:
