@@ -162,3 +162,17 @@ def test_timm_coat_deepens_its_serial_blocks_not_its_parallel_ones():
     with torch.no_grad():
         y = torch.randn(1, 3, 224, 224)
         assert relative_error(grown.model(y), model(y)) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["resnet", pytest.param("swin", marks=pytest.mark.slow)])
+def test_stack_keeps_per_stage_depths_in_step_and_round_trips(family, tmp_path):
+    model = tiny(family)
+    stacked = autogrow.stack(model, 2, example_inputs=inputs(family))
+    for container, field in layer_stacks(stacked).items():
+        index = int(field.removeprefix("depths[").removesuffix("]"))
+        assert len(stacked.get_submodule(container)) == stacked.config.depths[index]
+    # a stage of one downsampling block gets no copy of it (ResNet's stage 1)
+    assert stacked.config.depths == ([2, 1] if family == "resnet" else [2, 2])
+    loaded = _round_trip(stacked, family, tmp_path)
+    x = inputs(family, seed=1)
+    assert relative_error(output(loaded, x), output(stacked, x)) == 0.0

@@ -133,7 +133,7 @@ def sync_layer_count(
             new_layers += [f"{container}.{keys[j]}" for j in range(start, start + n)]
             shift += n
     undo_counts = sync_layer_sources(model, stacks, sources)
-    undo_attrs = _attributes_as_built(model, new_layers)
+    undo_attrs = attributes_as_built(model, new_layers)
 
     def restore() -> None:
         undo_attrs()
@@ -142,7 +142,7 @@ def sync_layer_count(
     return restore
 
 
-def _attributes_as_built(model: nn.Module, names: list[str]) -> Callable[[], None]:
+def attributes_as_built(model: nn.Module, names: list[str]) -> Callable[[], None]:
     """Give the modules of the new layers ``names`` the size attributes that the model's
     config builds there (a copied layer may sit where the config alternates a setting)."""
     from .transformers import _is_size

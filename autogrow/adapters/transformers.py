@@ -39,7 +39,7 @@ from .hf_config import (
 from .hf_config import quiet as _quiet
 from .hf_config import shapes as _shapes
 from .hf_floats import grown_float_fields, unset_float_attrs
-from .hf_stacks import layer_stacks, sync_layer_count, sync_layer_sources
+from .hf_stacks import attributes_as_built, layer_stacks, sync_layer_count, sync_layer_sources
 
 if TYPE_CHECKING:
     from ..rules.context import Analysis
@@ -344,7 +344,20 @@ class TransformersAdapter(ModelAdapter):
     def after_stack(
         self, model: nn.Module, stacks: dict[str, str], sources: dict[str, list[int]]
     ) -> Undo:
-        return sync_layer_sources(model, stacks, sources)
+        undo_counts = sync_layer_sources(model, stacks, sources)
+        moved = [
+            f"{container}.{key}"
+            for container, source in sources.items()
+            for i, key in enumerate(model.get_submodule(container)._modules)
+            if i >= len(source) or source[i] != i
+        ]
+        undo_attrs = attributes_as_built(model, moved)
+
+        def restore() -> None:
+            undo_attrs()
+            undo_counts()
+
+        return restore
 
     def linear_width(self, module: nn.Module) -> int | None:
         # transformers' Conv1D: y = x @ weight + bias with weight stored (in, out); nf = out.
