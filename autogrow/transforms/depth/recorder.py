@@ -17,6 +17,9 @@ from torch import nn
 from ...adapters import adapter_for
 from ...tracing import eval_mode
 
+# Modules a loop may run once more without changing anything: the identity in eval mode.
+_HARMLESS_REPEATS = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
 
 @dataclass
 class ModuleCall:
@@ -104,7 +107,7 @@ class Recording:
 def run_between(rec: Recording, container: str, keys: list[str]) -> list[str]:
     """Modules outside ``container`` that forward runs between two of its children (``keys``,
     in order): the model's own loop over the blocks calls them once per block, so a new block
-    brings one more call of each."""
+    brings one more call of each. Eval-mode identities (dropout) are left out."""
     names = [f"{container}.{k}" if container else k for k in keys]
     spans = [rec.spans.get(n) for n in names]
     inside = f"{container}." if container else ""
@@ -113,6 +116,9 @@ def run_between(rec: Recording, container: str, keys: list[str]) -> list[str]:
         if a is None or b is None:
             continue
         for leaf in rec.events[a[1] : b[0]]:
+            module = rec.model.get_submodule(leaf)
+            if isinstance(module, _HARMLESS_REPEATS):
+                continue
             if not leaf.startswith(inside) and leaf not in found:
                 found.append(leaf)
     return found
