@@ -176,3 +176,32 @@ def test_stack_keeps_per_stage_depths_in_step_and_round_trips(family, tmp_path):
     loaded = _round_trip(stacked, family, tmp_path)
     x = inputs(family, seed=1)
     assert relative_error(output(loaded, x), output(stacked, x)) == 0.0
+
+
+class _MidNorm(nn.Module):
+    """A module run once in the middle of the loop (not per block) is no reason to refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList([_Block(8) for _ in range(3)])
+        self.mid = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)[0]
+            if i == 0:
+                x = self.mid(x)
+        return self.head(x)
+
+
+def test_a_module_run_in_one_gap_only_does_not_block_deepening():
+    torch.manual_seed(0)
+    model = _MidNorm().eval()
+    x = torch.randn(5, 4)
+    deep = autogrow.deepen(model, after="blocks", example_inputs=(x,))
+    assert len(deep.blocks) == 4
+    with torch.no_grad():
+        assert relative_error(deep(x), model(x)) < 1e-4

@@ -105,23 +105,27 @@ class Recording:
 
 
 def run_between(rec: Recording, container: str, keys: list[str]) -> list[str]:
-    """Modules outside ``container`` that forward runs between two of its children (``keys``,
-    in order): the model's own loop over the blocks calls them once per block, so a new block
-    brings one more call of each. Eval-mode identities (dropout) are left out."""
+    """Modules outside ``container`` that forward runs between every two consecutive children
+    (``keys``, in order): the model's own loop over the blocks calls them once per block, so
+    a new block brings one more call of each. A module run in only some gaps (a norm after the
+    middle block) is not per block; eval-mode identities (dropout) are left out."""
     names = [f"{container}.{k}" if container else k for k in keys]
     spans = [rec.spans.get(n) for n in names]
     inside = f"{container}." if container else ""
-    found: list[str] = []
+    gaps: list[list[str]] = []
     for a, b in zip(spans, spans[1:]):
         if a is None or b is None:
-            continue
+            return []
+        gap = []
         for leaf in rec.events[a[1] : b[0]]:
-            module = rec.model.get_submodule(leaf)
-            if isinstance(module, _HARMLESS_REPEATS):
+            if leaf.startswith(inside) or leaf in gap:
                 continue
-            if not leaf.startswith(inside) and leaf not in found:
-                found.append(leaf)
-    return found
+            if not isinstance(rec.model.get_submodule(leaf), _HARMLESS_REPEATS):
+                gap.append(leaf)
+        gaps.append(gap)
+    if not gaps:
+        return []
+    return [leaf for leaf in gaps[0] if all(leaf in gap for gap in gaps[1:])]
 
 
 def clone(value: Any) -> Any:
