@@ -75,9 +75,17 @@ def layer_stacks(model: nn.Module) -> dict[str, str]:
     )
     _CONFIGS[key] = (type(model), model.config)
     try:
-        return dict(_probe_stacks(key))
+        probed = _probe_stacks(key)
     finally:
         _CONFIGS.pop(key, None)
+    # the model itself must agree with what its config builds (a model changed by hand does not)
+    modules = dict(model.named_modules())
+    return {
+        name: field
+        for name, field in probed
+        if isinstance(modules.get(name), (nn.ModuleList, nn.Sequential))
+        and len(modules[name]) == get_field(model.config, field)
+    }
 
 
 @lru_cache(maxsize=8)
