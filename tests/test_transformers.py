@@ -212,8 +212,11 @@ def test_inplace_failure_restores_config_and_modules():
 @pytest.mark.parametrize("kind", sorted(POST_LN))
 def test_deepen_refuses_post_layernorm_layers_with_trained_norms(kind):
     model = _model(kind)  # LayerNorm weights and biases redrawn, as after training
-    with pytest.raises(autogrow.UnsupportedOpError, match="post-LayerNorm"):
+    with pytest.raises(autogrow.UnsupportedOpError, match="Post-LayerNorm") as refused:
         autogrow.deepen(model, example_inputs=_inputs(kind))
+    # the refusal says what can be done instead
+    assert "autogrow.widen(model" in str(refused.value)
+    assert "autogrow.stack(model)" in str(refused.value)
 
 
 def test_inplace_widen_keeps_tied_embeddings_tied():

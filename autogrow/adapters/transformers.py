@@ -39,6 +39,7 @@ from .hf_config import (
 from .hf_config import quiet as _quiet
 from .hf_config import shapes as _shapes
 from .hf_floats import grown_float_fields, unset_float_attrs
+from .hf_stacks import attributes_as_built, layer_stacks, sync_layer_count, sync_layer_sources
 
 if TYPE_CHECKING:
     from ..rules.context import Analysis
@@ -240,84 +241,6 @@ def _is_size(value: Any) -> bool:
     return type(value) is tuple and all(type(v) is int for v in value)
 
 
-LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers")
-
-
-def layer_stacks(model: nn.Module) -> dict[str, str]:
-    """The layer stacks of a transformers model: ``nn.ModuleList`` name → the config field
-    that states its length (an empty dict for other models)."""
-    if not is_hf_model(model):
-        return {}
-    counts = {k: v for k, v in _int_fields(model.config).items() if k in LAYER_COUNTS}
-    stacks: dict[str, str] = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.ModuleList) or not len(m):
-            continue
-        if len({type(layer) for layer in m}) != 1 or any(name.startswith(f"{s}.") for s in stacks):
-            continue
-        field = next((k for k, v in counts.items() if v == len(m)), None)
-        if field is not None:
-            stacks[name] = field
-    return stacks
-
-
-def sync_layer_count(
-    model: nn.Module, stacks: dict[str, str], inserted: list[tuple[str, int | None, int]]
-) -> Callable[[], None]:
-    """After ``n`` layers were inserted at ``index`` of ``container`` (for each entry) of the
-    ``stacks`` found before insertion (:func:`layer_stacks`): set the config's layer count, the
-    per-layer config lists (``layer_types``) and each layer's ``layer_idx`` (caches and masks
-    index by it). Returns an undo function."""
-    config = getattr(model, "config", None)
-    by_stack: dict[str, list[tuple[int, int]]] = {}
-    for container, index, n in inserted:
-        if index is not None:
-            by_stack.setdefault(container, []).append((index, n))
-    sources: dict[str, list[int]] = {}
-    for container, field in stacks.items():
-        if container not in by_stack:
-            continue
-        sources[container] = list(range(getattr(config, field)))
-        for index, n in sorted(by_stack[container], reverse=True):
-            sources[container][index:index] = [index - 1] * n
-    return sync_layer_sources(model, stacks, sources)
-
-
-def sync_layer_sources(
-    model: nn.Module, stacks: dict[str, str], sources: dict[str, list[int]]
-) -> Callable[[], None]:
-    """After the layers of ``stacks`` (found before, :func:`layer_stacks`) were rebuilt so
-    that layer ``i`` of ``container`` is a copy of old layer ``sources[container][i]``: set the
-    config's layer count, the per-layer config lists (``layer_types``, taken from each layer's
-    source) and each layer's ``layer_idx``. Returns an undo function."""
-    config = getattr(model, "config", None)
-    undo: list[tuple[Any, str, Any]] = []
-
-    def put(obj: Any, attr: str, value: Any) -> None:
-        undo.append((obj, attr, getattr(obj, attr)))
-        setattr(obj, attr, value)
-
-    for container, field in stacks.items():
-        if container not in sources:
-            continue
-        layers = model.get_submodule(container)
-        old_count = getattr(config, field)
-        put(config, field, len(layers))
-        for attr, value in list(vars(config).items()):
-            if isinstance(value, list) and len(value) == old_count and not attr.startswith("_"):
-                put(config, attr, [value[i] for i in sources[container]])
-        for i, layer in enumerate(layers):
-            for m in layer.modules():
-                if type(getattr(m, "layer_idx", None)) is int and m.layer_idx != i:
-                    put(m, "layer_idx", i)
-
-    def restore() -> None:
-        for obj, attr, value in reversed(undo):
-            setattr(obj, attr, value)
-
-    return restore
-
-
 def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[-1] if lines else type(e).__name__
@@ -421,7 +344,20 @@ class TransformersAdapter(ModelAdapter):
     def after_stack(
         self, model: nn.Module, stacks: dict[str, str], sources: dict[str, list[int]]
     ) -> Undo:
-        return sync_layer_sources(model, stacks, sources)
+        undo_counts = sync_layer_sources(model, stacks, sources)
+        moved = [
+            f"{container}.{key}"
+            for container, source in sources.items()
+            for i, key in enumerate(model.get_submodule(container)._modules)
+            if i >= len(source) or source[i] != i
+        ]
+        undo_attrs = attributes_as_built(model, moved)
+
+        def restore() -> None:
+            undo_attrs()
+            undo_counts()
+
+        return restore
 
     def linear_width(self, module: nn.Module) -> int | None:
         # transformers' Conv1D: y = x @ weight + bias with weight stored (in, out); nf = out.

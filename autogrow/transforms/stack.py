@@ -123,6 +123,24 @@ def _keeps_shape(name: str, rec: Recording) -> bool:
     return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
 
 
+def _library_run(model: nn.Module, name: str, rec: Recording) -> _Run | None:
+    """A library's layer stack from its first layer that keeps its input's shape: a stage's
+    leading downsampling layer is not copied (the library builds the added layers without
+    it); None when every layer changes the shape (a stage of one downsampling layer)."""
+    container = model.get_submodule(name)
+    prefix = f"{name}." if name else ""
+    start = 0
+    for key in container._modules:
+        call = rec.calls.get(prefix + key)
+        x = call.args[0] if call is not None and call.args else None
+        y = hidden(call.output) if call is not None else None
+        changes = isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape != y.shape
+        if not changes:
+            break
+        start += 1
+    return _Run(name, start, len(container)) if start < len(container) else None
+
+
 def _run_in(model: nn.Module, name: str, rec: Recording) -> _Run | str:
     """The longest run of identically structured, shape-keeping children of container
     ``name`` (the last one on a tie), or why there is none."""
@@ -164,7 +182,8 @@ def find_runs(model: nn.Module, rec: Recording, names: Sequence[str] | None) -> 
     else every outermost container with a run of identical blocks."""
     library = adapter_for(model).layer_stacks(model)
     if names is None and library:
-        return [_Run(n, 0, len(model.get_submodule(n))) for n in library]
+        found = [_library_run(model, n, rec) for n in library]
+        return [r for r in found if r is not None]
     runs: list[_Run] = []
     candidates = (
         names if names is not None else [n for n, m in model.named_modules() if is_container(m)]
@@ -186,7 +205,9 @@ def find_runs(model: nn.Module, rec: Recording, names: Sequence[str] | None) -> 
         if names is None and any(name.startswith(f"{r.container}.") for r in runs):
             continue  # inside a stack already found: copied with it
         if name in library:  # a library's stack (named, or replayed by load): all its layers
-            runs.append(_Run(name, 0, len(module)))
+            library_run = _library_run(model, name, rec)
+            if library_run is not None:
+                runs.append(library_run)
             continue
         run = _run_in(model, name, rec)
         if isinstance(run, _Run):

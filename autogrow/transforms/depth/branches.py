@@ -28,6 +28,7 @@ from .recorder import (
     is_container,
     parent_of,
     plain_sequential,
+    run_between,
 )
 
 BLOCK_TOL = 1e-6  # largest relative error of a zeroed copy that counts as the identity
@@ -91,7 +92,11 @@ def _out_width(m: nn.Module, adapter: ModelAdapter) -> int:
 
 
 def _identity_error(
-    block: nn.Module, zero: Sequence[str], call: ModuleCall, adapter: ModelAdapter
+    block: nn.Module,
+    zero: Sequence[str],
+    call: ModuleCall,
+    adapter: ModelAdapter,
+    discarded: frozenset[int] = frozenset(),
 ) -> float:
     trial = copy.deepcopy(block)
     zero_branch(trial, zero, adapter)
@@ -104,8 +109,10 @@ def _identity_error(
     except Exception:  # noqa: BLE001 - a block that cannot take its own output is not usable
         return float("inf")
     if isinstance(call.output, tuple) and isinstance(out, tuple) and len(out) == len(call.output):
-        # the other outputs (a position bias passed along) must come out unchanged too
-        if any(_differs(a, b) for a, b in zip(out[1:], call.output[1:])):
+        # the other outputs (a position bias passed along) must come out unchanged too, but
+        # for those the model discards (attention weights it only keeps when asked to)
+        pairs = enumerate(zip(out[1:], call.output[1:]), start=1)
+        if any(_differs(a, b) for i, (a, b) in pairs if i not in discarded):
             return float("inf")
     out = hidden(out)
     if not isinstance(out, torch.Tensor) or out.shape != y.shape:
@@ -121,13 +128,50 @@ def _differs(a: Any, b: Any) -> bool:
     return type(a) is not type(b)
 
 
+def discarded_outputs(model: nn.Module, name: str, rec: Recording) -> frozenset[int]:
+    """The positions (after the first) of block ``name``'s tuple output that no sibling of
+    its container receives: where every block of the container ran and each passed none of
+    those outputs to the next block (as argument or keyword), the model discards them, so a
+    copy may return other values there. Empty when this cannot be seen (fewer than two
+    blocks ran), so that every output must then come out unchanged."""
+    parent, _ = parent_of(model, name)
+    if parent is None or not is_container(parent):
+        return frozenset()
+    prefix = name.rpartition(".")[0]
+    names = [f"{prefix}.{k}" if prefix else k for k in parent._modules]
+    calls = [rec.calls.get(n) for n in names]
+    if len(calls) < 2 or any(c is None or not isinstance(c.output, tuple) for c in calls):
+        return frozenset()
+    width = min(len(c.output) for c in calls)  # type: ignore[union-attr, arg-type]
+    passed: set[int] = set()
+    for a, b in zip(calls, calls[1:]):
+        received = [v for v in _tensors((b.args, b.kwargs))]  # type: ignore[union-attr]
+        for i in range(1, width):
+            out = a.output[i]  # type: ignore[union-attr]
+            if not isinstance(out, torch.Tensor) or any(
+                v.shape == out.shape and torch.equal(v, out) for v in received
+            ):
+                passed.add(i)
+    return frozenset(range(1, width)) - passed
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
 def _find_zero_set(
-    block: nn.Module, call: ModuleCall, adapter: ModelAdapter
+    block: nn.Module, call: ModuleCall, adapter: ModelAdapter, discarded: frozenset[int]
 ) -> tuple[str, ...] | None:
     """The branch-ending Linear/Convs whose zeroing makes ``block`` the identity, or None."""
     candidates = [n for n, m in block.named_modules() if _is_branch_end(m, adapter)]
     chosen: list[str] = []
-    current = _identity_error(block, chosen, call, adapter)
+    current = _identity_error(block, chosen, call, adapter, discarded)
     improved = True
     while improved and current > BLOCK_TOL:  # again: one zeroing can help only after another
         improved = False
@@ -136,7 +180,7 @@ def _find_zero_set(
                 break
             if name in chosen:
                 continue
-            err = _identity_error(block, [*chosen, name], call, adapter)
+            err = _identity_error(block, [*chosen, name], call, adapter, discarded)
             if err < current * (1 - 1e-3):
                 chosen.append(name)
                 current, improved = err, True
@@ -146,7 +190,7 @@ def _find_zero_set(
         return ()
     for name in sorted(chosen, key=candidates.index):  # drop redundant (earlier) zeroings
         rest = [c for c in chosen if c != name]
-        if rest and _identity_error(block, rest, call, adapter) <= BLOCK_TOL:
+        if rest and _identity_error(block, rest, call, adapter, discarded) <= BLOCK_TOL:
             chosen = rest
     return tuple(sorted(chosen, key=candidates.index))
 
@@ -158,9 +202,15 @@ def block_point(
 
     ``outermost``: a layer of a library's layer stack is a block even though it holds
     residual blocks (its attention and MLP sublayers), because the library counts layers.
+    A block whose container's loop runs other modules between the blocks is none: a new
+    block would bring another call of them.
     """
+    parent, _ = parent_of(model, name)
+    if parent is not None and run_between(rec, name.rpartition(".")[0], list(parent._modules)):
+        return None
     if outermost and block_candidate(model, name, rec):
-        zero = _find_zero_set(model.get_submodule(name), rec.calls[name], rec.adapter)
+        discarded = discarded_outputs(model, name, rec)
+        zero = _find_zero_set(model.get_submodule(name), rec.calls[name], rec.adapter, discarded)
     else:
         zero = _zero_set(model, name, rec)
     if zero is None:
@@ -186,7 +236,8 @@ def _zero_set(model: nn.Module, name: str, rec: Recording) -> tuple[str, ...] | 
             prefix = f"{name}."
             inner = sorted(d for d in rec.keep if d.startswith(prefix))
             if all(_zero_set(model, d, rec) is None for d in inner):
-                result = _find_zero_set(model.get_submodule(name), rec.calls[name], rec.adapter)
+                call, discarded = rec.calls[name], discarded_outputs(model, name, rec)
+                result = _find_zero_set(model.get_submodule(name), call, rec.adapter, discarded)
         rec.zero_sets[name] = result
     return rec.zero_sets[name]
 

@@ -22,7 +22,14 @@ from ...errors import InvalidArgumentError, UnsupportedOpError
 from ..layer_kinds import FEATURE_NORMS, LINEAR_OR_CONV, is_activation
 from .branches import block_candidate, block_point, run_ends, zero_branch
 from .points import InsertionKind, InsertionPoint
-from .recorder import Recording, end_index, is_container, parent_of, plain_sequential
+from .recorder import (
+    Recording,
+    end_index,
+    is_container,
+    parent_of,
+    plain_sequential,
+    run_between,
+)
 from .stacks import identity_point, identity_stack
 
 After = str | InsertionPoint | Sequence[str | InsertionPoint] | None
@@ -134,6 +141,7 @@ def _placement_for(
             point = block_point(model, block_name, rec, outermost=outermost)
             if point is not None:
                 return _block_placement(model, block_name, point)
+            _refuse_loop_calls(model, rec, block_name, kind)
         if kind == InsertionKind.BLOCK:
             raise UnsupportedOpError(
                 f"{label!r} is not a residual block (or a stage ending in one): zeroing its "
@@ -162,6 +170,23 @@ def _placement_for(
         parent_name = name.rpartition(".")[0]
         return Placement(point, parent_name, list(parent._modules).index(attr) + 1, factory)
     return Placement(point, name, None, factory)
+
+
+def _refuse_loop_calls(model: nn.Module, rec: Recording, block_name: str, kind: Any) -> None:
+    """Refuse a block where the model's loop over its container runs other modules between
+    the blocks (a shared position encoding applied before each block): a new block would
+    bring one more call of them, which no zeroing inside the block undoes."""
+    container = block_name.rpartition(".")[0]
+    between = run_between(rec, container, list(model.get_submodule(container)._modules))
+    if between and (
+        kind == InsertionKind.BLOCK or isinstance(model.get_submodule(container), nn.ModuleList)
+    ):
+        raise UnsupportedOpError(
+            f"forward runs {', '.join(repr(b) for b in between[:3])} between the blocks of "
+            f"{container!r} (its loop calls them once per block), so a new block there would "
+            "add one more call of them and change the function; deepen another stage, or "
+            "name a module inside one of its blocks (see autogrow.insertion_points(model))"
+        )
 
 
 def _block_placement(model: nn.Module, block_name: str, point: InsertionPoint) -> Placement:
@@ -194,9 +219,15 @@ def _default_placements(model: nn.Module, rec: Recording) -> list[Placement]:
         raise UnsupportedOpError(
             f"no layer of {type(model).__name__}'s {', '.join(stacks)} becomes the identity when "
             "its output projections are zeroed, so a copied layer would change the function. "
-            "This is the case for post-LayerNorm layers (LayerNorm(x + f(x))) "
-            "whose LayerNorm weights are no longer 1 and biases 0. Pass after=... to insert "
-            "identity layers instead (the config will not describe them)."
+            "Post-LayerNorm layers (x -> LayerNorm(x + f(x))) are such: with f = 0 a copy "
+            "computes LayerNorm(x), and x, the previous LayerNorm's output gamma*n + beta, is "
+            "its own normalisation only while gamma and beta are the same for every feature "
+            "(1 and 0 at initialisation); nothing inside the copy can undo the division by "
+            "each token's spread (docs/deepen.md, 'Post-LayerNorm stacks'). Instead: "
+            "autogrow.widen(model, 2.0) grows width exactly; autogrow.stack(model) copies "
+            "whole layers (not function-preserving: it measures the change); identity layers "
+            "elsewhere (after=..., see autogrow.insertion_points(model)) are refused where the "
+            "model's config counts its layers, as the config could not describe them."
         )
     for name in run_ends(model, rec):
         point = block_point(model, name, rec)

@@ -17,6 +17,9 @@ from torch import nn
 from ...adapters import adapter_for
 from ...tracing import eval_mode
 
+# Modules a loop may run once more without changing anything: the identity in eval mode.
+_HARMLESS_REPEATS = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
 
 @dataclass
 class ModuleCall:
@@ -42,6 +45,8 @@ class Recording:
         self.adapter = adapter_for(model)
         self.calls: dict[str, ModuleCall] = {}
         self.order: list[str] = []  # leaf modules, in the order their forward ended
+        self.events: list[str] = []  # every leaf call's end, repeats included
+        self.spans: dict[str, tuple[int, int]] = {}  # container child: its first call's events
         self.keep = {
             f"{name}.{key}" if name else key
             for name, m in model.named_modules()
@@ -66,6 +71,7 @@ class Recording:
         def hook(module, args, kwargs):
             if name not in self.calls and name not in self._pending:
                 self._pending[name] = (clone(args), clone(kwargs))
+                self.spans[name] = (len(self.events), len(self.events))
 
         return hook
 
@@ -74,7 +80,12 @@ class Recording:
             is_tensor = isinstance(output, torch.Tensor)
             shape = tuple(output.shape) if is_tensor else None
             call = self.calls.get(name)
+            leaf = not any(True for _ in module.children())
+            if leaf:
+                self.events.append(name)
             if call is None:
+                if name in self.spans:
+                    self.spans[name] = (self.spans[name][0], len(self.events))
                 a, k = self._pending.pop(name, ((), {}))
                 if name in self.keep:
                     value = clone(output)
@@ -84,13 +95,37 @@ class Recording:
                     value = None
                 device = output.device if is_tensor else None
                 call = self.calls[name] = ModuleCall(a, k, value, device)
-                if not any(True for _ in module.children()):
+                if leaf:
                     self.order.append(name)
             else:
                 call.calls += 1
             call.shapes.add(shape)
 
         return hook
+
+
+def run_between(rec: Recording, container: str, keys: list[str]) -> list[str]:
+    """Modules outside ``container`` that forward runs between every two consecutive children
+    (``keys``, in order): the model's own loop over the blocks calls them once per block, so
+    a new block brings one more call of each. A module run in only some gaps (a norm after the
+    middle block) is not per block; eval-mode identities (dropout) are left out."""
+    names = [f"{container}.{k}" if container else k for k in keys]
+    spans = [rec.spans.get(n) for n in names]
+    inside = f"{container}." if container else ""
+    gaps: list[list[str]] = []
+    for a, b in zip(spans, spans[1:]):
+        if a is None or b is None:
+            return []
+        gap = []
+        for leaf in rec.events[a[1] : b[0]]:
+            if leaf.startswith(inside) or leaf in gap:
+                continue
+            if not isinstance(rec.model.get_submodule(leaf), _HARMLESS_REPEATS):
+                gap.append(leaf)
+        gaps.append(gap)
+    if not gaps:
+        return []
+    return [leaf for leaf in gaps[0] if all(leaf in gap for gap in gaps[1:])]
 
 
 def clone(value: Any) -> Any:
