@@ -4,8 +4,9 @@ torch.export specialises every size, so ``self.v(x).reshape(B, N, self.num_heads
 self.num_heads)`` (``B, N, C = x.shape``) reaches an exported graph as ``reshape(v, [1, 196,
 4, 48])``: nothing says that 48 follows the width of ``x``. torch.fx keeps that arithmetic
 as nodes. :class:`ModuleSizes` traces one module alone with fx (arguments with a default take
-it) and tells, for an op found again by its source line and its sizes, whether a size is
-``input.shape[dim] // divisor`` of one of the module's inputs (:class:`InputSize`).
+it; a condition on a traced value takes its ``False`` branch) and tells, for an op found
+again by its source line and its sizes, whether a size is ``input.shape[dim] // divisor`` of
+one of the module's inputs (:class:`InputSize`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class ModuleSizes:
         }
         try:
             with _restored(module), quiet_torch():
-                tracer = _Tracer(leaf_types, record_stack_traces=True)
+                tracer = _Lenient(leaf_types, record_stack_traces=True)
                 graph = tracer.trace(module, concrete_args=concrete or None)
         except Exception:  # noqa: BLE001 - then nothing is known about this module's sizes
             return None
@@ -109,6 +110,17 @@ class ModuleSizes:
                 continue
             found.add(input_size(leaves[index], self.inputs))
         return found.pop() if len(found) == 1 else None
+
+
+class _Lenient(_Tracer):
+    """Takes the ``False`` branch of a condition on a traced value (``if self.cache is None or
+    self.cache.shape[1] != N``) instead of failing: only the size arithmetic of the ops on
+    the path taken is read, and a wrong path leaves ops unmatched (nothing is tied)."""
+
+    proxy_buffer_attributes = True  # a buffer's methods called with a traced size
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return False
 
 
 def _leaves(node: fx.Node) -> tuple:
