@@ -5,11 +5,12 @@ exports as ``reshape(v, [1, 196, 4, 48])``. The attention rule grows the heads (
 attribute, follows them), but 48 follows the width of ``x``, another group: heads grown
 while ``x`` keeps its width (or grows by another factor) give a model that no longer runs.
 Where fx, tracing the module alone, shows such a size as ``x.shape[d] // k``
-(:class:`~autogrow.tracing.input_sizes.ModuleSizes`), the axis it sizes is frozen (it keeps
-``x``'s width over the heads) and the planner must keep ``heads × head_dim`` equal to ``x``'s
-width (an equality :func:`autogrow.transforms.plan.plan_widths` keeps, leaving both at their
-width where a factor would break it). A size that is ``x.shape[d]`` itself
-(``out.reshape(B, N, C)``) is the same equality without a divisor.
+(:class:`~autogrow.tracing.input_sizes.ModuleSizes`), the axis it sizes is frozen (a head
+size: whole heads follow ``x``'s width) and the planner keeps ``heads × head_dim`` equal to
+``x``'s width (an equality :func:`autogrow.transforms.plan.plan_widths` keeps, leaving both
+at their width where a factor would break it). A size that is ``x.shape[d]`` itself
+(``out.reshape(B, N, C)``) is the same equality without a divisor; the inner factors of the
+axis it sizes (``heads × head_dim``: the head size) are frozen.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from torch import fx
 
-from ..axes.terms import Term, prod
+from ..axes.terms import Prod, Term, prod
 from ..rules.context import LiteralSize, RuleContext
 from ..rules.registry import TensorValue
 from ..tracing.input_sizes import InputSize, ModuleSizes, stack_frames
@@ -47,17 +48,20 @@ def tie_input_sizes(ctx: RuleContext) -> None:
         width = _input_term(ctx, path, size, lit.value * size.divisor)
         if width is None:
             continue
+        where = f"at {lit.call.where()}; whole heads follow that width"
         if size.divisor == 1:  # out.reshape(B, N, C): the axis keeps the input's width
+            merged = ctx.store.resolve(lit.term)
+            if isinstance(merged, Prod):  # (heads head_dim): whole heads follow the width
+                for inner in merged.factors[1:]:
+                    ctx.freeze(
+                        inner, f"a head size: heads × head size is the input's width {where}"
+                    )
             ctx.literals.append(LiteralSize(lit.term, width, lit.call))
             continue
         heads = _divisor_axis(ctx, out, lit.index, size.divisor)
         if heads is None:
             continue
-        ctx.freeze(
-            lit.term,
-            f"sized as the input's width // {size.divisor} at {lit.call.where()} (keeps the "
-            "input's width over the heads)",
-        )
+        ctx.freeze(lit.term, f"a head size: the input's width // {size.divisor} {where}")
         ctx.literals.append(LiteralSize(prod([heads, lit.term]), width, lit.call))
 
 
