@@ -143,8 +143,10 @@ def test_heads_that_cannot_follow_the_input_width_keep_it(factor, verify):
 
 def test_dict_factor_that_breaks_the_heads_names_the_groups():
     net, x = _block("fused")
-    with pytest.raises(autogrow.ConstraintError, match="keeps equal to another axis"):
-        autogrow.widen(net, {"attn": 2.0}, example_inputs=(x,), seed=0)
+    with pytest.raises(
+        autogrow.ConstraintError, match="attn.qkv would break a size that forward code keeps equal"
+    ):
+        autogrow.widen(net, {"attn.qkv": 2.0}, example_inputs=(x,), seed=0)
 
 
 def test_module_sizes_read_the_arithmetic_of_a_module_traced_alone():
