@@ -70,12 +70,14 @@ class InputWidthOutput(nn.Module):
 
 
 class ExportedBlock(nn.Module):
-    """A pre-norm residual block around ``attn``, then an MLP. fx cannot trace it (a branch
-    on a size): torch.export captures it, where ``C // self.num_heads`` is a plain number."""
+    """A pre-norm residual block around ``attn``, then an MLP. With ``branch`` fx cannot trace
+    it (a branch on a size): torch.export captures it, where ``C // self.num_heads`` is a plain
+    number."""
 
-    def __init__(self, attn: nn.Module, dim: int) -> None:
+    def __init__(self, attn: nn.Module, dim: int, branch: bool = True) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.branch = branch  # False: fx traces it, and sees C // self.num_heads computed
         self.inp, self.norm, self.attn, self.out = (
             nn.Linear(5, dim),
             nn.LayerNorm(dim),
@@ -88,19 +90,19 @@ class ExportedBlock(nn.Module):
             self.norm.bias.normal_(0, 0.2)
 
     def forward(self, x):
-        if x.shape[1] > 1:
+        if self.branch and x.shape[1] > 1:
             x = torch.relu(x)
         h = self.inp(x)
         h = h + self.attn(self.norm(h))
         return self.out(h + self.mlp(h))
 
 
-def _block(kind: str) -> tuple[nn.Module, torch.Tensor]:
+def _block(kind: str, branch: bool = True) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     attn = {"split": SplitProjectionAttention, "fused": FusedAttention, "eva": InputWidthOutput}[
         kind
     ]()
-    net = ExportedBlock(attn, attn.proj.in_features).eval()
+    net = ExportedBlock(attn, attn.proj.in_features, branch).eval()
     return net, torch.randn(1, 4, 5)
 
 
@@ -147,6 +149,21 @@ def test_dict_factor_that_breaks_the_heads_names_the_groups():
         autogrow.ConstraintError, match="attn.qkv would break a size that forward code keeps equal"
     ):
         autogrow.widen(net, {"attn.qkv": 2.0}, example_inputs=(x,), seed=0)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_fx_sees_the_head_size_computed_from_the_input_width(verify):
+    # fx: the size is a value computed from x.shape (Dynamic.quotient); before, widen x2 grew
+    # the values' head size with the heads and returned a model whose reshape failed
+    net, x = _block("split", branch=False)
+    graph = autogrow.analyze(net, (x,))
+    assert graph.analysis.traced.kind == "fx"
+    # the residual stream is laid out as (heads head size) here: the values' head size is
+    # one of its factors
+    sizes = [g for g in graph.groups if any(m.param == "attn.v.weight" for m in g.members)]
+    assert any(g.frozen and "the input's width // 2 at" in g.frozen for g in sizes)
+    wide = _widen_exact(net, x, 2.0, verify)
+    assert (wide.attn.num_heads, wide.inp.out_features, wide.attn.v.out_features) == (4, 16, 16)
 
 
 def test_module_sizes_read_the_arithmetic_of_a_module_traced_alone():

@@ -19,9 +19,10 @@ from typing import Any
 
 from torch import fx
 
-from ..axes.terms import Prod, Term, prod
+from ..axes.terms import Prod, Term
 from ..rules.context import LiteralSize, RuleContext
 from ..rules.registry import TensorValue
+from ..rules.shape import head_size_from_width
 from ..tracing.input_sizes import InputSize, ModuleSizes, stack_frames
 from ..tracing.trace import TracerKind
 
@@ -58,11 +59,7 @@ def tie_input_sizes(ctx: RuleContext) -> None:
                     )
             ctx.literals.append(LiteralSize(lit.term, width, lit.call))
             continue
-        heads = _divisor_axis(ctx, out, lit.index, size.divisor)
-        if heads is None:
-            continue
-        ctx.freeze(lit.term, f"a head size: the input's width // {size.divisor} {where}")
-        ctx.literals.append(LiteralSize(prod([heads, lit.term]), width, lit.call))
+        head_size_from_width(ctx, out.terms, lit.index, width, size.divisor, lit.call)
 
 
 def _module_paths(node: fx.Node) -> list[str]:
@@ -124,12 +121,3 @@ def _input_term(ctx: RuleContext, path: str, size: InputSize, width: int) -> Ter
             if 0 <= dim < value.ndim and value.shape[dim] == width:
                 terms.add(store.resolve(value.terms[dim]))
     return terms.pop() if len(terms) == 1 else None
-
-
-def _divisor_axis(ctx: RuleContext, out: TensorValue, index: int, divisor: int) -> Term | None:
-    """The axis the divisor counts (the heads): the nearest axis before ``index`` of that
-    size that can grow."""
-    for j in range(index - 1, -1, -1):
-        if out.shape[j] == divisor and ctx.store.leaf_atoms(out.terms[j]):
-            return out.terms[j]
-    return None
