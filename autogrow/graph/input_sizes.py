@@ -34,6 +34,7 @@ def tie_input_sizes(ctx: RuleContext) -> None:
     if ctx.traced.kind != TracerKind.EXPORT:
         return
     traced: dict[str, ModuleSizes | None] = {}
+    inputs: dict[str, list[TensorValue]] | None = None
     for lit in list(ctx.literals):
         if not lit.soft or lit.index is None or lit.call.name != "view":
             continue
@@ -46,7 +47,8 @@ def tie_input_sizes(ctx: RuleContext) -> None:
         if found is None:
             continue
         path, size = found
-        width = _input_term(ctx, path, size, lit.value * size.divisor)
+        inputs = _module_inputs(ctx) if inputs is None else inputs
+        width = _input_term(inputs.get(path, []), size, lit.value * size.divisor, ctx)
         if width is None:
             continue
         where = f"at {lit.call.where()}; whole heads follow that width"
@@ -104,20 +106,30 @@ def _input_size(
     return None
 
 
-def _input_term(ctx: RuleContext, path: str, size: InputSize, width: int) -> Term | None:
-    """The axis ``size.dim`` of the tensors that enter module ``path`` from outside it, when
-    those of that width all carry one axis term (fx numbers the inputs, the exported graph
-    does not: the width tells them apart)."""
-    store = ctx.store
+def _input_term(
+    inputs: list[TensorValue], size: InputSize, width: int, ctx: RuleContext
+) -> Term | None:
+    """Axis ``size.dim`` of the module's ``inputs``, when those of that width all carry one
+    axis term (fx numbers the inputs, the exported graph does not: the width tells them
+    apart)."""
     terms: set[Term] = set()
+    for value in inputs:
+        dim = size.dim + value.ndim if size.dim < 0 else size.dim
+        if 0 <= dim < value.ndim and value.shape[dim] == width:
+            terms.add(ctx.store.resolve(value.terms[dim]))
+    return terms.pop() if len(terms) == 1 else None
+
+
+def _module_inputs(ctx: RuleContext) -> dict[str, list[TensorValue]]:
+    """Per module path, the activations its ops read from outside it."""
+    out: dict[str, list[TensorValue]] = {}
     for node in ctx.traced.graph.nodes:
-        if path not in _module_paths(node):
-            continue
+        paths = _module_paths(node)
         for arg in node.all_input_nodes:
             value = ctx.values.get(arg)
-            if path in _module_paths(arg) or not isinstance(value, TensorValue) or value.param:
+            if not isinstance(value, TensorValue) or value.param:
                 continue
-            dim = size.dim + value.ndim if size.dim < 0 else size.dim
-            if 0 <= dim < value.ndim and value.shape[dim] == width:
-                terms.add(store.resolve(value.terms[dim]))
-    return terms.pop() if len(terms) == 1 else None
+            outside = set(paths) - set(_module_paths(arg))
+            for path in outside:
+                out.setdefault(path, []).append(value)
+    return out
