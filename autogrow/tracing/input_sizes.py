@@ -4,7 +4,8 @@ torch.export specialises every size, so ``self.v(x).reshape(B, N, self.num_heads
 self.num_heads)`` (``B, N, C = x.shape``) reaches an exported graph as ``reshape(v, [1, 196,
 4, 48])``: nothing says that 48 follows the width of ``x``. torch.fx keeps that arithmetic
 as nodes. :class:`ModuleSizes` traces one module alone with fx (arguments with a default take
-it; a condition on a traced value takes its ``False`` branch) and tells, for an op found
+it; a condition on a traced value takes its ``False`` branch; an argument annotated as a
+tuple of fixed length iterates as one) and tells, for an op found
 again by its source line and its sizes, whether a size is ``input.shape[dim] // divisor`` of
 one of the module's inputs (:class:`InputSize`).
 """
@@ -15,6 +16,7 @@ import contextlib
 import inspect
 import operator
 import re
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +123,29 @@ class _Lenient(_Tracer):
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         return False
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        n = _tuple_length(obj.node)
+        return super().iter(obj) if n is None else iter([obj[i] for i in range(n)])
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _SizedProxy(node, self)
+
+
+class _SizedProxy(fx.Proxy):
+    """An argument annotated with a tuple of fixed length (``size: Tuple[int, int]``) has
+    that length, so ``reshape(B, C, *size)`` traces."""
+
+    def __len__(self) -> int:
+        n = _tuple_length(self.node)
+        return super().__len__() if n is None else n
+
+
+def _tuple_length(node: fx.Node) -> int | None:
+    items = typing.get_args(node.type) if node.op == "placeholder" else ()
+    if typing.get_origin(node.type) is not tuple or not items or ... in items:
+        return None
+    return len(items)
 
 
 def _leaves(node: fx.Node) -> tuple:
