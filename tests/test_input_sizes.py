@@ -69,6 +69,47 @@ class InputWidthOutput(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
 
 
+class SubSampledAttention(nn.Module):
+    """timm's twins GlobalSubSampleAttn: keys and values from a strided conv over the tokens
+    laid out as an image, ``reshape(B, C, *size)`` with ``size`` an argument without a
+    default (fx, tracing the module alone, learns its length from the annotation)."""
+
+    def __init__(self, dim: int = 8, num_heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.kv, self.proj = (
+            nn.Linear(dim, dim),
+            nn.Linear(dim, 2 * dim),
+            nn.Linear(dim, dim),
+        )
+        self.sr = nn.Conv2d(dim, dim, kernel_size=2, stride=2)
+
+    def forward(self, x, size: tuple[int, int]):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, C // self.num_heads).permute(0, 2, 1, 3)
+        x = self.sr(x.permute(0, 2, 1).reshape(B, C, *size)).reshape(B, C, -1).permute(0, 2, 1)
+        kv = (
+            self.kv(x).reshape(B, -1, 2, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
+        attn = (q @ kv[0].transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ kv[1]).transpose(1, 2).reshape(B, N, C))
+
+
+class SubSampledBlock(nn.Module):
+    """torch.export captures it (a branch on a size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.attn, self.out = nn.Linear(5, 8), SubSampledAttention(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.shape[1] > 1:
+            x = torch.relu(x)
+        h = self.inp(x)
+        return self.out(h + self.attn(h, (4, 4)))
+
+
 class ExportedBlock(nn.Module):
     """A pre-norm residual block around ``attn``, then an MLP. With ``branch`` fx cannot trace
     it (a branch on a size): torch.export captures it, where ``C // self.num_heads`` is a plain
@@ -164,6 +205,15 @@ def test_fx_sees_the_head_size_computed_from_the_input_width(verify):
     assert any(g.frozen and "the input's width // 2 at" in g.frozen for g in sizes)
     wide = _widen_exact(net, x, 2.0, verify)
     assert (wide.attn.num_heads, wide.inp.out_features, wide.attn.v.out_features) == (4, 16, 16)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_argument_annotated_as_a_pair_lets_the_module_trace_alone(verify):
+    net, x = SubSampledBlock().eval(), torch.randn(1, 16, 5)
+    assert autogrow.analyze(net, (x,)).analysis.traced.kind == "export"
+    assert ModuleSizes.of(net.attn) is not None
+    wide = _widen_exact(net, x, 2.0, verify)
+    assert (wide.attn.num_heads, wide.inp.out_features, wide.attn.kv.out_features) == (4, 16, 32)
 
 
 def test_module_sizes_read_the_arithmetic_of_a_module_traced_alone():

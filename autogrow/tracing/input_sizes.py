@@ -94,6 +94,7 @@ class ModuleSizes:
         try:
             with _restored(module), quiet_torch():
                 tracer = _Lenient(leaf_types, record_stack_traces=True)
+                tracer.hints = _type_hints(module.forward)
                 graph = tracer.trace(module, concrete_args=concrete or None)
         except Exception:  # noqa: BLE001 - then nothing is known about this module's sizes
             return None
@@ -121,11 +122,13 @@ class _Lenient(_Tracer):
 
     proxy_buffer_attributes = True  # a buffer's methods called with a traced size
 
+    hints: dict[str, Any] = {}  # noqa: RUF012 - the traced forward's annotations, set per trace
+
     def to_bool(self, obj: fx.Proxy) -> bool:
         return False
 
     def iter(self, obj: fx.Proxy) -> Iterator:
-        n = _tuple_length(obj.node)
+        n = _tuple_length(obj.node, self.hints)
         return super().iter(obj) if n is None else iter([obj[i] for i in range(n)])
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -137,13 +140,24 @@ class _SizedProxy(fx.Proxy):
     that length, so ``reshape(B, C, *size)`` traces."""
 
     def __len__(self) -> int:
-        n = _tuple_length(self.node)
+        n = _tuple_length(self.node, getattr(self.tracer, "hints", {}))
         return super().__len__() if n is None else n
 
 
-def _tuple_length(node: fx.Node) -> int | None:
-    items = typing.get_args(node.type) if node.op == "placeholder" else ()
-    if typing.get_origin(node.type) is not tuple or not items or ... in items:
+def _type_hints(fn: Any) -> dict[str, Any]:
+    """``fn``'s annotations, strings (``from __future__ import annotations``) evaluated."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate says nothing
+        return {}
+
+
+def _tuple_length(node: fx.Node, hints: dict[str, Any]) -> int | None:
+    if node.op != "placeholder":
+        return None
+    annotation = hints.get(str(node.target), node.type)
+    items = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not tuple or not items or ... in items:
         return None
     return len(items)
 
