@@ -222,3 +222,17 @@ def test_module_sizes_read_the_arithmetic_of_a_module_traced_alone():
     frames = stack_frames(reshape.meta["stack_trace"])
     assert sizes.find(frames, (1, 4, 2, 4), 3) == InputSize(arg=0, dim=2, divisor=2)
     assert sizes.find(frames, (1, 4, 2, 4), 2) is None  # self.num_heads: a plain number
+
+
+@pytest.mark.slow
+def test_timm_convit_widens_exactly_without_verification():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net, x = timm.create_model("convit_tiny", pretrained=False).eval(), torch.randn(1, 3, 224, 224)
+    wide = _widen_exact(net, x, 1.5, verify=False)
+    attn, old = wide.blocks[0].attn, net.blocks[0].attn
+    assert (attn.num_heads, wide.embed_dim) == (6, 288) and (old.num_heads, net.embed_dim) == (
+        4,
+        192,
+    )
+    assert attn.v.out_features == 288  # whole heads of the old head size (48)
