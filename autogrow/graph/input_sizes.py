@@ -54,6 +54,8 @@ def tie_input_sizes(ctx: RuleContext) -> None:
         where = f"at {lit.call.where()}; whole heads follow that width"
         if size.divisor == 1:  # out.reshape(B, N, C): the axis keeps the input's width
             merged = ctx.store.resolve(lit.term)
+            if merged == width:  # the input's own axis: nothing to keep equal
+                continue
             if isinstance(merged, Prod):  # (heads head_dim): whole heads follow the width
                 for inner in merged.factors[1:]:
                     ctx.freeze(
