@@ -4,7 +4,8 @@ growth is preserved (checked by ``autogrow.verify``) or refused with an Autogrow
 wrong. The models cover: an exported ViT, a deep aggregation net, a conv/attention hybrid, ghost
 modules, cross-covariance attention sized by attributes (xcit), literal refusals naming the
 line (efficientformerv2; its deepen reads an assertion message fx formats from node names),
-a widened model that no longer traces, refused by the structure check (convit), and fx's
+attention whose head size is computed from the input's width in a model only torch.export
+captures (convit: ``C // self.num_heads``, tied by tracing the module alone), and fx's
 numbered tensor constants shifting in a deepened ViT (eva)."""
 
 from __future__ import annotations

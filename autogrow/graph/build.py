@@ -33,6 +33,7 @@ from ..rules.context import (
 )
 from ..rules.registry import Call, Dynamic, ParamRef, RuleRegistry, TensorValue, target_name
 from ..tracing.trace import TensorMeta, Traced
+from .input_sizes import tie_input_sizes
 
 __all__ = [  # the rule-facing names are re-exported here for imports that predate rules.context
     "BLOCKED",
@@ -159,6 +160,7 @@ class AnalysisPass:
         ctx = self.ctx
         for node in self.traced.graph.nodes:
             ctx.values[node] = getattr(self, node.op)(node, self.traced.meta.get(node))
+        tie_input_sizes(ctx)
         _run_constraints(ctx)
         _move_tied_reductions(ctx)
         _settle_roles(ctx)

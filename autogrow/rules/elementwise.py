@@ -35,8 +35,8 @@ UNARY = (
 )  # fmt: skip
 
 BINARY = (
-    "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod",
-    "maximum", "minimum", "pow", "eq", "ne", "lt", "le", "gt", "ge", "where", "masked_fill",
+    "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "floordiv", "remainder",
+    "fmod", "maximum", "minimum", "pow", "eq", "ne", "lt", "le", "gt", "ge", "where", "masked_fill",
     "logical_and", "logical_or", "bitwise_and", "bitwise_or", "atan2", "lerp", "addcmul",
     "addcdiv", "copysign", "hypot", "xlogy", "ifelse", "bitwise_xor", "logical_xor", "__and__",
     "__or__", "__xor__", "and_", "or_", "xor",
@@ -72,7 +72,8 @@ def nary(call: Call, ctx: RuleContext) -> Any:
 
 
 def _size_arithmetic(call: Call) -> Any:
-    """``h * w`` on sizes: a product of the axes they came from; other arithmetic forgets them."""
+    """``h * w`` on sizes: a product of the axes they came from; ``c // k`` remembers the axis
+    and ``k`` (``Dynamic.quotient``); other arithmetic forgets them."""
     args = call.args["args"]
     out = call.out
     if isinstance(out, bool) or not isinstance(out, int):
@@ -86,6 +87,10 @@ def _size_arithmetic(call: Call) -> Any:
         ]
         if all(f is not None for f in factors):
             return Dynamic(out, prod(factors))
+    if target_name(call.node.target) == "floordiv" and len(args) == 2:
+        width, k = args
+        if isinstance(width, Dynamic) and width.term is not None and type(k) is int and k > 1:
+            return Dynamic(out, quotient=(width.term, k))  # C // self.num_heads: a head's size
     return Dynamic(out)
 
 

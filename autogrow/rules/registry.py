@@ -30,13 +30,19 @@ class Dynamic(int):
 
     ``term`` is the axis (or product of axes) the size was read from, when known: a view that
     uses it requires its output axis to keep that size, so the two axes are tied.
+    ``quotient`` is ``(term, k)`` for such a size floor-divided by an int (``C //
+    self.num_heads``): a view that uses it sizes a head by the width ``term`` over ``k`` heads.
     """
 
     term: Term | None
+    quotient: tuple[Term, int] | None
 
-    def __new__(cls, value: int, term: Term | None = None) -> Dynamic:
+    def __new__(
+        cls, value: int, term: Term | None = None, quotient: tuple[Term, int] | None = None
+    ) -> Dynamic:
         obj = super().__new__(cls, value)
         obj.term = term
+        obj.quotient = quotient
         return obj
 
 

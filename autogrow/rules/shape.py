@@ -14,6 +14,7 @@ from torch import nn
 
 from ..axes.terms import Fixed, Term, cat, prod
 from .common import out_shape, same_as
+from .context import LiteralSize
 from .registry import Call, Dynamic, RuleSet, TensorValue
 
 if TYPE_CHECKING:
@@ -61,11 +62,32 @@ def check_requested_sizes(call: Call, ctx: RuleContext, terms: list[Term], reque
     """Sizes passed to view/expand: a size read from another axis ties the two axes; a literal
     is checked when the axis would change."""
     for i, (t, s) in enumerate(zip(terms, requested)):
-        if isinstance(s, Dynamic) and s.term is not None and s.term.size == t.size:
+        if isinstance(s, Dynamic) and s.quotient is not None:
+            head_size_from_width(ctx, terms, i, *s.quotient, call)
+        elif isinstance(s, Dynamic) and s.term is not None and s.term.size == t.size:
             ctx.same_size(t, s.term, call)
         elif isinstance(s, int) and not isinstance(s, Dynamic) and s not in (-1, 1):
             if _has_atoms(ctx, t):
                 ctx.literal(t, s, call, index=i)
+
+
+def head_size_from_width(
+    ctx: RuleContext, terms: list[Term], index: int, width: Term, heads: int, call: Call
+) -> bool:
+    """Axis ``index`` of a view's output is sized ``width // heads`` (``C // self.num_heads``,
+    ``C`` another tensor's width): a head size that follows ``width`` over a heads axis (the
+    nearest axis before it of size ``heads``). Grown heads with a head size that grows as well,
+    or a ``width`` that grows by another factor, would break the view, so the head size is
+    frozen and ``heads × head size`` must keep ``width``'s size (whole heads follow the width;
+    the planner keeps both where a factor would break that). False when no heads axis is
+    found (nothing recorded)."""
+    axes = [t for t in reversed(terms[:index]) if t.size == heads and _has_atoms(ctx, t)]
+    if not axes:
+        return False
+    where = f"at {call.where()}; whole heads follow that width"
+    ctx.freeze(terms[index], f"a head size: the input's width // {heads} {where}")
+    ctx.literals.append(LiteralSize(prod([axes[0], terms[index]]), width, call))
+    return True
 
 
 @rules.rule("view_as", signature="input, other", names=("reshape_as",))
