@@ -209,6 +209,19 @@ class WidthGraph:
         if (g := self._by_id.get(gid)) is not None:
             g.fill = None
 
+    def keep_width(self, gid: int, why: str) -> None:
+        """Group ``gid`` keeps its width from now on (frozen: ``why``), e.g. forward code sizes
+        it with a literal whose attributes cannot follow a widening.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> graph.keep_width(graph.group("0").id, "kept"), graph.group("0").frozen
+        (None, 'kept')
+        """
+        if (g := self._by_id.get(gid)) is not None:
+            g.frozen = why
+
     # -- lookups ---------------------------------------------------------------------------
     @property
     def store(self) -> AxisStore:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_for
-from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
+from ..errors import AutogrowError, ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..graph.fill import filled_axes
 from ..rules import RuleRegistry, get_default_registry
@@ -30,6 +30,7 @@ from ..verify import run
 from ..verify import verify as verify_outputs
 from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
+from .literal_solve import Equation, KeepableLiteral, key, solve_literals
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
 from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
@@ -227,7 +228,8 @@ class WidenTransform(Transform[WidenPlan]):
             why = adapter.unsettable_floats(model, [(m, a) for m, a, _, _ in fill.eps], rescaled)
             if why is not None:
                 graph.drop_fill(gid, why)
-        widths = self.widths = plan_widths(graph, self.factor)
+        widths, attrs = plan_keeping_literals(graph, self.factor)
+        self.widths = widths
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -258,7 +260,7 @@ class WidenTransform(Transform[WidenPlan]):
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
         if self.symmetry == "paired":  # before verification: the noise keeps the function
             add_paired_noise(self.tensors, self.axis_maps, self.pair_noise, self.generator)
-        self.attrs = attribute_updates(graph, widths) + eps
+        self.attrs = attrs + eps
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
         if isinstance(factor, Mapping):
@@ -416,7 +418,36 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
         raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
 
 
-def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[str, str, Any]]:
+def plan_keeping_literals(
+    graph: WidthGraph, factor: Factor
+) -> tuple[dict[int, int], list[tuple[str, str, Any]]]:
+    """:func:`~autogrow.transforms.plan.plan_widths` and :func:`attribute_updates`. A literal
+    size whose attributes cannot follow the plan (:class:`KeepableLiteral`) keeps its groups
+    at their width (frozen, saying why) and the widths are planned again, so the rest grows
+    exactly; its HardcodedSizeError is raised when nothing else would grow, and with a dict
+    ``factor`` (the caller chose the groups)."""
+    cache: dict[str, Any] = {}
+    error: KeepableLiteral | None = None
+    while True:
+        try:
+            widths = plan_widths(graph, factor)
+        except AutogrowError:
+            if error is not None:
+                raise error from None
+            raise
+        try:
+            return widths, attribute_updates(graph, widths, cache)
+        except KeepableLiteral as e:
+            if isinstance(factor, Mapping) or not e.groups:
+                raise
+            error = e
+            for gid, why in e.groups.items():
+                graph.keep_width(gid, why)
+
+
+def attribute_updates(
+    graph: WidthGraph, widths: dict[int, int], cache: dict[str, Any] | None = None
+) -> list[tuple[str, str, Any]]:
     """(module, attribute, new value) for every size attribute that forward code reads.
 
     The rules' attribute bindings come first. A literal size that widening would change is
@@ -424,7 +455,11 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
     (:class:`~autogrow.transforms.attributes.AttributeProber`, fx traces only); the attribute
     gets the value that makes the literal the new size, and one more symbolic trace checks
     that every literal then follows its axis and nothing else moved. A literal with no
-    attribute behind it raises HardcodedSizeError naming the source line.
+    attribute behind it raises HardcodedSizeError naming the source line; one whose
+    attributes cannot follow (no integer value fits, two equally simple choices, the check
+    fails) raises :class:`~autogrow.transforms.literal_solve.KeepableLiteral`, naming the
+    groups to keep at their width. ``cache`` keeps the prober (and its traces) for a next call
+    on the same graph with other widths.
     """
     analysis, store = graph.analysis, graph.store
     model = analysis.traced.model
@@ -449,6 +484,18 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
             f"{lit.call.where(full=True)} hard-codes the size {lit.value}, which becomes "
             f"{new} when group(s) {', '.join(groups) or '?'} widen. {advice}"
         )
+
+    def keepable(stuck: list[tuple[LiteralSize, int, str]]) -> KeepableLiteral:
+        """The error of the first literal; keeping the groups of all of them at their width
+        keeps each as it is."""
+        lit, new, why = stuck[0]
+        error = refuse(lit, new, f"{why} Leave those groups out.")
+        kept: dict[int, str] = {}
+        for lit, _, why in stuck:
+            for a in store.leaf_atoms(lit.term):
+                if a.id in widths and widths[a.id] != a.size:
+                    kept.setdefault(a.id, f"{lit.call.where()} sizes it: {why}")
+        return KeepableLiteral(str(error), kept)
 
     for b in analysis.attrs:
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
@@ -500,7 +547,8 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
         return [(m, a, v) for (m, a), v in updates.items()]
     bound = [(m, a, v) for (m, a), v in updates.items()]
 
-    prober = AttributeProber.of(analysis.traced)
+    cache = {} if cache is None else cache
+    prober = cache.get("prober") or cache.setdefault("prober", AttributeProber.of(analysis.traced))
     # what the checking trace must show: each literal at its new size (a literal whose
     # position among the op's sizes is unknown: at one of the places that hold its value)
     expected: dict[tuple[str, int], set[int]] = {}
@@ -523,45 +571,35 @@ def attribute_updates(graph: WidthGraph, widths: dict[int, int]) -> list[tuple[s
     guess = _guess_by_value(model, blocking, updates)
     if guess is not None and prober.check(guess, expected, bound, required) is None:
         return guess
+    equations = []
     for lit, new in blocking:
         found = prober.sources(lit.call.node, lit.value, lit.index)
         if not found:
             raise refuse(lit, new, lit.advice(model))
-        # a literal that depends on several attributes: one already being updated may do
-        planned = [s for s in found if (s.module, s.attr) in updates and s.index is None]
-        done = [s for s in planned if s.slope * updates[(s.module, s.attr)] + s.offset == new]
-        if done:
-            continue
-        if len(found) > 1:
-            names = ", ".join(s.name for s in found)
-            raise refuse(
-                lit,
-                new,
-                f"It follows several attributes ({names}), so autogrow cannot tell which one "
-                "to change. Compute it from the tensor (x.size(d)), or leave those groups out.",
-            )
-        (src,) = found
-        value = src.solve(new)
-        if value is None:
-            raise refuse(
-                lit,
-                new,
-                f"It comes from attribute {src.name} = {src.old}, and no integer value of it "
-                f"gives {new}. Leave those groups out, or widen them by another factor.",
-            )
-        keep(src, value, lit)
+        equations.append(Equation(tuple(found), lit.value, new))
+    # several literals can follow one attribute, one literal several (``dim - pdim``): one
+    # linear system; the attributes the rules bound are fixed in it
+    fixed = {(m, a, None): v for (m, a), v in updates.items() if type(v) is int}
+    values, unsolved = solve_literals(equations, fixed)
+    if unsolved:
+        raise keepable([(*blocking[i], why) for i, why in unsolved.items()])
+    for k, value in values.items():
+        i = next(i for i, eq in enumerate(equations) if k in map(key, eq.sources))
+        items[k] = (value, blocking[i][0].call.where())
     _apply_items(model, items, updates, put)
     result = [(m, a, v) for (m, a), v in updates.items()]
     problem = prober.check(result, expected, bound, required)
     if problem is not None:
-        lit, new = blocking[0]
+        # the literals whose attributes move the ops found wrong keep their axes (all of
+        # them when the probes do not tell)
+        movers = prober.movers(prober.failed, list(values))
+        stuck = [i for i, eq in enumerate(equations) if movers & set(map(key, eq.sources))]
         changed = ", ".join(sorted({f"{m}.{a}" if m else a for m, a, _ in items}))
-        raise refuse(
-            lit,
-            new,
+        why = (
             f"Updating the attributes it comes from ({changed}) does not keep the model "
-            f"consistent: {problem}. Leave those groups out.",
+            f"consistent: {problem}."
         )
+        raise keepable([(*blocking[i], why) for i in stuck or range(len(blocking))])
     return result
 
 
