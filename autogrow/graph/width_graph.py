@@ -191,6 +191,7 @@ class WidthGraph:
         # What the model's library can describe (a config's fields as relations on the
         # groups), when widen asked its adapter; the planner then plans under them.
         self.relations: SizeRelations | None = None
+        self.kept: dict[int, str] = {}  # groups keep_width froze for a widening, and why
 
     def drop_fill(self, gid: int, why: str) -> None:
         """Group ``gid`` grows by whole multiples only after all (``why`` filled units do not
@@ -221,6 +222,7 @@ class WidthGraph:
         """
         if (g := self._by_id.get(gid)) is not None:
             g.frozen = why
+            self.kept[gid] = why
 
     # -- lookups ---------------------------------------------------------------------------
     @property

@@ -426,6 +426,13 @@ def _with(old: Any, index: int | None, value: int) -> Any:
     return type(old)(items)
 
 
+def _traced_state(name: str) -> bool:
+    """Whether a module attribute of that name is one a probe trace may have added: public
+    state, or a tensor constant fx stored on the traced module (removed again, so that
+    probing leaves the model as it was)."""
+    return not name.startswith("_") or re.fullmatch(r"_tensor_constant\d+", name) is not None
+
+
 def _module_stack(node: fx.Node) -> list[str]:
     stack = [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
     return [*dict.fromkeys(reversed(stack)), ""]
@@ -440,14 +447,14 @@ def _patched(model: nn.Module, changes: list[tuple[str, str, Any]]) -> Iterator[
     for m in model.modules():
         public = {k: v for k, v in vars(m).items() if not k.startswith("_")}
         dicts = {k: dict(v) for k, v in public.items() if isinstance(v, dict)}
-        state.append((m, public, dicts))
+        state.append((m, public, dicts, set(vars(m))))
     try:
         for module, attr, value in changes:
             setattr(model.get_submodule(module), attr, value)
         yield
     finally:
-        for m, public, dicts in state:
-            for k in [k for k in vars(m) if not k.startswith("_") and k not in public]:
+        for m, public, dicts, before in state:
+            for k in [k for k in vars(m) if k not in before and _traced_state(k)]:
                 delattr(m, k)
             for k, v in public.items():
                 if k in dicts:
