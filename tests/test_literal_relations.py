@@ -4,6 +4,8 @@ groups kept at their width instead of a refusal."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -131,3 +133,36 @@ def test_solver_reports_ambiguous_and_impossible_literals():
     # an attribute the rules already bound counts with its new value
     values, unsolved = solve_literals([Equation((heads,), 6, 12)], {("m", "heads", None): 4})
     assert (values, unsolved) == ({}, {})
+
+
+class HeadDimFromInput(nn.Module):
+    """``view(B, N, 3, self.num_heads, C // self.num_heads)`` with C read from the input's shape
+    (timm's SwinV2-CR attention): the head size is computed at run time from the input width,
+    so widen must keep what it computes equal to the head axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads = 2
+        self.inp = nn.Linear(3, 8)
+        self.qkv = nn.Linear(8, 3 * 8)
+        self.proj = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)
+        attn = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).softmax(-1)
+        h = (attn @ v.transpose(1, 2)).transpose(1, 2).reshape(B, N, -1)
+        return self.out(torch.relu(x + self.proj(h)))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("factor", [1.5, 2.0])
+def test_size_computed_from_a_width_stays_equal_to_its_axis(verify, factor):
+    net, x = HeadDimFromInput(), torch.randn(2, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", autogrow.GrowthWarning)
+        wide = _exact(net, x, factor, verify)
+    C, heads = wide.inp.out_features, wide.num_heads
+    assert wide.qkv.out_features == 3 * heads * (C // heads)

@@ -56,6 +56,25 @@ def size_leaves(node: fx.Node) -> Leaves:
     return tuple(out)
 
 
+def size_args(node: fx.Node) -> tuple[Any, ...]:
+    """What :func:`size_leaves` reads, as given: ints, floats, nodes (a size computed at run
+    time), ``None``."""
+    out: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, slice):
+            walk((v.start, v.stop, v.step))
+        else:
+            out.append(v)
+
+    walk(tuple(node.args[1:]))
+    walk(tuple(node.kwargs.values()))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class AttrSource:
     """``literal = slope · module.attr[index] + offset`` (``index`` None: the attribute is an
@@ -311,12 +330,14 @@ class AttributeProber:
         expected: dict[tuple[str, int], set[int]],
         reference: list[tuple[str, str, Any]],
         required: list[tuple[str, list[int], int]] = (),  # type: ignore[assignment]
+        computed: Any = None,
     ) -> str | None:
         """Re-trace with ``updates`` applied: each size in ``expected`` ((node name, size
         index) → the values it may take) must take one of them, every other size in the graph
         must be as in the trace with only the ``reference`` updates (the attributes the rules
         bound), and each ``required`` (node name, indices, value) must have the value at one
-        of the indices. Returns what went wrong, or None."""
+        of the indices, and ``computed`` (see below) finds nothing wrong. Returns the first
+        problem (``failed`` lists every node found wrong), or None."""
         after = self._trace(updates)
         self.failed = []
         # a model that asserts on its attributes may not trace with the bound ones alone
@@ -329,13 +350,23 @@ class AttributeProber:
         if set(after) != set(ref):
             self.failed = sorted(set(after) ^ set(ref))
             return "the updated attributes change the structure of the traced graph"
-        problems = []
+        # sizes computed at run time: ``computed(leaves)`` evaluates them with the numbers of
+        # this trace → (problems, the arithmetic nodes it evaluated)
+        problems, evaluated = ([], set())
+        if computed is not None:
+            problems, evaluated = computed(lambda n: after[n][2] if n in after else None)
         for name, old in ref.items():
             now = after[name]
             if not _same_op(old, now):
                 problems.append((name, f"the updated attributes change op {name!r}"))
                 continue
             if name in self.arithmetic:
+                # a size computed at run time (C // self.num_heads): the rules followed the
+                # value it had; an updated attribute in it would change that value unseen
+                if old[2] != now[2] and name not in evaluated:
+                    problems.append(
+                        (name, f"the size computed by {name!r} would change with an attribute")
+                    )
                 continue
             for i, (was, new) in enumerate(zip(old[2], now[2])):
                 want = expected.get((name, i), {was})

@@ -13,13 +13,18 @@ their width (:class:`KeepableLiteral`) and grows the rest, which is exact, rathe
 from __future__ import annotations
 
 import itertools
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import networkx as nx
 import sympy
+from torch import fx
 
+from ..axes.terms import Term
 from ..errors import HardcodedSizeError
+from ..rules.registry import Dynamic
 from .attributes import AttrSource
 
 Key = tuple[str, str, int | None]  # (module, attribute, index inside a tuple attribute)
@@ -142,3 +147,49 @@ def _solve_subset(
             return None
         out[k] = int(v)
     return out
+
+
+_ARITHMETIC = {
+    operator.floordiv: operator.floordiv,
+    operator.mul: operator.mul,
+    operator.add: operator.add,
+    operator.sub: operator.sub,
+}
+
+
+def computed_size(
+    node: object,
+    values: dict,
+    size: Callable[[Term], int],
+    read: list[Term],
+    leaves: Callable[[str], tuple | None] | None = None,
+    seen: set[str] | None = None,
+) -> int | None:
+    """The value a size computed at run time (``C // self.num_heads``, ``C`` read from a
+    tensor's shape) takes after widening: sizes read from axes take their new sizes
+    (appended to ``read``); the numbers written in the code are those of the trace, or, with
+    ``leaves`` (node name → its sizes in a trace with updated attributes), those of that
+    trace. ``seen`` collects the arithmetic nodes evaluated. None when it is no such
+    computation."""
+    if not isinstance(node, fx.Node):
+        return node if type(node) is int else None
+    value = values.get(node)
+    if isinstance(value, Dynamic) and value.term is not None:
+        read.append(value.term)
+        return size(value.term)
+    if node.op != "call_function" or node.target not in _ARITHMETIC or node.kwargs:
+        return None
+    if len(node.args) != 2:
+        return None
+    now = leaves(node.name) if leaves is not None else None
+    args = [
+        computed_size(a, values, size, read, leaves, seen)
+        if isinstance(a, fx.Node) or now is None or i == 0
+        else (now[0] if type(now[0]) is int else None)
+        for i, a in enumerate(node.args)
+    ]
+    if None in args or (node.target is operator.floordiv and not args[1]):
+        return None
+    if seen is not None:
+        seen.add(node.name)
+    return _ARITHMETIC[node.target](*args)

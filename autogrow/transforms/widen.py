@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, overload
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from ..adapters import adapter_for
 from ..errors import AutogrowError, ConstraintError, HardcodedSizeError, InvalidArgumentError
@@ -28,9 +28,9 @@ from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import TracerKind, parse_stack_trace
 from ..verify import run
 from ..verify import verify as verify_outputs
-from .attributes import AttributeProber, AttrSource, size_leaves, stack_frames
+from .attributes import AttributeProber, AttrSource, size_args, size_leaves, stack_frames
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
-from .literal_solve import Equation, KeepableLiteral, key, solve_literals
+from .literal_solve import Equation, KeepableLiteral, computed_size, key, solve_literals
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
 from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
@@ -485,14 +485,14 @@ def attribute_updates(
             f"{new} when group(s) {', '.join(groups) or '?'} widen. {advice}"
         )
 
-    def keepable(stuck: list[tuple[LiteralSize, int, str]]) -> KeepableLiteral:
-        """The error of the first literal; keeping the groups of all of them at their width
-        keeps each as it is."""
+    def keepable(stuck: list[tuple[LiteralSize, int, str]], read: list = ()) -> KeepableLiteral:  # type: ignore[assignment]
+        """The error of the first literal; keeping the groups of all of them (and of the axes
+        ``read`` to compute one) at their width keeps each as it is."""
         lit, new, why = stuck[0]
         error = refuse(lit, new, f"{why} Leave those groups out.")
         kept: dict[int, str] = {}
         for lit, _, why in stuck:
-            for a in store.leaf_atoms(lit.term):
+            for a in [*store.leaf_atoms(lit.term), *(x for t in read for x in store.leaf_atoms(t))]:
                 if a.id in widths and widths[a.id] != a.size:
                     kept.setdefault(a.id, f"{lit.call.where()} sizes it: {why}")
         return KeepableLiteral(str(error), kept)
@@ -500,6 +500,7 @@ def attribute_updates(
     for b in analysis.attrs:
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
     blocking: list[tuple[LiteralSize, int]] = []
+    computed: list[tuple[LiteralSize, int, Any, list]] = []  # run-time sizes that go wrong
     soft: list[tuple[LiteralSize, int]] = []
     probers: dict[str, AttributeProber | None] = {}
     for lit in analysis.literals:
@@ -514,10 +515,39 @@ def attribute_updates(
                     "same factor (a float factor does), or leave them out."
                 )
             continue
+        arg = _size_arg(lit)
+        if isinstance(arg, fx.Node) or lit.computed:  # computed at run time: it must give
+            read: list = []  # the new size
+            value = computed_size(arg, analysis.values, size, read)
+            if value is not None and value != new:
+                computed.append((lit, new, arg, read))  # attributes may still fix it
+            if value is not None or lit.computed:
+                continue
         if new == lit.value:
             continue
         (soft if lit.soft else blocking).append((lit, new))
     items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
+
+    def evaluate(leaves: Any) -> tuple[list[tuple[str, str]], set[str]]:
+        """The computed sizes that do not give their new size with the numbers of a trace
+        (node name → sizes), and the arithmetic nodes that were evaluated."""
+        problems, seen = [], set()
+        for lit, new, arg, _ in computed:
+            value = computed_size(arg, analysis.values, size, [], leaves, seen)
+            if value != new:
+                name = lit.call.node.name
+                problems.append((name, f"op {name!r} computes the size {value}, not {new}"))
+        return problems, seen
+
+    def computed_error(first: str) -> KeepableLiteral:
+        lit, new, _, read = computed[0]
+        why = (
+            "It is computed at run time from sizes that widening changes, and would not "
+            f"be {new}: {first}."
+        )
+        return keepable(
+            [(lit, new, why) for lit, new, _, _ in computed], [t for *_, r in computed for t in r]
+        )
 
     def keep(src: AttrSource, value: int, lit: LiteralSize) -> None:
         key = (src.module, src.attr, src.index)
@@ -543,6 +573,8 @@ def attribute_updates(
             put(found[0], found[1], new, lit.call.where())
         # else probably computed from a shape at run time; verification will tell
     if not blocking:
+        if computed:
+            raise computed_error(evaluate(None)[0][0][1])
         _apply_items(model, items, updates, put)
         return [(m, a, v) for (m, a), v in updates.items()]
     bound = [(m, a, v) for (m, a), v in updates.items()]
@@ -554,7 +586,9 @@ def attribute_updates(
     expected: dict[tuple[str, int], set[int]] = {}
     required: list[tuple[str, list[int], int]] = []
     for lit in analysis.literals:
-        if not isinstance(lit.value, int) or lit.soft:
+        if not isinstance(lit.value, int) or lit.soft or lit.computed:
+            continue  # (a size computed at run time: ``evaluate`` checks it)
+        if isinstance(_size_arg(lit), fx.Node):
             continue
         name = lit.call.node.name
         if lit.index is not None:
@@ -569,7 +603,8 @@ def attribute_updates(
     # The cheap guess first: each literal is the one int attribute of that value on the
     # modules that wrote it. One checking trace tells whether that is right; probe if not.
     guess = _guess_by_value(model, blocking, updates)
-    if guess is not None and prober.check(guess, expected, bound, required) is None:
+    check = evaluate if computed else None
+    if guess is not None and prober.check(guess, expected, bound, required, check) is None:
         return guess
     equations = []
     for lit, new in blocking:
@@ -588,7 +623,7 @@ def attribute_updates(
         items[k] = (value, blocking[i][0].call.where())
     _apply_items(model, items, updates, put)
     result = [(m, a, v) for (m, a), v in updates.items()]
-    problem = prober.check(result, expected, bound, required)
+    problem = prober.check(result, expected, bound, required, check)
     if problem is not None:
         # the literals whose attributes move the ops found wrong keep their axes (all of
         # them when the probes do not tell)
@@ -599,8 +634,20 @@ def attribute_updates(
             f"Updating the attributes it comes from ({changed}) does not keep the model "
             f"consistent: {problem}."
         )
+        wrong = [c for c in computed if c[0].call.node.name in prober.failed]
+        if wrong and not stuck:
+            computed[:] = wrong
+            raise computed_error(problem)
         raise keepable([(*blocking[i], why) for i in stuck or range(len(blocking))])
     return result
+
+
+def _size_arg(lit: LiteralSize) -> Any:
+    """The argument of the literal's op at its position (a node: computed at run time)."""
+    if lit.index is None or lit.soft:
+        return None
+    args = size_args(lit.call.node)
+    return args[lit.index] if lit.index < len(args) else None
 
 
 def _apply_items(model: nn.Module, items: dict, updates: dict, put: Any) -> None:
