@@ -121,6 +121,7 @@ class AttributeProber:
         self.base = _sizes(graph)
         self.nodes = {n.name: n for n in graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
+        self._joints: dict[tuple, bool | None] = {}  # _moves' answers
         self.arithmetic: set[str] = set()  # nodes computing a number, not a tensor
         self._references: dict[str, dict] = {}  # check: the trace with the bound updates
         # (module class, op, target, positions) → the sources (relative path, attr, index)
@@ -271,11 +272,15 @@ class AttributeProber:
         ratio of two of them cannot stay put by both moving alike) moves the literal; None
         when the model does not trace with that change (or it changes the op)."""
         changes = [(m, a, i, v * _PRIMES[k % len(_PRIMES)]) for k, (m, a, i, v) in enumerate(cands)]
-        joint = self._trace(_joint(changes, self._get))
-        if joint is None or not _same_op(self.base[name], joint.get(name)):
-            return None
-        value = self.base[name][2][positions[0]]
-        return any(joint[name][2][p] != value for p in positions)
+        key = (name, tuple(positions), repr(changes))
+        if key not in self._joints:  # widen plans again when it keeps groups: asked again
+            joint = self._trace(_joint(changes, self._get))
+            if joint is None or not _same_op(self.base[name], joint.get(name)):
+                self._joints[key] = None
+            else:
+                value = self.base[name][2][positions[0]]
+                self._joints[key] = any(joint[name][2][p] != value for p in positions)
+        return self._joints[key]
 
     def _candidates(self, path: str) -> Iterator[tuple[str, str, int | None, int]]:
         """The int attributes > 1 (or ints inside tuple or list attributes) of the module at
