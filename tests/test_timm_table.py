@@ -2,10 +2,11 @@
 deepen with ``verify=False`` on timm models, random init, each model's own input size; every
 growth is preserved (checked by ``autogrow.verify``) or refused with an AutogrowError, never
 wrong. The models cover: an exported ViT, a deep aggregation net, a conv/attention hybrid, ghost
-modules, cross-covariance attention sized by attributes (xcit), literal refusals naming the
-line (efficientformerv2; its deepen reads an assertion message fx formats from node names),
-attention whose head size is computed from the input's width in a model only torch.export
-captures (convit: ``C // self.num_heads``, tied by tracing the module alone), and fx's
+modules, cross-covariance attention sized by attributes (xcit), literal sizes whose attribute
+sizes heads in two groups (efficientformerv2: those heads keep their width and the rest grows;
+its deepen reads an assertion message fx formats from node names), attention whose head size is
+computed from the input's width in a model only torch.export captures (convit:
+``C // self.num_heads``, tied by tracing the module alone), and fx's
 numbered tensor constants shifting in a deepened ViT (eva)."""
 
 from __future__ import annotations

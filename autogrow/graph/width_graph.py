@@ -191,6 +191,7 @@ class WidthGraph:
         # What the model's library can describe (a config's fields as relations on the
         # groups), when widen asked its adapter; the planner then plans under them.
         self.relations: SizeRelations | None = None
+        self.kept: dict[int, str] = {}  # groups keep_width froze for a widening, and why
 
     def drop_fill(self, gid: int, why: str) -> None:
         """Group ``gid`` grows by whole multiples only after all (``why`` filled units do not
@@ -208,6 +209,20 @@ class WidthGraph:
         self.unfilled[gid] = why
         if (g := self._by_id.get(gid)) is not None:
             g.fill = None
+
+    def keep_width(self, gid: int, why: str) -> None:
+        """Group ``gid`` keeps its width from now on (frozen: ``why``), e.g. forward code sizes
+        it with a literal whose attributes cannot follow a widening.
+
+        >>> import torch, autogrow
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2))
+        >>> graph = autogrow.analyze(net)
+        >>> graph.keep_width(graph.group("0").id, "kept"), graph.group("0").frozen
+        (None, 'kept')
+        """
+        if (g := self._by_id.get(gid)) is not None:
+            g.frozen = why
+            self.kept[gid] = why
 
     # -- lookups ---------------------------------------------------------------------------
     @property

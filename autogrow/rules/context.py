@@ -73,6 +73,9 @@ class LiteralSize:
     call: Call
     soft: bool = False  # export graphs specialise every size: sync an attribute if one matches
     index: int | None = None  # position among the op's sizes (``size_leaves``), if known
+    # computed at run time from other sizes (``C // self.num_heads``, C read from a shape):
+    # widen evaluates it with the new sizes
+    computed: bool = False
 
     def advice(self, model: nn.Module) -> str:
         """What to do about this literal when widening would change it and probing found no
@@ -219,6 +222,8 @@ class RuleContext:
             self.literals.append(LiteralSize(term, int(value), call, soft=True, index=index))
         elif not isinstance(value, Dynamic):
             self.literals.append(LiteralSize(term, int(value), call, index=index))
+        elif value.term is None:
+            self.literals.append(LiteralSize(term, int(value), call, index=index, computed=True))
 
     def same_size(self, term: Term, source: Term, call: Call) -> None:
         """Forward code sizes ``term`` by reading ``source`` (``x.view(b, y.size(1))``): tie the

@@ -66,8 +66,9 @@ def check_requested_sizes(call: Call, ctx: RuleContext, terms: list[Term], reque
             head_size_from_width(ctx, terms, i, *s.quotient, call)
         elif isinstance(s, Dynamic) and s.term is not None and s.term.size == t.size:
             ctx.same_size(t, s.term, call)
-        elif isinstance(s, int) and not isinstance(s, Dynamic) and s not in (-1, 1):
-            if _has_atoms(ctx, t):
+        elif isinstance(s, int) and s not in (-1, 1) and _has_atoms(ctx, t):
+            # a literal, or a size computed from other sizes (widen evaluates it)
+            if not isinstance(s, Dynamic) or s.term is None:
                 ctx.literal(t, s, call, index=i)
 
 

@@ -57,6 +57,25 @@ def size_leaves(node: fx.Node) -> Leaves:
     return tuple(out)
 
 
+def size_args(node: fx.Node) -> tuple[Any, ...]:
+    """What :func:`size_leaves` reads, as given: ints, floats, nodes (a size computed at run
+    time), ``None``."""
+    out: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, slice):
+            walk((v.start, v.stop, v.step))
+        else:
+            out.append(v)
+
+    walk(tuple(node.args[1:]))
+    walk(tuple(node.kwargs.values()))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class AttrSource:
     """``literal = slope · module.attr[index] + offset`` (``index`` None: the attribute is an
@@ -101,12 +120,16 @@ class AttributeProber:
         self.leaf_types = leaf_types
         self.concrete = concrete  # forward's arguments fixed while tracing (fx concrete_args)
         self.fixed = False  # some came from a run: a number in the trace may be one of them
-        self.base = {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
+        self.base = _sizes(graph)
         self.nodes = {n.name: n for n in graph.nodes}
         self._probes: dict[tuple, dict[str, tuple] | None] = {}
+        self._joints: dict[tuple, bool | None] = {}  # _moves' answers
         self.arithmetic: set[str] = set()  # nodes computing a number, not a tensor
         self._references: dict[str, dict] = {}  # check: the trace with the bound updates
-        self._hints: set[tuple] = set()  # (module class, relative path, attr, index) found
+        # (module class, op, target, positions) → the sources (relative path, attr, index)
+        # found for such a literal in a module of that class, tried first for the next one
+        self._hints: dict[tuple, list[tuple]] = {}
+        self.failed: list[str] = []  # the nodes the last check found wrong
         self.probes = 0  # how many re-traces ran (for tests and benchmarks)
 
     @classmethod
@@ -176,7 +199,7 @@ class AttributeProber:
                 graph = _Tracer(self.leaf_types).trace(self.model, concrete_args=self.concrete)
         except Exception:  # noqa: BLE001 - an attribute value the model rejects is no source
             return None
-        return {n.name: (n.op, n.target, size_leaves(n)) for n in graph.nodes}
+        return _sizes(graph)
 
     def _probe(self, module: str, attr: str, index: int | None, value: int) -> dict | None:
         key = (module, attr, index, value)
@@ -194,21 +217,20 @@ class AttributeProber:
         """The attributes that move the literal ``value`` at ``node`` (at ``index`` of its
         sizes, or wherever it appears when None), from the innermost module that wrote the
         op outwards; the first module level with any is returned, which may hold several (the
-        literal depends on each of them).
+        literal depends on each of them: ``self.dim - self.pdim``).
 
-        To stay cheap, a level is first probed with all its candidates changed at once,
-        each by another prime factor (one trace: if the literal stays, none of them is its
-        source), and an attribute found for an earlier literal in a module of the same class
-        (the next block of a stage) is tried first.
+        To stay cheap, a level's candidates are first probed all at once, each changed by
+        another prime factor (one trace: if the literal stays, none of them is its source):
+        first the int attributes whose value divides the literal or is a multiple of it,
+        then the others (a difference or a sum of attributes). The sources found for an
+        earlier literal in a module of the same class (the next block of a stage) are tried
+        first; one joint trace of the other candidates confirms that they are all.
         """
         base = self.base.get(node.name)
         if base is None:
             return []
         leaves = base[2]
-        if index is not None:
-            positions = [index]
-        else:
-            positions = list(range(len(leaves)))
+        positions = [index] if index is not None else list(range(len(leaves)))
         positions = [p for p in positions if p < len(leaves) and _is(leaves[p], value)]
         if not positions:
             return []
@@ -217,35 +239,62 @@ class AttributeProber:
                 kind = type(self.model.get_submodule(level))
             except AttributeError:
                 continue
-            cands = list(self._candidates(level, value))
+            cands = list(self._candidates(level))
             if not cands:
                 continue
-            for c in cands:
-                if (kind, _relative(level, c[0]), c[1], c[2]) in self._hints:
-                    found = self._relation(node.name, positions, *c)
-                    if found is not None:
-                        return [found]
-            # distinct prime factors, so that a ratio of two candidates (in_channels //
-            # num_paths) cannot stay put by both moving alike
-            changes = [
-                (m, a, i, v * _PRIMES[k % len(_PRIMES)]) for k, (m, a, i, v) in enumerate(cands)
-            ]
-            joint = self._trace(_joint(changes, self._get))
-            if joint is not None and _same_op(base, joint.get(node.name)):
-                if all(joint[node.name][2][p] == value for p in positions):
-                    continue  # changing every candidate at once leaves the literal alone
-            found = [
-                s for c in cands if (s := self._relation(node.name, positions, *c)) is not None
-            ]
+            hinted = self._hinted(node.name, positions, level, kind, cands)
+            if hinted is not None:
+                return hinted
+            related = [c for c in cands if _related(c[3], value)]
+            others = [c for c in cands if not _related(c[3], value)]
+            found = []
+            for tier in (related, others):
+                moves = self._moves(node.name, positions, tier) if tier else False
+                if moves is None and found:
+                    continue  # the model rejects the joint change; the final check decides
+                if moves is not False:
+                    found += [s for c in tier if (s := self._relation(node.name, positions, *c))]
             if found:
-                if len(found) == 1:
-                    self._hints.add(
-                        (kind, _relative(level, found[0].module), found[0].attr, found[0].index)
-                    )
+                key = (kind, *base[:2], tuple(positions))
+                self._hints[key] = [(_relative(level, s.module), s.attr, s.index) for s in found]
                 return found
         return []
 
-    def _candidates(self, path: str, value: int) -> Iterator[tuple[str, str, int | None, int]]:
+    def _hinted(
+        self, name: str, positions: list[int], level: str, kind: type, cands: list
+    ) -> list[AttrSource] | None:
+        """The sources a module of the same class had, if this literal has the same ones (and
+        no other candidate moves it); else None."""
+        hint = self._hints.get((kind, *self.base[name][:2], tuple(positions)))
+        if not hint:
+            return None
+        chosen = [c for c in cands if (_relative(level, c[0]), c[1], c[2]) in hint]
+        if len(chosen) != len(hint):
+            return None
+        found = [s for c in chosen if (s := self._relation(name, positions, *c))]
+        rest = [c for c in cands if c not in chosen]
+        if len(found) != len(chosen) or (rest and self._moves(name, positions, rest) is True):
+            return None
+        return found
+
+    def _moves(self, name: str, positions: list[int], cands: list) -> bool | None:
+        """Whether changing all of ``cands`` at once (each by another prime factor, so that a
+        ratio of two of them cannot stay put by both moving alike) moves the literal; None
+        when the model does not trace with that change (or it changes the op)."""
+        changes = [(m, a, i, v * _PRIMES[k % len(_PRIMES)]) for k, (m, a, i, v) in enumerate(cands)]
+        key = (name, tuple(positions), repr(changes))
+        if key not in self._joints:  # widen plans again when it keeps groups: asked again
+            joint = self._trace(_joint(changes, self._get))
+            if joint is None or not _same_op(self.base[name], joint.get(name)):
+                self._joints[key] = None
+            else:
+                value = self.base[name][2][positions[0]]
+                self._joints[key] = any(joint[name][2][p] != value for p in positions)
+        return self._joints[key]
+
+    def _candidates(self, path: str) -> Iterator[tuple[str, str, int | None, int]]:
+        """The int attributes > 1 (or ints inside tuple or list attributes) of the module at
+        ``path`` and of its direct children: (module, attr, index, value)."""
         try:
             module = self.model.get_submodule(path)
         except AttributeError:
@@ -257,11 +306,11 @@ class AttributeProber:
                 if attr.startswith("_"):
                     continue
                 if type(v) is int:
-                    if _related(v, value):
+                    if v > 1:
                         yield name, attr, None, v
                 elif isinstance(v, (tuple, list)) and v and all(type(i) is int for i in v):
                     for i, item in enumerate(v):
-                        if _related(item, value):
+                        if item > 1:
                             yield name, attr, i, item
 
     def _relation(
@@ -296,13 +345,16 @@ class AttributeProber:
         expected: dict[tuple[str, int], set[int]],
         reference: list[tuple[str, str, Any]],
         required: list[tuple[str, list[int], int]] = (),  # type: ignore[assignment]
+        computed: Any = None,
     ) -> str | None:
         """Re-trace with ``updates`` applied: each size in ``expected`` ((node name, size
         index) → the values it may take) must take one of them, every other size in the graph
         must be as in the trace with only the ``reference`` updates (the attributes the rules
         bound), and each ``required`` (node name, indices, value) must have the value at one
-        of the indices. Returns what went wrong, or None."""
+        of the indices, and ``computed`` (see below) finds nothing wrong. Returns the first
+        problem (``failed`` lists every node found wrong), or None."""
         after = self._trace(updates)
+        self.failed = []
         # a model that asserts on its attributes may not trace with the bound ones alone
         key = repr(reference)
         if key not in self._references:
@@ -311,21 +363,72 @@ class AttributeProber:
         if after is None:
             return "the model no longer traces with the updated attributes"
         if set(after) != set(ref):
+            self.failed = sorted(set(after) ^ set(ref))
             return "the updated attributes change the structure of the traced graph"
+        # sizes computed at run time: ``computed(leaves)`` evaluates them with the numbers of
+        # this trace → (problems, the arithmetic nodes it evaluated)
+        problems, evaluated = ([], set())
+        if computed is not None:
+            problems, evaluated = computed(lambda n: after[n][2] if n in after else None)
         for name, old in ref.items():
             now = after[name]
             if not _same_op(old, now):
-                return f"the updated attributes change op {name!r}"
+                problems.append((name, f"the updated attributes change op {name!r}"))
+                continue
             if name in self.arithmetic:
+                # a size computed at run time (C // self.num_heads): the rules followed the
+                # value it had; an updated attribute in it would change that value unseen
+                if old[2] != now[2] and name not in evaluated:
+                    problems.append(
+                        (name, f"the size computed by {name!r} would change with an attribute")
+                    )
                 continue
             for i, (was, new) in enumerate(zip(old[2], now[2])):
                 want = expected.get((name, i), {was})
                 if new not in want:
-                    return f"op {name!r} gets the size {new} where {min(want)} is needed"
+                    problems.append(
+                        (name, f"op {name!r} gets the size {new} where {min(want)} is needed")
+                    )
+                    break
         for name, indices, value in required:
             if all(after[name][2][i] != value for i in indices):
-                return f"op {name!r} does not get the size {value}"
-        return None
+                problems.append((name, f"op {name!r} does not get the size {value}"))
+        self.failed = [name for name, _ in problems]
+        return problems[0][1] if problems else None
+
+    def movers(self, names: list[str], changed: list[tuple[str, str, int | None]]) -> set[tuple]:
+        """The attributes among ``changed`` (module, attr, index) whose probe traces (×2)
+        moved one of the nodes ``names`` or changed the graph's structure there; only probes
+        already run are read."""
+        out = set()
+        for module, attr, index in changed:
+            try:
+                old = _item(self._get(module, attr), index)
+            except AttributeError:
+                continue
+            probe = self._probes.get((module, attr, index, 2 * old))
+            if probe is None:
+                continue
+            if any(probe.get(n) != self.base.get(n) for n in names):
+                out.add((module, attr, index))
+        return out
+
+
+def _sizes(graph: fx.Graph) -> dict[str, tuple]:
+    """Every node's (op, target, sizes) by name. fx names the tensor constants it meets
+    ``_tensor_constant<n>`` with n counting on over traces of one model: they are renamed
+    by their order in this trace, so that two traces compare node by node."""
+    out = {}
+    constants = 0
+    for n in graph.nodes:
+        name = n.name
+        if re.fullmatch(r"_tensor_constant\d+", name):
+            name, constants = f"_tensor_constant#{constants}", constants + 1
+        target = n.target
+        if isinstance(target, str) and re.fullmatch(r"_tensor_constant\d+", target):
+            target = "_tensor_constant"
+        out[name] = (n.op, target, size_leaves(n))
+    return out
 
 
 class SubmoduleProbers:
@@ -336,7 +439,7 @@ class SubmoduleProbers:
         self.traced, self.inputs = traced, inputs
         self.probers: dict[str, AttributeProber | None] = {}
         self._arguments: dict[str, dict[str, Any]] | None = None
-        self._hints: set[tuple] = set()  # shared: the next block of a stage has its own prober
+        self._hints: dict[tuple, list[tuple]] = {}  # shared: the next block of a stage has its own prober
 
     def get(self, path: str) -> AttributeProber | None:
         """The prober of the module at ``path``, built on first use."""
@@ -446,12 +549,23 @@ def _related(v: int, value: int) -> bool:
     return v > 1 and (value % v == 0 or v % value == 0)
 
 
+def _item(value: Any, index: int | None) -> Any:
+    return value if index is None else value[index]
+
+
 def _with(old: Any, index: int | None, value: int) -> Any:
     if index is None:
         return value
     items = list(old)
     items[index] = value
     return type(old)(items)
+
+
+def _traced_state(name: str) -> bool:
+    """Whether a module attribute of that name is one a probe trace may have added: public
+    state, or a tensor constant fx stored on the traced module (removed again, so that
+    probing leaves the model as it was)."""
+    return not name.startswith("_") or re.fullmatch(r"_tensor_constant\d+", name) is not None
 
 
 def _module_stack(node: fx.Node) -> list[str]:
@@ -468,14 +582,14 @@ def _patched(model: nn.Module, changes: list[tuple[str, str, Any]]) -> Iterator[
     for m in model.modules():
         public = {k: v for k, v in vars(m).items() if not k.startswith("_")}
         dicts = {k: dict(v) for k, v in public.items() if isinstance(v, dict)}
-        state.append((m, public, dicts))
+        state.append((m, public, dicts, set(vars(m))))
     try:
         for module, attr, value in changes:
             setattr(model.get_submodule(module), attr, value)
         yield
     finally:
-        for m, public, dicts in state:
-            for k in [k for k in vars(m) if not k.startswith("_") and k not in public]:
+        for m, public, dicts, before in state:
+            for k in [k for k in vars(m) if k not in before and _traced_state(k)]:
                 delattr(m, k)
             for k, v in public.items():
                 if k in dicts:

@@ -346,6 +346,9 @@ def shortfalls(graph: WidthGraph, factor: float, widths: Mapping[int, int]) -> l
             if g.id in graph.unfilled:  # why filled units could not make up the rest
                 why += f"; no filled units: {graph.unfilled[g.id]}"
         out.append(Shortfall(g, got, asked[g.id], kind, why))
+    for gid, why in graph.kept.items():  # frozen while planning: a literal size keeps them
+        if (g := graph.by_id(gid)) is not None and round(g.width * f) > g.width:
+            out.append(Shortfall(g, g.width, round(g.width * f), "literal", why))
     grown = {m for gid in widths if (w := graph.by_id(gid)) for m in w.modules}
     for g in graph.groups:
         if g.frozen and BLOCKED in g.frozen and (grown & set(g.modules) or g.id in culprits):

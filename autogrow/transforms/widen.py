@@ -17,10 +17,10 @@ from types import MappingProxyType
 from typing import Any, overload
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from ..adapters import adapter_for
-from ..errors import ConstraintError, HardcodedSizeError, InvalidArgumentError
+from ..errors import AutogrowError, ConstraintError, HardcodedSizeError, InvalidArgumentError
 from ..graph import WidthGraph, analyze_traced
 from ..graph.fill import filled_axes
 from ..rules import RuleRegistry, get_default_registry
@@ -28,8 +28,16 @@ from ..rules.context import REDUCE, Analysis, LiteralSize
 from ..tracing.trace import TracerKind, parse_stack_trace
 from ..verify import run
 from ..verify import verify as verify_outputs
-from .attributes import AttributeProber, AttrSource, SubmoduleProbers, size_leaves, stack_frames
+from .attributes import (
+    AttributeProber,
+    AttrSource,
+    SubmoduleProbers,
+    size_args,
+    size_leaves,
+    stack_frames,
+)
 from .axis_maps import AxisMap, grow_tensor, grown_tensors, param_axis_maps  # noqa: F401
+from .literal_solve import Equation, KeepableLiteral, computed_size, key, solve_literals
 from .mapping import SYMMETRIES, UnitMap, fill_map, new_size, sample_map, term_map
 from .optimizer import grow_optimizer
 from .paired_noise import DEFAULT_PAIR_NOISE, add_paired_noise, check_pair_noise
@@ -228,7 +236,8 @@ class WidenTransform(Transform[WidenPlan]):
             why = adapter.unsettable_floats(model, [(m, a) for m, a, _, _ in fill.eps], rescaled)
             if why is not None:
                 graph.drop_fill(gid, why)
-        widths = self.widths = plan_widths(graph, self.factor)
+        widths, attrs = plan_keeping_literals(graph, self.factor, inputs)
+        self.widths = widths
         if self.seed is None:  # drawn up front so that the recipe records the seed actually used
             self.seed = random.SystemRandom().randrange(2**62)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -259,7 +268,7 @@ class WidenTransform(Transform[WidenPlan]):
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
         if self.symmetry == "paired":  # before verification: the noise keeps the function
             add_paired_noise(self.tensors, self.axis_maps, self.pair_noise, self.generator)
-        self.attrs = attribute_updates(graph, widths, inputs) + eps
+        self.attrs = attrs + eps
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
         if isinstance(factor, Mapping):
@@ -425,8 +434,38 @@ def _check_options(factor: Any, symmetry: str, noise: float) -> None:
         raise InvalidArgumentError(f"noise must be a finite number >= 0, got {noise!r}")
 
 
+def plan_keeping_literals(
+    graph: WidthGraph, factor: Factor, inputs: tuple | None = None
+) -> tuple[dict[int, int], list[tuple[str, str, Any]]]:
+    """:func:`~autogrow.transforms.plan.plan_widths` and :func:`attribute_updates`. A literal
+    size whose attributes cannot follow the plan (:class:`KeepableLiteral`) keeps its groups
+    at their width (frozen, saying why) and the widths are planned again, so the rest grows
+    exactly; its HardcodedSizeError is raised when nothing else would grow, and with a dict
+    ``factor`` (the caller chose the groups)."""
+    cache: dict[str, Any] = {}
+    error: KeepableLiteral | None = None
+    while True:
+        try:
+            widths = plan_widths(graph, factor)
+        except AutogrowError:
+            if error is not None:
+                raise error from None
+            raise
+        try:
+            return widths, attribute_updates(graph, widths, inputs, cache)
+        except KeepableLiteral as e:
+            if isinstance(factor, Mapping) or not e.groups:
+                raise
+            error = e
+            for gid, why in e.groups.items():
+                graph.keep_width(gid, why)
+
+
 def attribute_updates(
-    graph: WidthGraph, widths: dict[int, int], inputs: tuple | None = None
+    graph: WidthGraph,
+    widths: dict[int, int],
+    inputs: tuple | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, Any]]:
     """(module, attribute, new value) for every size attribute that forward code reads.
 
@@ -435,9 +474,13 @@ def attribute_updates(
     (:class:`~autogrow.transforms.attributes.AttributeProber`, fx traces only); the attribute
     gets the value that makes the literal the new size, and one more symbolic trace checks
     that every literal then follows its axis and nothing else moved. A literal with no
-    attribute behind it raises HardcodedSizeError naming the source line. ``inputs`` (the
-    example inputs) let a module of an exported graph that fx cannot trace alone be traced
-    with the values of its arguments that are no tensors.
+    attribute behind it raises HardcodedSizeError naming the source line; one whose
+    attributes cannot follow (no integer value fits, two equally simple choices, the check
+    fails) raises :class:`~autogrow.transforms.literal_solve.KeepableLiteral`, naming the
+    groups to keep at their width. ``inputs`` (the example inputs) let a module of an exported
+    graph that fx cannot trace alone be traced with the values of its arguments that are no
+    tensors. ``cache`` keeps the probers (and their traces) for a next call on the same graph
+    with other widths.
     """
     analysis, store = graph.analysis, graph.store
     model = analysis.traced.model
@@ -463,9 +506,22 @@ def attribute_updates(
             f"{new} when group(s) {', '.join(groups) or '?'} widen. {advice}"
         )
 
+    def keepable(stuck: list[tuple[LiteralSize, int, str]], read: list = ()) -> KeepableLiteral:  # type: ignore[assignment]
+        """The error of the first literal; keeping the groups of all of them (and of the axes
+        ``read`` to compute one) at their width keeps each as it is."""
+        lit, new, why = stuck[0]
+        error = refuse(lit, new, f"{why} Leave those groups out.")
+        kept: dict[int, str] = {}
+        for lit, _, why in stuck:
+            for a in [*store.leaf_atoms(lit.term), *(x for t in read for x in store.leaf_atoms(t))]:
+                if a.id in widths and widths[a.id] != a.size:
+                    kept.setdefault(a.id, f"{lit.call.where()} sizes it: {why}")
+        return KeepableLiteral(str(error), kept)
+
     for b in analysis.attrs:
         put(b.module, b.attr, b.compute(size), f"{b.module}.{b.attr}")
     blocking: list[tuple[LiteralSize, int]] = []
+    computed: list[tuple[LiteralSize, int, Any, list]] = []  # run-time sizes that go wrong
     soft: list[tuple[LiteralSize, int]] = []
     probers = SubmoduleProbers(analysis.traced, inputs)
     for lit in analysis.literals:
@@ -480,10 +536,39 @@ def attribute_updates(
                     "same factor (a float factor does), or leave them out."
                 )
             continue
+        arg = _size_arg(lit)
+        if isinstance(arg, fx.Node) or lit.computed:  # computed at run time: it must give
+            read: list = []  # the new size
+            value = computed_size(arg, analysis.values, size, read)
+            if value is not None and value != new:
+                computed.append((lit, new, arg, read))  # attributes may still fix it
+            if value is not None or lit.computed:
+                continue
         if new == lit.value:
             continue
         (soft if lit.soft else blocking).append((lit, new))
     items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
+
+    def evaluate(leaves: Any) -> tuple[list[tuple[str, str]], set[str]]:
+        """The computed sizes that do not give their new size with the numbers of a trace
+        (node name → sizes), and the arithmetic nodes that were evaluated."""
+        problems, seen = [], set()
+        for lit, new, arg, _ in computed:
+            value = computed_size(arg, analysis.values, size, [], leaves, seen)
+            if value != new:
+                name = lit.call.node.name
+                problems.append((name, f"op {name!r} computes the size {value}, not {new}"))
+        return problems, seen
+
+    def computed_error(first: str) -> KeepableLiteral:
+        lit, new, _, read = computed[0]
+        why = (
+            "It is computed at run time from sizes that widening changes, and would not "
+            f"be {new}: {first}."
+        )
+        return keepable(
+            [(lit, new, why) for lit, new, _, _ in computed], [t for *_, r in computed for t in r]
+        )
 
     def keep(src: AttrSource, value: int, lit: LiteralSize) -> None:
         key = (src.module, src.attr, src.index)
@@ -509,17 +594,22 @@ def attribute_updates(
             put(found[0], found[1], new, lit.call.where())
         # else probably computed from a shape at run time; verification will tell
     if not blocking:
+        if computed:
+            raise computed_error(evaluate(None)[0][0][1])
         _apply_items(model, items, updates, put)
         return [(m, a, v) for (m, a), v in updates.items()]
     bound = [(m, a, v) for (m, a), v in updates.items()]
 
-    prober = AttributeProber.of(analysis.traced)
+    cache = {} if cache is None else cache
+    prober = cache.get("prober") or cache.setdefault("prober", AttributeProber.of(analysis.traced))
     # what the checking trace must show: each literal at its new size (a literal whose
     # position among the op's sizes is unknown: at one of the places that hold its value)
     expected: dict[tuple[str, int], set[int]] = {}
     required: list[tuple[str, list[int], int]] = []
     for lit in analysis.literals:
-        if not isinstance(lit.value, int) or lit.soft:
+        if not isinstance(lit.value, int) or lit.soft or lit.computed:
+            continue  # (a size computed at run time: ``evaluate`` checks it)
+        if isinstance(_size_arg(lit), fx.Node):
             continue
         name = lit.call.node.name
         if lit.index is not None:
@@ -534,48 +624,51 @@ def attribute_updates(
     # The cheap guess first: each literal is the one int attribute of that value on the
     # modules that wrote it. One checking trace tells whether that is right; probe if not.
     guess = _guess_by_value(model, blocking, updates)
-    if guess is not None and prober.check(guess, expected, bound, required) is None:
+    check = evaluate if computed else None
+    if guess is not None and prober.check(guess, expected, bound, required, check) is None:
         return guess
+    equations = []
     for lit, new in blocking:
         found = prober.sources(lit.call.node, lit.value, lit.index)
         if not found:
             raise refuse(lit, new, lit.advice(model))
-        # a literal that depends on several attributes: one already being updated may do
-        planned = [s for s in found if (s.module, s.attr) in updates and s.index is None]
-        done = [s for s in planned if s.slope * updates[(s.module, s.attr)] + s.offset == new]
-        if done:
-            continue
-        if len(found) > 1:
-            names = ", ".join(s.name for s in found)
-            raise refuse(
-                lit,
-                new,
-                f"It follows several attributes ({names}), so autogrow cannot tell which one "
-                "to change. Compute it from the tensor (x.size(d)), or leave those groups out.",
-            )
-        (src,) = found
-        value = src.solve(new)
-        if value is None:
-            raise refuse(
-                lit,
-                new,
-                f"It comes from attribute {src.name} = {src.old}, and no integer value of it "
-                f"gives {new}. Leave those groups out, or widen them by another factor.",
-            )
-        keep(src, value, lit)
+        equations.append(Equation(tuple(found), lit.value, new))
+    # several literals can follow one attribute, one literal several (``dim - pdim``): one
+    # linear system; the attributes the rules bound are fixed in it
+    fixed = {(m, a, None): v for (m, a), v in updates.items() if type(v) is int}
+    values, unsolved = solve_literals(equations, fixed)
+    if unsolved:
+        raise keepable([(*blocking[i], why) for i, why in unsolved.items()])
+    for k, value in values.items():
+        i = next(i for i, eq in enumerate(equations) if k in map(key, eq.sources))
+        items[k] = (value, blocking[i][0].call.where())
     _apply_items(model, items, updates, put)
     result = [(m, a, v) for (m, a), v in updates.items()]
-    problem = prober.check(result, expected, bound, required)
+    problem = prober.check(result, expected, bound, required, check)
     if problem is not None:
-        lit, new = blocking[0]
+        # the literals whose attributes move the ops found wrong keep their axes (all of
+        # them when the probes do not tell)
+        movers = prober.movers(prober.failed, list(values))
+        stuck = [i for i, eq in enumerate(equations) if movers & set(map(key, eq.sources))]
         changed = ", ".join(sorted({f"{m}.{a}" if m else a for m, a, _ in items}))
-        raise refuse(
-            lit,
-            new,
+        why = (
             f"Updating the attributes it comes from ({changed}) does not keep the model "
-            f"consistent: {problem}. Leave those groups out.",
+            f"consistent: {problem}."
         )
+        wrong = [c for c in computed if c[0].call.node.name in prober.failed]
+        if wrong and not stuck:
+            computed[:] = wrong
+            raise computed_error(problem)
+        raise keepable([(*blocking[i], why) for i in stuck or range(len(blocking))])
     return result
+
+
+def _size_arg(lit: LiteralSize) -> Any:
+    """The argument of the literal's op at its position (a node: computed at run time)."""
+    if lit.index is None or lit.soft:
+        return None
+    args = size_args(lit.call.node)
+    return args[lit.index] if lit.index < len(args) else None
 
 
 def _apply_items(model: nn.Module, items: dict, updates: dict, put: Any) -> None:
