@@ -439,7 +439,8 @@ class SubmoduleProbers:
         self.traced, self.inputs = traced, inputs
         self.probers: dict[str, AttributeProber | None] = {}
         self._arguments: dict[str, dict[str, Any]] | None = None
-        self._hints: dict[tuple, list[tuple]] = {}  # shared: the next block of a stage has its own prober
+        # shared: the next block of a stage has its own prober
+        self._hints: dict[tuple, list[tuple]] = {}
 
     def get(self, path: str) -> AttributeProber | None:
         """The prober of the module at ``path``, built on first use."""

@@ -25,6 +25,7 @@ from ..graph import WidthGraph, analyze_traced
 from ..graph.fill import filled_axes
 from ..rules import RuleRegistry, get_default_registry
 from ..rules.context import REDUCE, Analysis, LiteralSize
+from ..rules.registry import Dynamic
 from ..tracing.trace import TracerKind, parse_stack_trace
 from ..verify import run
 from ..verify import verify as verify_outputs
@@ -547,6 +548,13 @@ def attribute_updates(
         if new == lit.value:
             continue
         (soft if lit.soft else blocking).append((lit, new))
+    # ``C // self.num_heads`` sizing a view: the rules froze the head size and tied the heads
+    # to ``C``, so with the updated attributes it must still compute the old size
+    quotients = [
+        (node, int(v))
+        for node, v in analysis.values.items()
+        if isinstance(v, Dynamic) and v.quotient is not None and _sizes_a_view(node)
+    ]
     items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
 
     def evaluate(leaves: Any) -> tuple[list[tuple[str, str]], set[str]]:
@@ -558,6 +566,12 @@ def attribute_updates(
             if value != new:
                 name = lit.call.node.name
                 problems.append((name, f"op {name!r} computes the size {value}, not {new}"))
+        for node, head in quotients:  # a head's size the rules froze: it must stay
+            value = computed_size(node, analysis.values, size, [], leaves, seen)
+            if value != head:
+                problems.append(
+                    (node.name, f"op {node.name!r} computes the size {value}, not {head}")
+                )
         return problems, seen
 
     def computed_error(first: str) -> KeepableLiteral:
@@ -624,7 +638,7 @@ def attribute_updates(
     # The cheap guess first: each literal is the one int attribute of that value on the
     # modules that wrote it. One checking trace tells whether that is right; probe if not.
     guess = _guess_by_value(model, blocking, updates)
-    check = evaluate if computed else None
+    check = evaluate if computed or quotients else None
     if guess is not None and prober.check(guess, expected, bound, required, check) is None:
         return guess
     equations = []
@@ -661,6 +675,10 @@ def attribute_updates(
             raise computed_error(problem)
         raise keepable([(*blocking[i], why) for i in stuck or range(len(blocking))])
     return result
+
+
+def _sizes_a_view(node: fx.Node) -> bool:
+    return any("view" in str(u.target) or "reshape" in str(u.target) for u in node.users)
 
 
 def _size_arg(lit: LiteralSize) -> Any:
