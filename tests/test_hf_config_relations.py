@@ -70,7 +70,12 @@ GROWS = {
         ["hidden_size", "rms_norm_eps"],
         "rms_norm_eps also sets q_norm/k_norm over head_dim, whose eps must stay: no fill",
     ),
-    ("falcon", 2.0): (["ffn_hidden_size"], [], "fused query_key_value split by an index op"),
+    ("falcon", 2.0): (
+        ["hidden_size", "num_attention_heads", "ffn_hidden_size"],
+        [],
+        "the fused query_key_value is split by index ops whose positions are constants "
+        "(a slice), and the single key/value head broadcasts to every query head",
+    ),
     ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
     ("convnext", 2.0): (["hidden_sizes[0]", "hidden_sizes[1]"], [], "one field per stage"),
     ("resnet", 2.0): (

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import fx, nn
 
 from ..axes.terms import Term
@@ -69,6 +70,8 @@ class TensorValue:
     terms: list[Term]
     shape: tuple[int, ...]
     param: str | None = None
+    # The values of a small integer constant the code wrote (an index list), else None.
+    constant: torch.Tensor | None = None
 
     @property
     def ndim(self) -> int:
