@@ -6,7 +6,6 @@ the tiny Hugging Face family (``benchmarks/hf_families.py``)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -14,7 +13,6 @@ import autogrow
 from autogrow.graph import build
 from autogrow.rules import get_default_registry
 from autogrow.tracing.trace import trace_export
-from autogrow.verify import relative_error
 
 
 class MultiQuery(nn.Module):
