@@ -77,6 +77,12 @@ GROWS = {
         "(a slice), and the single key/value head broadcasts to every query head",
     ),
     ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
+    ("gpt2", 1.5): (
+        ["n_embd", "n_head"],
+        [],
+        "LayerNorm with layer_norm_epsilon: filled units through Conv1D's addmm, the FFN "
+        "follows as 4 × n_embd",
+    ),
     ("convnext", 2.0): (["hidden_sizes[0]", "hidden_sizes[1]"], [], "one field per stage"),
     ("resnet", 2.0): (
         ["embedding_size", "hidden_sizes[0]", "hidden_sizes[1]"],
