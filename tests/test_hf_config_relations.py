@@ -100,7 +100,9 @@ GROWS = {
     ("wav2vec2", 2.0): (
         ["intermediate_size"],
         ["hidden_size"],
-        "the positional conv's weight norm has no rule, which freezes the hidden size",
+        "a base model's output is its hidden state (and masked_spec_embed, a training-only "
+        "tensor no traced op reads, is sized by hidden_size); the positional conv's weight "
+        "norm has a rule now (tests/test_hf_ops.py grows Wav2Vec2ForCTC's hidden)",
     ),
     ("wav2vec2", 1.5): (["intermediate_size"], ["hidden_size"], ""),
     ("mamba", 2.0): (

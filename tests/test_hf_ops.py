@@ -6,6 +6,7 @@ the tiny Hugging Face family (``benchmarks/hf_families.py``)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +14,9 @@ import autogrow
 from autogrow.graph import build
 from autogrow.rules import get_default_registry
 from autogrow.tracing.trace import trace_export
+from autogrow.verify import relative_error
+
+transformers = pytest.importorskip("transformers")  # in the dev extra: always present in CI
 
 
 class MultiQuery(nn.Module):
@@ -75,3 +79,56 @@ def test_grouped_query_attention_with_other_head_counts_still_blocks():
     q, kv = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
     graph = autogrow.analyze(Grouped(), (q, kv, kv))
     assert len(graph.blocked) == 1 and "different head counts" in graph.blocked[0]
+
+
+class WeightNormed(nn.Module):
+    """Wav2Vec2's positional convolution: a grouped conv under weight norm over the taps."""
+
+    def __init__(self, width: int = 8, groups: int = 2) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, width)
+        conv = nn.Conv1d(width, width, kernel_size=4, padding=2, groups=groups)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = h + torch.relu(self.conv(h.transpose(1, 2))[..., :-1]).transpose(1, 2)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("factor", [2.0, 1.5])
+def test_weight_norm_grows_v_and_rescales_g_exactly(factor):
+    torch.manual_seed(0)
+    model = WeightNormed().eval()
+    x = torch.randn(2, 6, 3)
+    grown = autogrow.widen(model, factor, example_inputs=(x,), seed=0)  # verify on
+    g = grown.conv.parametrizations.weight.original0
+    assert grown.conv.weight.shape[0] == int(8 * factor) and g.shape == (1, 1, 4)
+    assert relative_error(grown(x), model(x)) < 1e-5
+    assert model.conv.weight.shape == (8, 4, 4)  # the caller's model is left alone
+
+
+@pytest.mark.slow
+def test_wav2vec2_hidden_grows_through_the_weight_normed_positional_conv(tmp_path):
+    from autogrow.testing import randomize_constant_tensors
+
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4, do_stable_layer_norm=True, vocab_size=12,
+        mask_time_prob=0.0,  # else masked_spec_embed, a training-only tensor, holds hidden
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = randomize_constant_tensors(transformers.Wav2Vec2ForCTC(config).eval())
+    grown = autogrow.widen(model, 2.0, example_inputs=(torch.randn(2, 400),), seed=0)
+    assert (grown.config.hidden_size, grown.config.num_attention_heads) == (64, 8)
+    x = torch.randn(2, 400)
+    assert relative_error(grown(x).logits, model(x).logits) < 1e-4
+    with torch.device("meta"):
+        rebuilt = type(grown)(grown.config)
+    shapes = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in grown.state_dict().items()}
+    grown.save_pretrained(tmp_path)
+    loaded = type(grown).from_pretrained(tmp_path).eval()
+    assert relative_error(loaded(x).logits, grown(x).logits) == 0.0
