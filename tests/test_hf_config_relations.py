@@ -171,6 +171,9 @@ def test_bloom_is_refused_naming_the_field_that_cannot_follow(factor):
     with pytest.raises(autogrow.ConstraintError, match="hidden_size") as e:
         autogrow.widen(model, factor, example_inputs=inputs("bloom"), seed=0)
     assert "4 × hidden_size" in str(e.value) or "is held" in str(e.value)
+    if factor == 2.0:  # the reasons name both halves of hidden = heads × head size
+        assert "a tensor computed in forward (not a parameter) is added" in str(e.value)
+        assert "never the query·key size" in str(e.value)
 
 
 @pytest.mark.slow
