@@ -76,7 +76,11 @@ GROWS = {
         "the fused query_key_value is split by index ops whose positions are constants "
         "(a slice), and the single key/value head broadcasts to every query head",
     ),
-    ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
+    ("falcon", 1.5): (
+        ["hidden_size", "num_attention_heads", "ffn_hidden_size"],
+        [],
+        "LayerNorm with layer_norm_epsilon: filled units through FalconLinear's x @ weight.T",
+    ),
     ("gpt2", 1.5): (
         ["n_embd", "n_head"],
         [],

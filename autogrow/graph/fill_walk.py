@@ -229,6 +229,23 @@ class FillWalk:
             raise _Unfillable("addmm whose added term is not a bias")
         return self.project(call, result, x, w, b, -1, w_out=1)
 
+    def matmul(self, call: Call, result: Any) -> list[_Value]:
+        """``x @ weight`` or ``x @ weight.T`` (a linear layer written out, Falcon's): the
+        bias, if any, is a separate ``add``."""
+        x, w = call.args["input"], call.args["other"]
+        if isinstance(w, TensorValue) and w.param is not None and w.ndim == 2:
+            return self.project(call, result, x, w, None, -1, w_out=1)
+        node = call.node.args[1] if len(call.node.args) > 1 else None
+        if (
+            isinstance(node, torch.fx.Node)
+            and target_name(node.target) in ("t", "numpy_T", "transpose")
+            and isinstance(node.args[0], torch.fx.Node)
+        ):
+            source = self.analysis.values.get(node.args[0])
+            if isinstance(source, TensorValue) and source.param is not None and source.ndim == 2:
+                return self.project(call, result, x, source, None, -1, w_out=0)
+        raise _Unfillable("a product whose second operand is not a weight")
+
     def project(
         self, call: Call, result: Any, x: TensorValue, w: TensorValue, b: Any, channel: int,
         w_out: int,
@@ -511,6 +528,7 @@ _HANDLERS = {
     "linear": FillWalk.linear,
     "conv": FillWalk.linear,
     "addmm": FillWalk.addmm,
+    "matmul": FillWalk.matmul,
     "embedding": FillWalk.embedding,
     "layer_norm": FillWalk.norm,
     "rms_norm": FillWalk.norm,
