@@ -200,8 +200,8 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
     else:
         ctx.freeze(
             a.terms[-1],
-            f"contraction of two activations at {call.where()} (attention's head size: "
-            "autogrow grows heads, never the query·key size, which also sets the scale)",
+            f"contraction of two activations at {call.where()} (in attention, the head size: "
+            "autogrow grows whole heads, never the query·key size, which also sets the scale)",
         )
     shape = out_shape(call)
     batch = shape[:-2]
