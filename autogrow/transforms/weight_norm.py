@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConstraintError
 from ..rules.context import Analysis
 from ..rules.registry import TensorValue
 
@@ -23,6 +24,12 @@ def rescale_weight_norms(analysis: Analysis, tensors: dict[str, torch.Tensor]) -
         assert isinstance(g, TensorValue) and g.param is not None
         dim = v.dim(call.args["dim"])
         old_v, new_v = analysis.params[v.param].tensor.detach(), tensors[v.param]
+        if old_v.is_meta:  # a streamed checkpoint plans on meta: g cannot be computed there
+            raise ConstraintError(
+                f"{call.where()} normalises {v.param}: its scale {g.param} must be rescaled "
+                "by the grown norm, which needs the weights' values. Widen this model in "
+                "memory (autogrow.widen), or leave the layer's groups out."
+            )
         old_g = tensors.get(g.param, analysis.params[g.param].tensor.detach())
         ratio = _norm_except(new_v.double(), dim) / _norm_except(old_v.double(), dim)
         tensors[g.param] = (old_g.double() * ratio).to(old_g.dtype)
