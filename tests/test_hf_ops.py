@@ -132,3 +132,27 @@ def test_wav2vec2_hidden_grows_through_the_weight_normed_positional_conv(tmp_pat
     grown.save_pretrained(tmp_path)
     loaded = type(grown).from_pretrained(tmp_path).eval()
     assert relative_error(loaded(x).logits, grown(x).logits) == 0.0
+
+
+class Picks(nn.Module):
+    """An index list counted from the end of a concatenation ``[a | b]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(3, 2)
+        self.head, self.pick = nn.Linear(8, 2), nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([torch.relu(self.a(x)), self.b(x)], dim=-1)
+        return self.head(h) + self.pick(h[:, [-2]])
+
+
+def test_an_index_list_from_the_end_lets_the_part_before_it_grow():
+    torch.manual_seed(0)
+    model, x = Picks().eval(), torch.randn(4, 3)
+    graph = autogrow.analyze(model, (x,))
+    assert not graph.blocked
+    assert graph.group("a").widenable and not graph.group("b").widenable
+    grown = autogrow.widen(model, {"a": 12}, example_inputs=(x,), seed=0)
+    assert grown.head.in_features == 14
+    assert relative_error(grown(x), model(x)) < 1e-5
