@@ -43,7 +43,9 @@ class Dynamic(int):
 
 @dataclass
 class TensorValue:
-    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer.
+    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer;
+    ``constant`` holds the values of a small integer constant the code wrote (an index list
+    such as ``x[..., [-2], :]``, which torch.export lifts to a tensor), else None.
 
     A rule receives its tensor arguments as ``TensorValue``s and returns one per output, with
     ``shape`` equal to the traced one (see ``docs/inference.md``, writing a rule).
