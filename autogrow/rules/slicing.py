@@ -252,7 +252,9 @@ def _written_positions(i: Any, n: int) -> tuple[int, int, bool] | None:
     return positions[0], positions[-1] + 1, i[0] < 0
 
 
-def _pick(call: Call, ctx: RuleContext, t: Term, n: int, start: int, stop: int, from_end: bool):
+def _pick(
+    call: Call, ctx: RuleContext, t: Term, n: int, start: int, stop: int, from_end: bool
+) -> Term:
     """The picked piece of axis ``t``. Positions counted from the end stay right while the
     part before them grows, positions from the start while the part after grows: the other
     pieces keep their size. A piece of one position is a plain ``Fixed(1)``."""
