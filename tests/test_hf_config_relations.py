@@ -70,8 +70,23 @@ GROWS = {
         ["hidden_size", "rms_norm_eps"],
         "rms_norm_eps also sets q_norm/k_norm over head_dim, whose eps must stay: no fill",
     ),
-    ("falcon", 2.0): (["ffn_hidden_size"], [], "fused query_key_value split by an index op"),
-    ("falcon", 1.5): (["ffn_hidden_size"], ["hidden_size"], "LayerNorm"),
+    ("falcon", 2.0): (
+        ["hidden_size", "num_attention_heads", "ffn_hidden_size"],
+        [],
+        "the fused query_key_value is split by index ops whose positions are constants "
+        "(a slice), and the single key/value head broadcasts to every query head",
+    ),
+    ("falcon", 1.5): (
+        ["hidden_size", "num_attention_heads", "ffn_hidden_size"],
+        [],
+        "LayerNorm with layer_norm_epsilon: filled units through FalconLinear's x @ weight.T",
+    ),
+    ("gpt2", 1.5): (
+        ["n_embd", "n_head"],
+        [],
+        "LayerNorm with layer_norm_epsilon: filled units through Conv1D's addmm, the FFN "
+        "follows as 4 × n_embd",
+    ),
     ("convnext", 2.0): (["hidden_sizes[0]", "hidden_sizes[1]"], [], "one field per stage"),
     ("resnet", 2.0): (
         ["embedding_size", "hidden_sizes[0]", "hidden_sizes[1]"],
@@ -89,7 +104,9 @@ GROWS = {
     ("wav2vec2", 2.0): (
         ["intermediate_size"],
         ["hidden_size"],
-        "the positional conv's weight norm has no rule, which freezes the hidden size",
+        "a base model's output is its hidden state (and masked_spec_embed, a training-only "
+        "tensor no traced op reads, is sized by hidden_size); the positional conv's weight "
+        "norm has a rule now (tests/test_hf_ops.py grows Wav2Vec2ForCTC's hidden)",
     ),
     ("wav2vec2", 1.5): (["intermediate_size"], ["hidden_size"], ""),
     ("mamba", 2.0): (
@@ -158,6 +175,9 @@ def test_bloom_is_refused_naming_the_field_that_cannot_follow(factor):
     with pytest.raises(autogrow.ConstraintError, match="hidden_size") as e:
         autogrow.widen(model, factor, example_inputs=inputs("bloom"), seed=0)
     assert "4 × hidden_size" in str(e.value) or "is held" in str(e.value)
+    if factor == 2.0:  # the reasons name both halves of hidden = heads × head size
+        assert "a tensor computed in forward (not a parameter) is added" in str(e.value)
+        assert "never the query·key size" in str(e.value)
 
 
 @pytest.mark.slow

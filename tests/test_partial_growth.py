@@ -200,11 +200,19 @@ def test_config_advice_names_an_integer_factor_only_for_a_fraction():
     with pytest.raises(autogrow.ConstraintError, match="n_embd") as e:
         autogrow.widen(model, {"transformer.h.0.mlp.c_fc": 2.0}, example_inputs=x)
     assert "integer factor" not in str(e.value) and "whole factor" in str(e.value)
-    # x1.5: the FFN (n_inner unset: 4 × n_embd) cannot grow while n_embd stays, so nothing
-    # is planned, and the refusal names the relation.
+
+
+@pytest.mark.slow
+def test_config_advice_names_an_integer_factor_for_a_fraction_that_plans_nothing():
+    pytest.importorskip("transformers")
+    from benchmarks.hf_families import inputs, tiny
+
+    # x1.5: ConvNeXt's FFN (4 × hidden_sizes[i]) cannot grow while the stage width stays
+    # (a depthwise convolution feeds its LayerNorm: no filled units), so nothing is planned,
+    # and the refusal names the relation. (GPT-2 x1.5 grows n_embd by filled units now.)
     with pytest.raises(autogrow.ConstraintError, match="Use an integer factor") as e:
-        autogrow.widen(model, 1.5, example_inputs=x)
-    assert "transformer.h.0.mlp.c_fc (width 256): its width is 4 × n_embd" in str(e.value)
+        autogrow.widen(tiny("convnext"), 1.5, example_inputs=inputs("convnext"))
+    assert "its width is 4 × hidden_sizes[1]" in str(e.value)
 
 
 def test_loading_a_partially_grown_checkpoint_does_not_warn_again(tmp_path):

@@ -176,13 +176,15 @@ def test_non_integer_factor_grows_rms_normalised_widths_by_filled_units():
     _assert_config_rebuilds(big)
 
 
-def test_non_integer_factor_the_config_cannot_describe_is_a_clear_error():
-    # GPT-2's FFN width is 4 * n_embd when n_inner is unset, so x1.5 on the FFN alone has no
-    # GPT2Config; the original model is left as it was.
+def test_a_width_the_config_cannot_describe_is_a_clear_error():
+    # GPT-2's FFN width is 4 * n_embd when n_inner is unset, so x1.5 on the FFNs alone has no
+    # GPT2Config (widen(gpt2, 1.5) grows n_embd by filled units instead, and the FFNs follow);
+    # the original model is left as it was.
     model = _model("gpt2")
     before = _shapes(model)
-    with pytest.raises(autogrow.ConstraintError, match="GPT2Config"):
-        autogrow.widen(model, 1.5, example_inputs=_inputs("gpt2"), seed=0)
+    ffns = {f"transformer.h.{i}.mlp.c_fc": 384 for i in range(2)}
+    with pytest.raises(autogrow.ConstraintError, match="4 × n_embd"):
+        autogrow.widen(model, ffns, example_inputs=_inputs("gpt2"), seed=0)
     assert _shapes(model) == before
 
 
@@ -204,8 +206,9 @@ def test_tied_embedding_division_moves_to_the_final_norm():
 def test_inplace_failure_restores_config_and_modules():
     model = _model("gpt2")
     before = (_shapes(model), model.config.to_dict())
+    ffns = {f"transformer.h.{i}.mlp.c_fc": 384 for i in range(2)}  # 4 × n_embd: no config
     with pytest.raises(autogrow.ConstraintError):
-        autogrow.widen(model, 1.5, example_inputs=_inputs("gpt2"), inplace=True)
+        autogrow.widen(model, ffns, example_inputs=_inputs("gpt2"), inplace=True)
     assert (_shapes(model), model.config.to_dict()) == before
 
 

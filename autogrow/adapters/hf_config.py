@@ -280,8 +280,10 @@ def relations_for(model: nn.Module, analysis: Analysis) -> SizeRelations:
                 names = set(involved.get((k, d), ()))
                 for atom in store.leaf_atoms(term):
                     names |= {n for m in widths_of.get(atom.id, []) for n in m.names}
-                frozen = [store.info(a).frozen for a in store.leaf_atoms(term)]
-                stays = next((f"; part of it cannot grow: {f}" for f in frozen if f), "")
+                frozen = [f for a in store.leaf_atoms(term) if (f := store.info(a).frozen)]
+                # every distinct reason: an axis laid out as heads × head size says both
+                stays = f"; part of it cannot grow: {'; and '.join(dict.fromkeys(frozen))}"
+                stays = stays if frozen else ""
                 why = (
                     f"{name} with {changes or 'no changes'} builds {k} axis {d} of size "
                     f"{built[k][d]}, the plan needs {want}{stays}"

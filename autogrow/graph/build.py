@@ -182,7 +182,9 @@ class AnalysisPass:
         if node in self.traced.param_nodes:  # a parameter lifted to an input by torch.export
             return self.ctx.param(self.traced.param_nodes[node])
         if isinstance(meta, TensorMeta):
-            return self.ctx.frozen_tensor(meta, f"model input '{node.target}'")
+            value = self.ctx.frozen_tensor(meta, f"model input '{node.target}'")
+            value.constant = self.traced.constants.get(node)
+            return value
         return meta
 
     def get_attr(self, node: fx.Node, meta: Any) -> Any:

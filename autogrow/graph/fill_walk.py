@@ -215,6 +215,44 @@ class FillWalk:
         channel = -1 if call.name == "linear" else (1 if x.ndim == w.ndim else 0)
         if call.name == "conv" and call.args.get("groups", 1) != 1:
             raise _Unfillable("a grouped convolution")
+        return self.project(call, result, x, w, b, channel, w_out=0)
+
+    def addmm(self, call: Call, result: Any) -> list[_Value]:
+        """``bias + x @ weight`` (GPT-2's ``Conv1D``): a linear layer whose weight is stored
+        (in, out), so its input axis is 0 and its output axis 1."""
+        x, w, b = call.args["mat1"], call.args["mat2"], call.args.get("input")
+        if call.args.get("alpha", 1) != 1 or call.args.get("beta", 1) != 1:
+            raise _Unfillable("addmm with alpha or beta")
+        if w.param is None or w.ndim != 2 or x.ndim != 2:
+            raise _Unfillable("a product whose second operand is not a weight")
+        if isinstance(b, TensorValue) and (b.param is None or b.ndim != 1):
+            raise _Unfillable("addmm whose added term is not a bias")
+        return self.project(call, result, x, w, b, -1, w_out=1)
+
+    def matmul(self, call: Call, result: Any) -> list[_Value]:
+        """``x @ weight`` or ``x @ weight.T`` (a linear layer written out, Falcon's): the
+        bias, if any, is a separate ``add``."""
+        x, w = call.args["input"], call.args["other"]
+        if isinstance(w, TensorValue) and w.param is not None and w.ndim == 2:
+            return self.project(call, result, x, w, None, -1, w_out=1)
+        node = call.node.args[1] if len(call.node.args) > 1 else None
+        if (
+            isinstance(node, torch.fx.Node)
+            and target_name(node.target) in ("t", "numpy_T", "transpose")
+            and isinstance(node.args[0], torch.fx.Node)
+        ):
+            source = self.analysis.values.get(node.args[0])
+            if isinstance(source, TensorValue) and source.param is not None and source.ndim == 2:
+                return self.project(call, result, x, source, None, -1, w_out=0)
+        raise _Unfillable("a product whose second operand is not a weight")
+
+    def project(
+        self, call: Call, result: Any, x: TensorValue, w: TensorValue, b: Any, channel: int,
+        w_out: int,
+    ) -> list[_Value]:  # fmt: skip
+        """A layer that sums ``x``'s ``channel`` axis against ``w``'s input axis and writes
+        ``w``'s ``w_out`` axis (plus bias ``b``) as the output's channel."""
+        w_in = 1 - w_out
         xv = self.value(x, call)
         xd = x.dim(channel)
         out = _Value()
@@ -226,11 +264,11 @@ class FillWalk:
             if a.state == "param":
                 raise _Unfillable("a parameter as a layer's input")
             fill = "free" if self.is_zero(a.state) else "zero"
-            self.set_axis(w.param, 1, a.gid, AxisFill(fill, power), call)
+            self.set_axis(w.param, w_in, a.gid, AxisFill(fill, power), call)
         wd = self.group_dims(w, call)
-        if 0 in wd:
-            g = wd[0]
-            self.set_axis(w.param, 0, g, AxisFill(self.kind), call)
+        if w_out in wd:
+            g = wd[w_out]
+            self.set_axis(w.param, w_out, g, AxisFill(self.kind), call)
             if isinstance(b, TensorValue):
                 self.set_axis(b.param, 0, g, AxisFill(self.kind), call)
         (res,) = tensor_values(result)
@@ -489,6 +527,8 @@ class FillWalk:
 _HANDLERS = {
     "linear": FillWalk.linear,
     "conv": FillWalk.linear,
+    "addmm": FillWalk.addmm,
+    "matmul": FillWalk.matmul,
     "embedding": FillWalk.embedding,
     "layer_norm": FillWalk.norm,
     "rms_norm": FillWalk.norm,

@@ -29,7 +29,9 @@ rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_r
 )
 def sdpa(call: Call, ctx: RuleContext) -> Any:
     q, k, v = call.args["query"], call.args["key"], call.args["value"]
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+    if k.shape[:-2] != v.shape[:-2] or not _broadcasts(k.shape[:-2], q.shape[:-2]):
+        # (multi-query attention, one key/value head broadcast to every query head, is fine:
+        # a copied query head attends to the same keys and values as its original)
         return ctx.block(call, "query/key/value with different head counts (grouped-query)")
     ctx.unify(q.terms[-1], k.terms[-1], call)
     ctx.freeze(q.terms[-1], f"head_dim (query·key contraction) at {call.where()}")
@@ -43,6 +45,11 @@ def sdpa(call: Call, ctx: RuleContext) -> Any:
         full = TensorValue([*lead, q.terms[-2], k.terms[-2]], (*batch, q.shape[-2], k.shape[-2]))
         broadcast(call, ctx, [full, mask], full.shape)
     return TensorValue([*lead, q.terms[-2], v.terms[-1]], out_shape(call))
+
+
+def _broadcasts(kv: tuple[int, ...], q: tuple[int, ...]) -> bool:
+    """Whether key/value leading sizes are the query's, or 1 where they differ."""
+    return len(kv) == len(q) and all(a in (b, 1) for a, b in zip(kv, q))
 
 
 def _lead(x: TensorValue) -> TensorValue:

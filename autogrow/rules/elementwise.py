@@ -34,6 +34,8 @@ UNARY = (
     "zero",
 )  # fmt: skip
 
+COPIES = ("lift_fresh_copy", "clone", "detach", "alias", "contiguous")
+
 BINARY = (
     "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "floordiv", "remainder",
     "fmod", "maximum", "minimum", "pow", "eq", "ne", "lt", "le", "gt", "ge", "where", "masked_fill",
@@ -60,7 +62,12 @@ def unary(call: Call, ctx: RuleContext) -> Any:
             ctx.role(x, d, COPY, call)
     if call.name == "native_dropout":
         return (same_as(x, call), same_as(x, call))
-    return same_as(x, call)
+    out = same_as(x, call)
+    if (
+        target_name(call.node.target) in COPIES
+    ):  # an index list written in code stays known through its copies
+        out.constant = x.constant
+    return out
 
 
 @rules.rule("nary", signature="*args, **kwargs", names=BINARY)

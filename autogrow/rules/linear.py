@@ -198,7 +198,11 @@ def matmul(call: Call, ctx: RuleContext) -> Any:
         ctx.role(param, axes[a.ndim - 1], REDUCE, call)
         ctx.role(param, axes[a.ndim - 2], COPY, call)
     else:
-        ctx.freeze(a.terms[-1], f"contraction of two activations at {call.where()}")
+        ctx.freeze(
+            a.terms[-1],
+            f"contraction of two activations at {call.where()} (in attention, the head size: "
+            "autogrow grows whole heads, never the query·key size, which also sets the scale)",
+        )
     shape = out_shape(call)
     batch = shape[:-2]
     lead_a = TensorValue(a.terms[:-2], a.shape[:-2])
@@ -272,7 +276,30 @@ def addmm(call: Call, ctx: RuleContext) -> Any:
     bias = call.args["input"]
     if not isinstance(bias, TensorValue):
         return product
+    if bias.param is None:
+        _added_activation_keeps(call, ctx, product, bias)
     return broadcast(call, ctx, [product, bias])
+
+
+def _added_activation_keeps(
+    call: Call, ctx: RuleContext, product: TensorValue, bias: TensorValue
+) -> None:
+    """A tensor computed in forward added to the product (ALiBi's position bias, built per
+    head from the head count) keeps each axis it meets where it has no units of its own:
+    the product's axis cannot grow there, and the reason says what holds it."""
+    nd = product.ndim
+    for j in range(nd):
+        k = bias.ndim - nd + j
+        if k < 0 or bias.shape[k] != product.shape[j] or product.shape[j] == 1:
+            continue
+        free = [a for a in ctx.store.leaf_atoms(bias.terms[k]) if not ctx.store.info(a).frozen]
+        if not free and ctx.store.leaf_atoms(product.terms[j]):
+            ctx.freeze(
+                product.terms[j],
+                f"a tensor computed in forward (not a parameter) is added per position of "
+                f"this axis at {call.where()}: its values depend on the size (ALiBi's per-head "
+                "slopes do), so the axis keeps it",
+            )
 
 
 @rules.rule("einsum", signature="equation, *operands")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import nn
 
-from .common import COPY, grouped, module_at, owner, same_as
+from .common import COPY, grouped, module_at, out_shape, owner, same_as
 from .registry import Call, ParamRef, RuleSet, TensorValue
 
 if TYPE_CHECKING:
@@ -155,3 +155,20 @@ def _gn_module(m: nn.GroupNorm, name: str, args: tuple, kwargs: dict):
         "num_groups": m.num_groups,
         **_refs(m, name, ("weight", "bias")),
     }
+
+
+@rules.rule("weight_norm", signature="v, g, dim=0", names=("_weight_norm",))
+def weight_norm(call: Call, ctx: RuleContext) -> Any:
+    """``w = g · v / ‖v‖`` (``nn.utils.parametrizations.weight_norm``; the norm over every axis
+    but ``dim``). The weight is ``v`` as the layer using it sees it: ``v`` grows as that
+    layer's weight would, and widen then rescales ``g`` by ``‖v'‖ / ‖v‖`` per slice of
+    ``dim`` (:func:`autogrow.transforms.axis_maps.rescale_weight_norms`), which keeps ``w``
+    the grown weight exactly. ``dim``'s axis keeps its size (``g`` holds one scale per slice)."""
+    v, g = call.args["v"], call.args["g"]
+    d = v.dim(call.args["dim"])
+    if v.param is None or g.param is None or g.ndim != v.ndim:
+        return ctx.block(call, "weight norm of a tensor that is not a parameter")
+    ctx.unify(g.terms[d], v.terms[d], call)
+    ctx.freeze(v.terms[d], f"the axis weight norm keeps (one g per slice) at {call.where()}")
+    ctx.role(g, d, COPY, call)
+    return TensorValue(list(v.terms), out_shape(call), v.param)

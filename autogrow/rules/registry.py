@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import fx, nn
 
 from ..axes.terms import Term
@@ -48,7 +49,9 @@ class Dynamic(int):
 
 @dataclass
 class TensorValue:
-    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer.
+    """A traced tensor: one axis term per dimension; ``param`` names a parameter or buffer;
+    ``constant`` holds the values of a small integer constant the code wrote (an index list
+    such as ``x[..., [-2], :]``, which torch.export lifts to a tensor), else None.
 
     A rule receives its tensor arguments as ``TensorValue``s and returns one per output, with
     ``shape`` equal to the traced one (see ``docs/inference.md``, writing a rule).
@@ -75,6 +78,8 @@ class TensorValue:
     terms: list[Term]
     shape: tuple[int, ...]
     param: str | None = None
+    # The values of a small integer constant the code wrote (an index list), else None.
+    constant: torch.Tensor | None = None
 
     @property
     def ndim(self) -> int:

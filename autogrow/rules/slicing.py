@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..axes.terms import Fixed, Term, cat
 from ..tracing.trace import TracerKind
 from .common import out_shape
@@ -152,8 +154,14 @@ def _slice_axis(
 
 def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> Any:
     idx = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, TensorValue) for i in idx):
-        return _advanced_index(call, ctx, x, list(idx))
+    if any(_is_index(i) for i in idx):
+        if any(i is None for i in idx):
+            return ctx.block(call, "advanced indexing mixed with new axes")
+        plain = [i for i in idx if i is not Ellipsis]
+        at = idx.index(Ellipsis) if Ellipsis in idx else len(plain)
+        return _advanced_index(
+            call, ctx, x, [*plain[:at], *[slice(None)] * (x.ndim - len(plain)), *plain[at:]]
+        )
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     expanded: list[Any] = []
     offsets: list[int | None] = []  # where each index starts among the op's sizes
@@ -189,17 +197,107 @@ def index_tensor(call: Call, ctx: RuleContext, x: TensorValue, index: Any) -> An
 
 
 def _advanced_index(call: Call, ctx: RuleContext, x: TensorValue, idx: list[Any]) -> Any:
-    tensor_pos = [p for p, i in enumerate(idx) if isinstance(i, TensorValue)]
-    others_plain = all(
-        i is None or i == slice(None) for p, i in enumerate(idx) if p not in tensor_pos
+    """``x[..., idx, ...]`` with index tensors (a Python ``getitem`` whose other entries are
+    full slices, or ``aten.index``, whose ``None`` entries are full slices)."""
+    if any(i is not None and i != slice(None) and not _is_index(i) for i in idx):
+        return ctx.block(call, "advanced indexing mixed with slices or new axes")
+    idx = [None if i == slice(None) else i for i in idx]
+    idx += [None] * (x.ndim - len(idx))
+    picked = [p for p, i in enumerate(idx) if i is not None]
+    if len(picked) == 1:
+        p = picked[0]
+        span = _written_positions(idx[p], x.shape[p])
+        if span is not None:  # fused[..., [-2], :]: positions written in code
+            terms = list(x.terms)
+            terms[p] = _pick(call, ctx, terms[p], x.shape[p], *span)
+            return TensorValue(terms, out_shape(call))
+    tensors = [_as_value(idx[p]) for p in picked]
+    try:
+        shape = tuple(torch.broadcast_shapes(*(t.shape for t in tensors)))
+    except RuntimeError:
+        shape = None
+    adjacent = picked == list(range(picked[0], picked[-1] + 1))
+    at = picked[0] if adjacent else 0
+    rest = [p for p in range(x.ndim) if p not in picked]
+    expected = None if shape is None else [x.shape[p] for p in rest]
+    if expected is None or (*expected[:at], *shape, *expected[at:]) != out_shape(call):
+        # a boolean mask consumes as many axes as it has, and picks a data-dependent count
+        return ctx.block(call, "indexing with a boolean mask or unbroadcastable indices")
+    for p in picked:
+        ctx.freeze(x.terms[p], f"gathered by an index tensor at {call.where()}")
+    gathered = _broadcast_terms(call, ctx, tensors, shape)
+    kept = [x.terms[p] for p in rest]
+    return TensorValue([*kept[:at], *gathered, *kept[at:]], out_shape(call))
+
+
+def _is_index(i: Any) -> bool:
+    return isinstance(i, TensorValue) or (
+        isinstance(i, (list, tuple)) and all(isinstance(v, int) for v in i)
     )
-    if len(tensor_pos) != 1 or not others_plain or None in idx:
-        return ctx.block(call, "advanced indexing with several index tensors")
-    p = tensor_pos[0]
-    ctx.freeze(x.terms[p], f"gathered by an index tensor at {call.where()}")
-    ind = idx[p]
-    terms = [*x.terms[:p], *ind.terms, *x.terms[p + 1 :]]
-    return TensorValue(terms, out_shape(call))
+
+
+def _written_positions(i: Any, n: int) -> tuple[int, int, bool] | None:
+    """(start, stop, from_end) of the positions an index list (or a known 1-D constant index
+    tensor) picks, when they are consecutive and ascending and all counted from one end;
+    else None."""
+    if isinstance(i, TensorValue):
+        if i.constant is None or i.constant.ndim != 1 or i.constant.dtype == torch.bool:
+            return None
+        i = i.constant.tolist()
+    if not i or not all(-n <= v < n for v in i) or len({v < 0 for v in i}) != 1:
+        return None
+    positions = [v % n for v in i]
+    if positions != list(range(positions[0], positions[0] + len(positions))):
+        return None
+    return positions[0], positions[-1] + 1, i[0] < 0
+
+
+def _pick(
+    call: Call, ctx: RuleContext, t: Term, n: int, start: int, stop: int, from_end: bool
+) -> Term:
+    """The picked piece of axis ``t``. Positions counted from the end stay right while the
+    part before them grows, positions from the start while the part after grows: the other
+    pieces keep their size. A piece of one position is a plain ``Fixed(1)``."""
+    sizes = [s for s in (start, stop - start, n - stop) if s > 0]
+    pieces = ctx.store.split(t, sizes, call.where()) if _has_atoms(ctx, t) else None
+    if pieces is None:
+        if _has_atoms(ctx, t):
+            ctx.freeze(t, f"index list on this axis at {call.where()}")
+        return Fixed(stop - start)
+    at = 1 if start > 0 else 0
+    growing = 0 if from_end and start > 0 else len(pieces) - 1 if not from_end else None
+    for k, piece in enumerate(pieces):
+        if k != growing or k == at:
+            if piece.size == 1:
+                ctx.unify(piece, Fixed(1), call)
+            elif _has_atoms(ctx, piece):
+                ctx.freeze(piece, f"positions written in code at {call.where()}")
+    picked = pieces[at]
+    return Fixed(1) if picked.size == 1 else picked
+
+
+def _as_value(i: Any) -> TensorValue:
+    if isinstance(i, TensorValue):
+        return i
+    return TensorValue([Fixed(len(i))], (len(i),))
+
+
+def _broadcast_terms(
+    call: Call, ctx: RuleContext, values: list[TensorValue], shape: tuple[int, ...]
+) -> list[Term]:
+    """The index tensors' axes broadcast together (positions: nothing to copy or reduce)."""
+    terms: list[Term] = []
+    nd = len(shape)
+    for j in range(nd):
+        meeting = [
+            v.terms[v.ndim - nd + j]
+            for v in values
+            if v.ndim - nd + j >= 0 and v.shape[v.ndim - nd + j] == shape[j] and shape[j] != 1
+        ]
+        for t in meeting[1:]:
+            ctx.unify(meeting[0], t, call)
+        terms.append(meeting[0] if meeting else Fixed(shape[j]))
+    return terms
 
 
 @rules.rule("getitem", signature="obj, index")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from ..adapters import adapter_for
@@ -58,6 +59,9 @@ class Traced:
     meta: dict[fx.Node, Any] = field(default_factory=dict)
     reference_output: Any = None  # the model's eval-mode output, when the trace computed it
     leaf_types: tuple[type, ...] = ()
+    # Small integer constants the traced code wrote (``x[..., [-2], :]`` becomes an index
+    # tensor lifted by torch.export): rules that pick positions read which ones.
+    constants: dict[fx.Node, torch.Tensor] = field(default_factory=dict)
     _traces: dict[str, str] | None = field(default=None, repr=False)
 
     def source_of(self, node: fx.Node) -> str | None:
@@ -173,6 +177,8 @@ class _Tracer(fx.Tracer):
         self._leaf_types = leaf_types
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if parametrize.is_parametrized(m):  # its weight is computed (weight norm): trace it
+            return False
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, qualname)
@@ -257,6 +263,7 @@ def trace_export(model: nn.Module, inputs: tuple) -> Traced:
     by_name = {n.name: n for n in graph.nodes if n.op == "placeholder"}
     params: dict[fx.Node, str] = {}
     user_inputs: list[fx.Node] = []
+    constants: dict[fx.Node, torch.Tensor] = {}
     for spec in ep.graph_signature.input_specs:
         node = by_name.get(getattr(spec.arg, "name", ""))
         if node is None:
@@ -265,8 +272,25 @@ def trace_export(model: nn.Module, inputs: tuple) -> Traced:
             params[node] = spec.target
         else:
             user_inputs.append(node)
+            value = ep.constants.get(spec.target) if spec.target is not None else None
+            if _small_int_constant(value):
+                constants[node] = value
     meta = {n: describe(n.meta.get("val")) for n in graph.nodes}
-    return Traced(model, graph, TracerKind.EXPORT, params, user_inputs, meta, None)
+    return Traced(
+        model, graph, TracerKind.EXPORT, params, user_inputs, meta, None, constants=constants
+    )
+
+
+SMALL_CONSTANT = 4096  # elements: index lists written in code, never data
+
+
+def _small_int_constant(value: object) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and not value.is_floating_point()
+        and not value.is_complex()
+        and value.numel() <= SMALL_CONSTANT
+    )
 
 
 DEBUG_ENV = "AUTOGROW_DEBUG"

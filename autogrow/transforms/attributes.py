@@ -547,7 +547,12 @@ def _same_op(a: tuple | None, b: tuple | None) -> bool:
 
 
 def _related(v: int, value: int) -> bool:
-    return v > 1 and (value % v == 0 or v % value == 0)
+    """Whether attribute value ``v`` may size the literal ``value``: a multiple or divisor
+    of it, or it plus a few fused units (``num_heads + 2``: one key and one value head)."""
+    return v > 1 and (value % v == 0 or v % value == 0 or abs(value - v) <= MAX_FUSED_OFFSET)
+
+
+MAX_FUSED_OFFSET = 2
 
 
 def _item(value: Any, index: int | None) -> Any:

@@ -46,6 +46,7 @@ from .plan import Factor, check_factor, plan_widths, report_partial_growth
 from .planned_sizes import PlannedSizes
 from .skeleton import Grown, Transform, Undo, chain_undo, grow  # noqa: F401
 from .structure import compare_graphs, fx_source, lazy_source, retrace
+from .weight_norm import rescale_weight_norms
 
 
 @overload
@@ -269,6 +270,7 @@ class WidenTransform(Transform[WidenPlan]):
         self.tensors = grown_tensors(graph.analysis, self.maps, self.axis_maps)
         if self.symmetry == "paired":  # before verification: the noise keeps the function
             add_paired_noise(self.tensors, self.axis_maps, self.pair_noise, self.generator)
+        rescale_weight_norms(graph.analysis, self.tensors)
         self.attrs = attrs + eps
         names = {gid: graph.by_id(gid).name for gid in widths}
         factor = self.factor
