@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..axes.terms import Fixed, Term, cat, prod
+from ..tracing.trace import TracerKind
 from .common import out_shape, same_as
 from .registry import Call, Dynamic, RuleSet, TensorValue
 
@@ -245,20 +246,14 @@ def roll(call: Call, ctx: RuleContext) -> Any:
     "new_tensor",
     signature="*args, **kwargs",
     names=(
-        "zeros",
-        "ones",
         "empty",
-        "full",
         "arange",
         "rand",
         "randn",
         "randint",
         "eye",
         "tensor",
-        "new_zeros",
-        "new_ones",
         "new_empty",
-        "new_full",
         "linspace",
         "scalar_tensor",
         "zeros_like_fixed",
@@ -267,6 +262,35 @@ def roll(call: Call, ctx: RuleContext) -> Any:
 def new_tensor(call: Call, ctx: RuleContext) -> Any:
     """Creation ops: their axes are fixed sizes (tying them to a group freezes the group)."""
     return ctx.fixed_tensor(out_shape(call))
+
+
+@rules.rule(
+    "constant_tensor",
+    signature="*args, **kwargs",
+    names=("zeros", "ones", "full", "new_zeros", "new_ones", "new_full"),
+)
+def constant_tensor(call: Call, ctx: RuleContext) -> Any:
+    """A tensor of one value (a scan's zero initial state) holds replicas of any units, so an
+    axis sized from another axis (``torch.zeros(b, x.size(1))``) carries that axis' units,
+    and in an exported graph, where every size is a number, an axis may take the units it
+    meets (its size is checked like a view's); a number written in code keeps its size."""
+    shape = out_shape(call)
+    args = [a for a in call.args["args"] if not isinstance(a, TensorValue)]  # new_*: self
+    if call.name.endswith("full") and args:
+        args = args[:1]  # the fill value follows the size
+    requested = _sizes(args) if args else _sizes(call.args["kwargs"].get("size", ()))
+    if len(requested) != len(shape) or not all(isinstance(s, int) for s in requested):
+        return ctx.fixed_tensor(shape)
+    exported = ctx.traced.kind == TracerKind.EXPORT
+    terms: list[Term] = []
+    for i, (s, n) in enumerate(zip(requested, shape)):
+        read = isinstance(s, Dynamic) and s.term is not None and s.term.size == n
+        if n > 1 and (read or exported):
+            terms.append(ctx.store.new_atom(n, f"{call.where()}:{i}"))
+        else:
+            terms.append(Fixed(n))
+    check_requested_sizes(call, ctx, terms, requested)
+    return TensorValue(terms, shape)
 
 
 @rules.rule("size", signature="input, dim=None", names=("sym_size",))
