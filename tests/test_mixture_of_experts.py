@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autogrow
+from autogrow.graph.fill import fill_ratio
 from autogrow.verify import relative_error
 
 transformers = pytest.importorskip("transformers")  # in the dev extra: always present in CI
@@ -28,12 +29,16 @@ GROWS = {
         ["hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size"],
         ["num_experts", "num_experts_per_tok"],
     ),
-    ("qwen2-moe", 1.5): (
-        ["moe_intermediate_size", "shared_expert_intermediate_size"],
+    ("qwen2-moe", 1.5): (  # RMSNorm: hidden grows by zero-filled units through the experts
+        ["hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size"],
         ["num_experts", "num_experts_per_tok"],
     ),
     ("mixtral", 2.0): (
         ["hidden_size", "intermediate_size", "num_attention_heads"],
+        ["num_local_experts", "num_experts_per_tok"],
+    ),
+    ("mixtral", 1.5): (
+        ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"],
         ["num_local_experts", "num_experts_per_tok"],
     ),
 }
@@ -65,6 +70,9 @@ def test_widen_grows_every_expert_and_keeps_the_routing(name, factor, tmp_path):
         assert getattr(grown.config, field) == int(getattr(model.config, field) * factor), field
     for field in keeps:
         assert getattr(grown.config, field) == getattr(model.config, field), field
+    hidden = model.config.hidden_size, grown.config.hidden_size
+    eps = model.config.rms_norm_eps * fill_ratio(*hidden)  # zero-filled units: eps times ρ
+    assert grown.config.rms_norm_eps == pytest.approx(eps, rel=1e-12)
     old = model.model.layers[0].mlp.experts
     new = grown.model.layers[0].mlp.experts
     hidden, inner = grown.config.hidden_size, new.intermediate_dim
