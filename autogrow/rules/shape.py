@@ -271,9 +271,10 @@ def new_tensor(call: Call, ctx: RuleContext) -> Any:
 )
 def constant_tensor(call: Call, ctx: RuleContext) -> Any:
     """A tensor of one value (a scan's zero initial state) holds replicas of any units, so an
-    axis sized from another axis (``torch.zeros(b, x.size(1))``) carries that axis' units,
-    and in an exported graph, where every size is a number, an axis may take the units it
-    meets (its size is checked like a view's); a number written in code keeps its size."""
+    axis sized from another axis (``torch.zeros(b, x.size(1))``) carries that axis' units. In
+    an exported graph every size is a number: an axis takes the units it meets where a module
+    around the op holds that number in an int attribute (Mamba's ``intermediate_size``; its
+    size is then checked like a view's), else it keeps its size, as a number written in code."""
     shape = out_shape(call)
     args = [a for a in call.args["args"] if not isinstance(a, TensorValue)]  # new_*: self
     if call.name.endswith("full") and args:
@@ -285,12 +286,28 @@ def constant_tensor(call: Call, ctx: RuleContext) -> Any:
     terms: list[Term] = []
     for i, (s, n) in enumerate(zip(requested, shape)):
         read = isinstance(s, Dynamic) and s.term is not None and s.term.size == n
-        if n > 1 and (read or exported):
+        if n > 1 and (read or exported and _held_by_attribute(ctx, call, n)):
             terms.append(ctx.store.new_atom(n, f"{call.where()}:{i}"))
         else:
             terms.append(Fixed(n))
     check_requested_sizes(call, ctx, terms, requested)
     return TensorValue(terms, shape)
+
+
+def _held_by_attribute(ctx: RuleContext, call: Call, value: int) -> bool:
+    """Whether a module around ``call`` (innermost first, up to the model) holds ``value`` in
+    an int attribute: a size the code may compute from it, which widen can update."""
+    model, name = ctx.traced.model, call.module or ""
+    while True:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            return False
+        if any(type(v) is int and v == value for v in vars(module).values()):
+            return True
+        if not name:
+            return False
+        name = name.rpartition(".")[0]
 
 
 @rules.rule("size", signature="input, dim=None", names=("sym_size",))
