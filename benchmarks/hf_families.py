@@ -119,6 +119,16 @@ FAMILIES: dict[str, Family] = {
         ),
         _tokens,
     ),
+    "mixtral": Family(
+        _hf(
+            "MixtralForCausalLM",
+            "MixtralConfig",
+            **dict(DECODER, intermediate_size=16),
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _tokens,
+    ),
     "mamba": Family(
         _hf(
             "MambaForCausalLM",

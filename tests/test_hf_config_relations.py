@@ -110,11 +110,15 @@ GROWS = {
     ),
     ("wav2vec2", 1.5): (["intermediate_size"], ["hidden_size"], ""),
     ("mamba", 2.0): (
-        ["time_step_rank"],
-        ["hidden_size", "intermediate_size"],
-        "the selective scan keeps hidden and inner widths frozen: only dt's rank grows",
+        ["hidden_size", "intermediate_size", "time_step_rank"],
+        ["state_size", "conv_kernel"],
+        "the selective scan's zero initial state takes the inner width; the state stays",
     ),
-    ("mamba", 1.5): (["time_step_rank"], ["hidden_size"], ""),
+    ("mamba", 1.5): (
+        ["hidden_size", "intermediate_size", "time_step_rank"],
+        ["state_size"],
+        "RMSNorm: hidden grows by zero-filled units (layer_norm_epsilon rescaled)",
+    ),
 }
 SLOW = {"whisper-encoder", "convnext", "resnet", "swin", "mamba", "falcon"}
 

@@ -127,6 +127,13 @@ class ModelAdapter:
         output width (deepen may zero it to make a residual branch vanish); else None."""
         return None
 
+    def branch_end_params(self, module: nn.Module) -> tuple[str, ...] | None:
+        """For a library layer that is neither an ``nn.Linear`` nor a :meth:`linear_width`
+        layer but outputs zeros once the named parameters are zero (a mixture of experts'
+        stacked output projections, one matrix per expert): those parameters' names, which
+        deepen may zero to make a residual branch vanish; else None."""
+        return None
+
 
 class AdapterRegistry:
     """The adapters the core consults, in order; the first that matches a model wins, and

@@ -364,3 +364,17 @@ class TransformersAdapter(ModelAdapter):
         if type(module).__name__ == "Conv1D" and type(getattr(module, "nf", None)) is int:
             return module.nf
         return None
+
+    def branch_end_params(self, module: nn.Module) -> tuple[str, ...] | None:
+        # Experts stored as stacked 3-D parameters (``use_experts_implementation``): every
+        # expert's output is its slice of ``down_proj`` (plus ``down_proj_bias``), applied
+        # last, so zeroing those zeroes the experts' output whichever experts are routed to.
+        down = getattr(module, "down_proj", None)
+        if not isinstance(down, nn.Parameter) or down.ndim != 3:
+            return None
+        if not isinstance(getattr(module, "is_transposed", None), bool):
+            return None
+        if getattr(module, "has_post_expert_norm", False):
+            return None  # a norm after the projection: zero in, its bias out
+        bias = getattr(module, "down_proj_bias", None)
+        return ("down_proj", "down_proj_bias") if isinstance(bias, nn.Parameter) else ("down_proj",)

@@ -275,6 +275,12 @@ def _move_tied_reductions(ctx: RuleContext) -> None:
             info.roles[d] = {COPY}
 
 
+def _readers(node: fx.Node) -> int:
+    """How many nodes read ``node``'s values: an exported graph's metadata asserts (after a
+    ``.to(dtype)``) check only its dtype and shape."""
+    return sum(1 for u in node.users if not (target_name(u.target) or "").startswith("_assert"))
+
+
 def _norm_affine_before(ctx: RuleContext, call: Call, term: Term) -> list[str]:
     """The 1-D affine parameters of the norm whose output alone feeds ``call``, or []."""
     params = ctx.traced.param_nodes
@@ -282,11 +288,11 @@ def _norm_affine_before(ctx: RuleContext, call: Call, term: Term) -> list[str]:
     if len(inputs) != 1:
         return []
     node = inputs[0]
-    while len(node.users) == 1 and target_name(node.target) in _PASS_THROUGH:
+    while _readers(node) == 1 and target_name(node.target) in _PASS_THROUGH:
         node = node.args[0]
         if not isinstance(node, fx.Node):
             return []
-    if len(node.users) != 1:
+    if _readers(node) != 1:
         return []
     if node.op == "call_module":
         names = [f"{node.target}.{k}" for k in ("weight", "bias")]

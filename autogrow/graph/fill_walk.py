@@ -46,7 +46,7 @@ _LAYOUT = {
     "unflatten", "permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "moveaxis",
     "unsqueeze", "squeeze", "expand", "expand_as", "broadcast_to", "getitem", "select", "slice",
     "narrow", "cat", "concat", "concatenate", "stack", "chunk", "split", "split_with_sizes",
-    "tensor_split", "unbind", "numpy_T",
+    "tensor_split", "unbind", "numpy_T", "index",
 }  # fmt: skip
 
 
@@ -282,6 +282,55 @@ class FillWalk:
                 out.axes[d] = src
         return [out]
 
+    def grouped_mm(self, call: Call, result: Any) -> list[_Value]:
+        """One matmul per expert: as :meth:`linear`, with the weight a stack of matrices
+        (``[experts, in, out]``, often a transposed parameter) whose axes the walk follows
+        back to the parameter."""
+        x, w = call.args["input"], call.args["weight"]
+        if isinstance(call.args.get("bias"), TensorValue):
+            raise _Unfillable("a grouped matmul with a bias")
+        xv, wv = self.value(x, call), self.value(w, call)
+        a = xv.axes.get(x.ndim - 1)
+        if any(p for g, p in xv.scale.items() if a is None or g != a.gid):
+            raise _Unfillable("a scaled input")
+        if a is not None:  # the input's filled units meet every expert's input axis
+            w_in = wv.axes.get(w.ndim - 2)
+            if a.state == "param" or w_in is None or w_in.state != "param":
+                raise _Unfillable("an expert weight the walk cannot follow")
+            assert w_in.origin is not None
+            fill = "free" if self.is_zero(a.state) else "zero"
+            self.set_axis(*w_in.origin, a.gid, AxisFill(fill, -xv.scale.get(a.gid, 0.0)), call)
+        w_out = wv.axes.get(w.ndim - 1)
+        if w_out is not None:
+            if w_out.state != "param" or w_out.origin is None:
+                raise _Unfillable("an expert weight the walk cannot follow")
+            self.set_axis(*w_out.origin, w_out.gid, AxisFill(self.kind), call)
+        (res,) = tensor_values(result)
+        out = _Value()
+        for d, g in self.group_dims(res, call).items():
+            src = _Axis(g, "stream") if d == res.ndim - 1 else xv.axes.get(d)
+            if src is None or src.gid != g:
+                raise _Unfillable("an axis the walk cannot follow")
+            out.axes[d] = src
+        return [out]
+
+    def reduce_sum(self, call: Call, result: Any) -> list[_Value]:
+        """A sum over axes outside the group (an expert's outputs summed per token) is linear:
+        filled units keep their fill, old units their scale."""
+        if target_name(call.node.target) not in ("sum", "nansum"):
+            raise _Unfillable(f"{target_name(call.node.target)} of filled units")
+        x = call.args["input"]
+        xv = self.value(x, call)
+        dim = call.args.get("dim")
+        dims = range(x.ndim) if dim in (None, [], ()) else dim
+        dims = [x.dim(int(d)) for d in (dims if isinstance(dims, (list, tuple, range)) else [dims])]
+        if any(d in xv.axes for d in dims):
+            raise _Unfillable("a sum over filled units")
+        out = _Value(scale=dict(xv.scale))
+        (res,) = tensor_values(result)
+        self.follow_axes(res, [xv], out, call)
+        return [out]
+
     def embedding(self, call: Call, result: Any) -> list[_Value]:
         w = call.args["weight"]
         (res,) = tensor_values(result)
@@ -451,6 +500,8 @@ class FillWalk:
             if any(a is None for a in axes):
                 raise _Unfillable("an axis the walk cannot follow")
             states = {self.stream(a, call, out.scale.get(g, 0.0)) for a in axes}
+            if self.kind == "zero":  # the group's fill is zero: a stream and zeros add up
+                states = {"stream" if s == "zero" else s for s in states}
             if len(states) != 1:
                 raise _Unfillable("a sum of mean-filled and zero-filled units")
             state = states.pop()
@@ -533,6 +584,8 @@ _HANDLERS = {
     "layer_norm": FillWalk.norm,
     "rms_norm": FillWalk.norm,
     "mean": FillWalk.reduce_mean,
+    "sum": FillWalk.reduce_sum,
+    "grouped_mm": FillWalk.grouped_mm,
     "unary": FillWalk.unary,
     "nary": FillWalk.nary,
 }

@@ -268,6 +268,42 @@ def _permutation(node: fx.Node, ndim: int) -> list[int] | None:
     return None
 
 
+@rules.rule(
+    "grouped_mm",
+    signature="input, weight, offs=None, bias=None, out_dtype=None",
+    names=("_grouped_mm", "grouped_mm_fallback"),
+)
+def grouped_mm(call: Call, ctx: RuleContext) -> Any:
+    """One matmul per expert (mixture-of-experts layers): ``input [S, K] @ weight[e] [K, N]``
+    for the rows ``offs`` gives expert ``e``, or ``[E, M, K] @ [E, K, N]`` without offsets.
+
+    The weight is a stack of per-expert matrices (a 3-D parameter, often seen through a
+    transpose); its expert axis indexes whole matrices, so it carries no units (TAPS), while
+    its contraction and output axes are ordinary reduce and copy axes shared by every expert.
+    """
+    x, w, b = call.args["input"], call.args["weight"], call.args["bias"]
+    if w.ndim != 3 or x.ndim not in (2, 3):
+        return ctx.block(call, f"grouped_mm of a {x.ndim}-D input and a {w.ndim}-D weight")
+    ctx.unify(x.terms[-1], w.terms[-2], call)
+    view = _param_view(ctx, call, 1, "weight", w)
+    if view is not None:
+        param, axes = view
+        ctx.role(param, axes[0], TAPS, call)
+        ctx.role(param, axes[1], REDUCE, call)
+        ctx.role(param, axes[2], COPY, call)
+    else:
+        ctx.freeze(x.terms[-1], f"contraction of two activations at {call.where()}")
+        ctx.freeze(w.terms[0], f"experts of {call.where()}")
+    if isinstance(b, TensorValue):
+        ctx.unify(b.terms[-1], w.terms[-1], call)
+        ctx.role(b, b.ndim - 1, COPY, call)
+        if b.ndim == 2:
+            ctx.role(b, 0, TAPS, call)
+    if x.ndim == 3:  # batched: the input's expert axis meets the weight's
+        ctx.unify(x.terms[0], w.terms[0], call)
+    return TensorValue([*x.terms[:-1], w.terms[-1]], out_shape(call))
+
+
 @rules.rule("addmm", signature="input, mat1, mat2, *, beta=1, alpha=1", names=("baddbmm",))
 def addmm(call: Call, ctx: RuleContext) -> Any:
     """``input + mat1 @ mat2`` (GPT-2's Conv1D lowers to it): a matmul plus a broadcast bias."""

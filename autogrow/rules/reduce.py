@@ -15,6 +15,7 @@ from torch import nn
 
 from ..axes.terms import Fixed
 from .common import out_shape, same_as
+from .context import tensor_values
 from .registry import Call, RuleSet, TensorValue
 
 if TYPE_CHECKING:
@@ -239,3 +240,46 @@ for _n, _types in {
     3: (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
 }.items():
     rules.module(*_types)(_pool_module(_n))
+
+
+@rules.rule("topk", signature="input, k, dim=-1, largest=True, sorted=True")
+def topk(call: Call, ctx: RuleContext) -> Any:
+    """``(values, indices)`` of the ``k`` largest along ``dim`` (a router picking experts): the
+    picks depend on every entry of that axis, so it keeps its size; ``k`` is a fixed size."""
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    ctx.freeze(x.terms[d], f"{call.name} over this axis at {call.where()}")
+    shape = out_shape(call)
+    values = TensorValue([Fixed(shape[d]) if i == d else t for i, t in enumerate(x.terms)], shape)
+    return (values, TensorValue(list(values.terms), shape))
+
+
+@rules.rule(
+    "sort",
+    signature="input, dim=-1, descending=False, *, stable=None",
+    also={"argsort": "input, dim=-1, descending=False, *, stable=False"},
+)
+def sort(call: Call, ctx: RuleContext) -> Any:
+    """Sorting reorders one axis by value (tokens grouped by expert): that axis keeps its
+    size; the others carry their units through, in the values and the indices alike."""
+    x = call.args["input"]
+    d = x.dim(call.args["dim"])
+    ctx.freeze(x.terms[d], f"{call.name} over this axis at {call.where()}")
+    values = same_as(x, call)
+    if isinstance(call.out, (list, tuple)):
+        return (values, TensorValue(list(values.terms), values.shape))
+    return values
+
+
+@rules.rule(
+    "histc",
+    signature="input, bins=100, min=0, max=0",
+    also={"bincount": "input, weights=None, minlength=0"},
+)
+def histc(call: Call, ctx: RuleContext) -> Any:
+    """A histogram counts every entry of its input (tokens per expert): the input's axes keep
+    their sizes; the output's bins are a fixed size."""
+    for value in tensor_values(call.args):
+        for t in value.terms:
+            ctx.freeze(t, f"counted by {call.name} at {call.where()}")
+    return ctx.fixed_tensor(out_shape(call))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..axes.terms import Fixed, Term, cat, prod
+from ..tracing.trace import TracerKind
 from .common import out_shape, same_as
 from .context import LiteralSize
 from .registry import Call, Dynamic, RuleSet, TensorValue
@@ -268,20 +269,14 @@ def roll(call: Call, ctx: RuleContext) -> Any:
     "new_tensor",
     signature="*args, **kwargs",
     names=(
-        "zeros",
-        "ones",
         "empty",
-        "full",
         "arange",
         "rand",
         "randn",
         "randint",
         "eye",
         "tensor",
-        "new_zeros",
-        "new_ones",
         "new_empty",
-        "new_full",
         "linspace",
         "scalar_tensor",
         "zeros_like_fixed",
@@ -290,6 +285,52 @@ def roll(call: Call, ctx: RuleContext) -> Any:
 def new_tensor(call: Call, ctx: RuleContext) -> Any:
     """Creation ops: their axes are fixed sizes (tying them to a group freezes the group)."""
     return ctx.fixed_tensor(out_shape(call))
+
+
+@rules.rule(
+    "constant_tensor",
+    signature="*args, **kwargs",
+    names=("zeros", "ones", "full", "new_zeros", "new_ones", "new_full"),
+)
+def constant_tensor(call: Call, ctx: RuleContext) -> Any:
+    """A tensor of one value (a scan's zero initial state) holds replicas of any units, so an
+    axis sized from another axis (``torch.zeros(b, x.size(1))``) carries that axis' units. In
+    an exported graph every size is a number: an axis takes the units it meets where a module
+    around the op holds that number in an int attribute (Mamba's ``intermediate_size``; its
+    size is then checked like a view's), else it keeps its size, as a number written in code."""
+    shape = out_shape(call)
+    args = [a for a in call.args["args"] if not isinstance(a, TensorValue)]  # new_*: self
+    if call.name.endswith("full") and args:
+        args = args[:1]  # the fill value follows the size
+    requested = _sizes(args) if args else _sizes(call.args["kwargs"].get("size", ()))
+    if len(requested) != len(shape) or not all(isinstance(s, int) for s in requested):
+        return ctx.fixed_tensor(shape)
+    exported = ctx.traced.kind == TracerKind.EXPORT
+    terms: list[Term] = []
+    for i, (s, n) in enumerate(zip(requested, shape)):
+        read = isinstance(s, Dynamic) and s.term is not None and s.term.size == n
+        if n > 1 and (read or exported and _held_by_attribute(ctx, call, n)):
+            terms.append(ctx.store.new_atom(n, f"{call.where()}:{i}"))
+        else:
+            terms.append(Fixed(n))
+    check_requested_sizes(call, ctx, terms, requested)
+    return TensorValue(terms, shape)
+
+
+def _held_by_attribute(ctx: RuleContext, call: Call, value: int) -> bool:
+    """Whether a module around ``call`` (innermost first, up to the model) holds ``value`` in
+    an int attribute: a size the code may compute from it, which widen can update."""
+    model, name = ctx.traced.model, call.module or ""
+    while True:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            return False
+        if any(type(v) is int and v == value for v in vars(module).values()):
+            return True
+        if not name:
+            return False
+        name = name.rpartition(".")[0]
 
 
 @rules.rule("size", signature="input, dim=None", names=("sym_size",))

@@ -341,3 +341,23 @@ def slice_(call: Call, ctx: RuleContext) -> Any:
     sliced = _slice_axis(call, ctx, terms[d], x.shape[d], s)
     terms[d] = sliced if sliced is not None else Fixed(out_shape(call)[d])
     return TensorValue(terms, out_shape(call))
+
+
+@rules.rule("index_put", signature="input, indices, values, accumulate=False")
+def index_put(call: Call, ctx: RuleContext) -> Any:
+    """``x[indices] = values``: the indexed axes are positions (frozen); the axes after them
+    take ``values``' trailing axes unit for unit."""
+    x, values = call.args["input"], call.args["values"]
+    indices = list(call.args["indices"])
+    if not all(i is None or isinstance(i, TensorValue) for i in indices):
+        return ctx.block(call, "index_put with indices that are not tensors")
+    for p, i in enumerate(indices):
+        if i is not None:
+            ctx.freeze(x.terms[p], f"written by an index tensor at {call.where()}")
+    if isinstance(values, TensorValue):
+        for back in range(1, min(values.ndim, x.ndim - len(indices)) + 1):
+            if values.shape[-back] == x.shape[-back] != 1:
+                ctx.unify(values.terms[-back], x.terms[-back], call)
+        for d in range(values.ndim - (x.ndim - len(indices))):
+            ctx.freeze(values.terms[d], f"written by an index tensor at {call.where()}")
+    return TensorValue(list(x.terms), out_shape(call))

@@ -64,6 +64,11 @@ def zero_branch(block: nn.Module, names: Sequence[str], adapter: ModelAdapter) -
     with torch.no_grad():
         for name in names:
             m = block.get_submodule(name)
+            params = adapter.branch_end_params(m)
+            if params is not None:  # a library layer that names its own output parameters
+                for p in params:
+                    getattr(m, p).zero_()
+                continue
             m.weight.zero_()
             if m.bias is not None:
                 m.bias.zero_()
@@ -80,8 +85,13 @@ def zero_branch(block: nn.Module, names: Sequence[str], adapter: ModelAdapter) -
 
 
 def _is_branch_end(m: nn.Module, adapter: ModelAdapter) -> bool:
-    """A Linear/Conv, or a library's own linear layer (its adapter says)."""
-    return isinstance(m, LINEAR_OR_CONV) or adapter.linear_width(m) is not None
+    """A Linear/Conv, or a library's own linear layer or output parameters (its adapter
+    says)."""
+    return (
+        isinstance(m, LINEAR_OR_CONV)
+        or adapter.linear_width(m) is not None
+        or adapter.branch_end_params(m) is not None
+    )
 
 
 def _out_width(m: nn.Module, adapter: ModelAdapter) -> int:
