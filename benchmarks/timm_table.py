@@ -36,8 +36,9 @@ OPS = (("widen", 1.5), ("widen", 2.0), ("deepen", 1))
 _SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "mini", "small", "lite", "s0")
 
 
-def smallest_per_module() -> dict[str, str]:
-    """timm module name → its architecture with the fewest parameters (meta device), cached."""
+def smallest_per_module(only: list[str] | None = None) -> dict[str, str]:
+    """timm module name → its architecture with the fewest parameters (meta device), cached;
+    ``only``: just these modules (the others' candidates are not built)."""
     import timm
     from timm.models import _registry
 
@@ -50,7 +51,9 @@ def smallest_per_module() -> dict[str, str]:
     # building every variant, even on meta, takes half an hour on 2 cores: per module the six
     # names that look smallest are built (a size word first, then the shortest name)
     candidates = []
-    for group in by_module.values():
+    for module, group in by_module.items():
+        if only and module not in only:
+            continue
 
         def rank(n: str) -> tuple[int, int, str]:
             hits = [i for i, w in enumerate(_SMALL) if w in n]
@@ -74,6 +77,8 @@ def smallest_per_module() -> dict[str, str]:
         if n is None:
             continue
         module = _registry._model_to_module.get(name, "?")
+        if only and module not in only:
+            continue
         if module not in best or (n, name) < best[module]:
             best[module] = (n, name)
     # smallest first, so that a run cut short has covered as many modules as it could
@@ -234,9 +239,7 @@ def main() -> None:
     if args.worker:
         _worker(*args.worker)
         return
-    chosen = smallest_per_module()
-    if args.only:
-        chosen = {m: n for m, n in chosen.items() if m in args.only}
+    chosen = smallest_per_module(args.only)
     rows: list[dict] = []
     for module, name in chosen.items():
         path = OUT / f"{name}.json"

@@ -295,3 +295,34 @@ def test_timm_models_whose_literals_follow_attributes(name, attr):
     module, _, name_ = attr.rpartition(".")
     old = getattr(net.get_submodule(module), name_)
     assert getattr(wide.get_submodule(module), name_) == 2 * old
+
+
+class HeadsWithConstant(nn.Module):
+    """``reshape(.., self.num_heads, -1)`` beside a tensor fx stows as a constant (an index
+    buffer computed on eagerly, as BEiT's relative position bias does): probe traces and the
+    final check must name that constant alike, however many traces ran before."""
+
+    def __init__(self, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.inp, self.qkv, self.proj = nn.Linear(5, d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.table = nn.Parameter(torch.randn(7))
+        self.register_buffer("index", torch.tensor([[0, 3, 1, 4]]), persistent=False)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        h = self.inp(x)
+        q, k, v = self.qkv(h).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)]  # the buffer's view is a constant tensor in fx
+        a = torch.softmax(q @ k.transpose(-1, -2) + bias, -1) @ v
+        return h + self.proj(a.transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_probing_beside_a_constant_tensor_leaves_the_model_as_it_was(verify):
+    torch.manual_seed(0)
+    net, x = HeadsWithConstant().eval(), torch.randn(2, 4, 5)
+    before = dict(vars(net))
+    wide = _exact(net, x, verify)
+    assert wide.num_heads == 4 and wide.qkv.out_features == 48
+    assert vars(net).keys() == before.keys()  # no constants fx stowed on the caller's model

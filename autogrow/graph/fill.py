@@ -84,8 +84,9 @@ def fill_groups(
     why: dict[int, tuple[int, str]] = {}
     if not candidates:
         return out, {}
+    resolved: dict = {}  # the axes' resolution, shared by both walks (the store is fixed)
     for kind in FILL_KINDS:
-        walk = FillWalk(analysis, candidates - out.keys(), kind)
+        walk = FillWalk(analysis, candidates - out.keys(), kind, resolved)
         walk.run()
         walk.check_every_axis()
         for gid in walk.gids - walk.bad.keys():

@@ -87,8 +87,15 @@ class _Unfillable(Exception):
 class FillWalk:
     """One walk over the graph for one fill kind (``"mean"`` or ``"zero"``)."""
 
-    def __init__(self, analysis: Analysis, gids: set[int], kind: str) -> None:
+    def __init__(
+        self, analysis: Analysis, gids: set[int], kind: str, resolved: dict | None = None
+    ) -> None:
         self.analysis, self.store, self.gids, self.kind = analysis, analysis.store, gids, kind
+        # id(term) -> (term, its root atom's id or None, the atom ids inside it), and per
+        # value and per call their resolved axes and tensors: the store does not change
+        # during a walk, and resolving every axis of every value at every op was most of
+        # the walk's time (ConvNeXt); shared by the walks of one analysis
+        self.resolved: dict[Any, tuple] = {} if resolved is None else resolved
         self.values: dict[int, _Value] = {}  # id(TensorValue) -> what it carries
         self.bad: dict[int, tuple[int, str]] = {}  # group -> (node index, why it cannot fill)
         self.position = 0
@@ -102,10 +109,23 @@ class FillWalk:
         self.position = len(self.analysis.calls)
         for name, info in self.analysis.params.items():
             for d, t in enumerate(info.terms):
-                r = self.store.resolve(t)
-                if isinstance(r, Atom) and r.id in self.gids:
-                    if (name, d) not in self.axes.get(r.id, {}):
-                        self.fail([r.id], f"no op the walk knows uses {name} (axis {d})")
+                atom, _ = self.resolve(t)
+                if atom is not None and atom in self.gids:
+                    if (name, d) not in self.axes.get(atom, {}):
+                        self.fail([atom], f"no op the walk knows uses {name} (axis {d})")
+
+    def resolve(self, t: Any) -> tuple[int | None, tuple[int, ...]]:
+        """``t``'s root atom id (None unless it resolves to one atom), and the atom ids
+        inside it when it does not."""
+        hit = self.resolved.get(id(t))
+        if hit is None:
+            r = self.store.resolve(t)
+            if isinstance(r, Atom):
+                hit = (t, r.id, ())
+            else:
+                hit = (t, None, tuple(a.id for a in self.store.leaf_atoms(r)))
+            self.resolved[id(t)] = hit  # keeps t alive, so its id is not reused
+        return hit[1], hit[2]
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def fail(self, gids: Iterable[int], why: str) -> None:
@@ -115,15 +135,20 @@ class FillWalk:
     def group_dims(self, v: TensorValue, call: Call) -> dict[int, int]:
         """dim -> group id for the axes of ``v`` that are a candidate group (plain atoms);
         a candidate inside a composite axis cannot fill."""
+        key = ("value", id(v))
+        hit = self.resolved.get(key)
+        if hit is None:  # every axis resolved once per value (kept alive with it)
+            hit = (v, [(d, *self.resolve(t)) for d, t in enumerate(v.terms)])
+            self.resolved[key] = hit
         dims = {}
-        for d, t in enumerate(v.terms):
-            r = self.store.resolve(t)
-            if isinstance(r, Atom):
-                if r.id in self.gids:
-                    dims[d] = r.id
+        for d, atom, atoms in hit[1]:
+            if atom is not None:
+                if atom in self.gids:
+                    dims[d] = atom
                 continue
-            inside = [a.id for a in self.store.leaf_atoms(r) if a.id in self.gids]
-            self.fail(inside, f"{_COMPOSITE} at {call.where()}")
+            inside = [a for a in atoms if a in self.gids]
+            if inside:
+                self.fail(inside, f"{_COMPOSITE} at {call.where()}")
         return dims
 
     def value(self, v: TensorValue, call: Call) -> _Value:
@@ -181,7 +206,12 @@ class FillWalk:
 
     def involved(self, call: Call, result: Any) -> set[int]:
         gids: set[int] = set()
-        for v in tensor_values(call.args) + tensor_values(result):
+        key = ("call", id(call))
+        hit = self.resolved.get(key)
+        if hit is None:
+            hit = (call, tensor_values(call.args) + tensor_values(result))
+            self.resolved[key] = hit
+        for v in hit[1]:
             val = self.values.get(id(v))
             gids |= set(self.group_dims(v, call).values())
             if val is not None:

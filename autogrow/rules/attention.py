@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ..axes.terms import Fixed, Term
@@ -29,15 +30,20 @@ rules = RuleSet()  # installed into a registry by autogrow.rules.build_default_r
 )
 def sdpa(call: Call, ctx: RuleContext) -> Any:
     q, k, v = call.args["query"], call.args["key"], call.args["value"]
-    if k.shape[:-2] != v.shape[:-2] or not _broadcasts(k.shape[:-2], q.shape[:-2]):
-        # (multi-query attention, one key/value head broadcast to every query head, is fine:
-        # a copied query head attends to the same keys and values as its original)
-        return ctx.block(call, "query/key/value with different head counts (grouped-query)")
+    try:
+        # the leading (batch, head) axes broadcast: multi-query attention passes key and value
+        # with one head (size 1) that every query head reads; only the query's heads then grow
+        batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+    except RuntimeError:
+        batch = None
+    if batch is None:
+        return ctx.block(
+            call, "query/key/value with head counts that do not broadcast (grouped-query)"
+        )
     ctx.unify(q.terms[-1], k.terms[-1], call)
     ctx.freeze(q.terms[-1], f"head_dim (query·key contraction) at {call.where()}")
     ctx.unify(k.terms[-2], v.terms[-2], call)
     ctx.freeze(k.terms[-2], f"attended sequence (softmax axis) at {call.where()}")
-    batch = q.shape[:-2]
     lead = broadcast(call, ctx, [_lead(q), _lead(k), _lead(v)], batch).terms
     ctx.attention_axes(lead[-1] if lead else Fixed(1), q.terms[-1], v.terms[-1], call)
     mask = call.args.get("attn_mask")
@@ -45,11 +51,6 @@ def sdpa(call: Call, ctx: RuleContext) -> Any:
         full = TensorValue([*lead, q.terms[-2], k.terms[-2]], (*batch, q.shape[-2], k.shape[-2]))
         broadcast(call, ctx, [full, mask], full.shape)
     return TensorValue([*lead, q.terms[-2], v.terms[-1]], out_shape(call))
-
-
-def _broadcasts(kv: tuple[int, ...], q: tuple[int, ...]) -> bool:
-    """Whether key/value leading sizes are the query's, or 1 where they differ."""
-    return len(kv) == len(q) and all(a in (b, 1) for a, b in zip(kv, q))
 
 
 def _lead(x: TensorValue) -> TensorValue:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,8 @@ _INTERNAL_PATHS = (
 )
 
 
+# the attributes fx stows constants in on the traced root (Tracer.get_fresh_qualname)
+_STOWED = re.compile(r"_(tensor_constant|torchbind_obj|tree_spec_constant)\d+")
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
@@ -175,6 +178,20 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.record_stack_traces = record_stack_traces
         self._leaf_types = leaf_types
+        self.stowed: dict[str, Any] = {}
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """fx's trace, then takes back the constants fx stows on ``root`` as attributes
+        (``_tensor_constant0``, ...; kept in ``stowed``): the caller's model is left as it was,
+        and every trace numbers its constants from 0, so two traces of one model name their
+        nodes alike (probes and second traces for source lines compare node names)."""
+        before = set(vars(root)) if isinstance(root, nn.Module) else None
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            if before is not None:
+                added = [k for k in vars(root) if k not in before and _STOWED.fullmatch(k)]
+                self.stowed = {k: vars(root).pop(k) for k in added}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if parametrize.is_parametrized(m):  # its weight is computed (weight norm): trace it
@@ -234,8 +251,14 @@ def trace_fx(
     runs on meta tensors (2 to 5 times cheaper than a forward pass), or for real where an op
     cannot. The caller's parameters are never replaced: meta copies are passed in.
     """
-    graph = _Tracer(leaf_types).trace(model)
-    gm = fx.GraphModule(model, graph)
+    tracer = _Tracer(leaf_types)
+    graph = tracer.trace(model)
+    try:  # the GraphModule copies the stowed constants from the model: lend them for that
+        vars(model).update(tracer.stowed)
+        gm = fx.GraphModule(model, graph)
+    finally:
+        for k in tracer.stowed:
+            vars(model).pop(k, None)
     recorder = _MetaRecorder(gm)
     output = None
     with eval_mode(model), torch.no_grad():
