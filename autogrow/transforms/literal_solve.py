@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import networkx as nx
-import sympy
 from torch import fx
 
 from ..axes.terms import Term
@@ -120,6 +119,8 @@ def _solve_subset(
     eqs: list[Equation], chosen: list[Key], fixed: dict[Key, int], olds: dict[Key, int]
 ) -> dict[Key, int] | None:
     """The one positive-integer solution with only ``chosen`` changed, or None."""
+    import sympy  # exact rational elimination; torch depends on it, but it is slow to import
+
     rows, rhs = [], []
     for eq in eqs:
         offset = Fraction(eq.literal) - sum(s.slope * s.old for s in eq.sources)
