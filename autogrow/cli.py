@@ -541,6 +541,11 @@ def _streamed(args: argparse.Namespace) -> bool:
 def _report_streamed(args: argparse.Namespace, result: Any, what: str) -> None:
     before, after = result.parameters
     print(f"{args.model}: {what}, streamed from disk")
+    if result.resumed_shards:
+        print(
+            f"resumed: {result.resumed_shards} weight file(s) kept from an interrupted run "
+            "with the same arguments"
+        )
     print(f"parameters: {before:,} -> {after:,} ({after / before:.2f}x)")
     changed = ", ".join(f"{k}={v}" for k, v in result.changes.items()) or "none"
     print(f"config changes: {changed}")

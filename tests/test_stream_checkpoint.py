@@ -497,3 +497,26 @@ def test_multi_head_llama_streamed_by_one_and_a_half_equals_in_memory(tmp_path):
     assert new.rms_norm_eps == in_memory.config.rms_norm_eps != old.rms_norm_eps
     x = _tokens()
     assert relative_error(loaded(x).logits, model(x).logits) <= 1e-4
+
+
+def test_cli_says_when_it_resumes(tmp_path, monkeypatch, capsys):
+    src = _save(_llama(), tmp_path / "src")
+    out = tmp_path / "out"
+    real = writer_module.stream_safetensors
+    written: list[str] = []
+
+    def interrupted(path, *args):  # stopped (Ctrl-C) as the second shard starts
+        if written:
+            raise KeyboardInterrupt
+        real(path, *args)
+        written.append(path.name)
+
+    args = ["widen", str(src), "--factor", "2", "--out", str(out), "--seed", "0", "--no-verify"]
+    args += ["--max-shard-size", "100KB"]
+    monkeypatch.setattr(writer_module, "stream_safetensors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(writer_module, "stream_safetensors", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "resumed: 1 weight file(s) kept" in capsys.readouterr().out
