@@ -22,7 +22,6 @@ from torch import nn
 from .hf_config import build_on_meta, configured, field_roots, get_field, set_field, shapes
 
 LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers")
-_MISSING = object()
 
 
 def _stack_containers(model: nn.Module) -> dict[str, int]:
@@ -153,25 +152,11 @@ def sync_layer_count(
 def attributes_as_built(model: nn.Module, names: list[str]) -> Callable[[], None]:
     """Give the modules of the new layers ``names`` the size attributes that the model's
     config builds there (a copied layer may sit where the config alternates a setting)."""
-    from .transformers import _is_size
+    from .transformers import adopt_sizes
 
     undo: list[tuple[nn.Module, str, Any]] = []
     if names:
-        reference = dict(build_on_meta(type(model), model.config).named_modules())
-        prefixes = tuple(f"{n}." for n in names)
-        for name, module in model.named_modules():
-            if name not in names and not name.startswith(prefixes):
-                continue
-            ref = reference.get(name)
-            if ref is None or type(ref) is not type(module):
-                continue
-            for attr, value in vars(module).items():
-                if attr.startswith("_") or attr == "training" or not _is_size(value):
-                    continue
-                new = vars(ref).get(attr, _MISSING)
-                if new is not _MISSING and type(new) is type(value) and new != value:
-                    undo.append((module, attr, value))
-                    setattr(module, attr, new)
+        undo = adopt_sizes(model, build_on_meta(type(model), model.config), names)
 
     def restore() -> None:
         for module, attr, value in reversed(undo):

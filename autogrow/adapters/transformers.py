@@ -16,7 +16,7 @@ Nothing here imports transformers: a model is recognised by its config's class h
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -212,10 +212,30 @@ def apply_config(model: nn.Module, changes: Mapping[str, Any]) -> Callable[[], N
     old_fields = {k: getattr(config, k) for n in changes for k in field_roots(n)}
     for k, v in changes.items():
         set_field(config, k, v)
-    reference = dict(_build_on_meta(model, config).named_modules())
+    undo = adopt_sizes(model, _build_on_meta(model, config))
+
+    def restore() -> None:
+        for k, v in old_fields.items():
+            setattr(config, k, v)
+        for module, attr, value in undo:
+            setattr(module, attr, value)
+
+    return restore
+
+
+def adopt_sizes(
+    model: nn.Module, reference: nn.Module, names: Sequence[str] | None = None
+) -> list[tuple[nn.Module, str, Any]]:
+    """Copy onto ``model``'s modules (those at ``names`` and below, or all) every size
+    attribute whose value differs in the same-typed module of ``reference`` (a build of the new
+    config on meta); returns (module, attribute, old value) for each one set."""
+    prefixes = tuple(f"{n}." for n in names or ())
+    refs = dict(reference.named_modules())
     undo: list[tuple[nn.Module, str, Any]] = []
     for name, module in model.named_modules():
-        ref = reference.get(name)
+        if names is not None and name not in names and not name.startswith(prefixes):
+            continue
+        ref = refs.get(name)
         if ref is None or type(ref) is not type(module):
             continue
         for attr, value in vars(module).items():
@@ -225,14 +245,7 @@ def apply_config(model: nn.Module, changes: Mapping[str, Any]) -> Callable[[], N
             if new is not _MISSING and type(new) is type(value) and new != value:
                 undo.append((module, attr, value))
                 setattr(module, attr, new)
-
-    def restore() -> None:
-        for k, v in old_fields.items():
-            setattr(config, k, v)
-        for module, attr, value in undo:
-            setattr(module, attr, value)
-
-    return restore
+    return undo
 
 
 def _is_size(value: Any) -> bool:

@@ -41,20 +41,7 @@ def size_leaves(node: fx.Node) -> Leaves:
     itself (a float derived from a width, ``head_dim ** -0.5``, must not move either),
     anything else (a node, None, a dtype) is ``None``. ``index`` of a
     :class:`~autogrow.rules.context.LiteralSize` counts in this sequence."""
-    out: list[Any] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, (list, tuple)):
-            for x in v:
-                walk(x)
-        elif isinstance(v, slice):
-            walk((v.start, v.stop, v.step))
-        else:
-            out.append(v if type(v) in (int, float) else None)
-
-    walk(tuple(node.args[1:]))
-    walk(tuple(node.kwargs.values()))
-    return tuple(out)
+    return tuple(v if type(v) in (int, float) else None for v in size_args(node))
 
 
 def size_args(node: fx.Node) -> tuple[Any, ...]:

@@ -555,7 +555,7 @@ def attribute_updates(
     quotients = [
         (node, int(v))
         for node, v in analysis.values.items()
-        if isinstance(v, Dynamic) and v.quotient is not None and _sizes_a_view(node)
+        if isinstance(v, Dynamic) and v.quotient is not None and _sizes_a_view(node, analysis.calls)
     ]
     items: dict[tuple[str, str, int | None], tuple[int, str]] = {}
 
@@ -679,8 +679,9 @@ def attribute_updates(
     return result
 
 
-def _sizes_a_view(node: fx.Node) -> bool:
-    return any("view" in str(u.target) or "reshape" in str(u.target) for u in node.users)
+def _sizes_a_view(node: fx.Node, calls: Mapping[fx.Node, Any]) -> bool:
+    """Whether the view rule (the one that ties a quotient to its heads) reads ``node``."""
+    return any(getattr(calls.get(u), "name", None) == "view" for u in node.users)
 
 
 def _size_arg(lit: LiteralSize) -> Any:
